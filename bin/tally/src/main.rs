@@ -1,0 +1,145 @@
+//! `tally`: one binary for every Tally service (monolith or one target per pod), migrations, the
+//! simulators and the demo.
+
+mod demo;
+mod serve;
+
+use clap::{Parser, Subcommand};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Parser)]
+#[command(
+    name = "tally",
+    version,
+    about = "License controller for Cisco fleets under Smart Licensing Using Policy"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run services: `--target all` (one process) or a list such as `inventory,rum-aggregator`.
+    Serve(Box<serve::ServeArgs>),
+    /// Apply database migrations and exit.
+    Migrate {
+        #[arg(long, env = "TALLY_DATABASE_URL", default_value = serve::DEFAULT_DB)]
+        database_url: String,
+    },
+    /// Simulators that speak the real formats.
+    #[command(subcommand)]
+    Sim(SimCommand),
+    /// Print the OpenAPI 3.1 document of the REST API.
+    Openapi,
+    /// Bring up Tally with a simulated fleet and CSSM on this machine and run one license cycle.
+    Demo(demo::DemoArgs),
+}
+
+#[derive(Subcommand)]
+enum SimCommand {
+    /// N simulated IOS-XE devices, each at http://<listen>/d/<index>/smartlic-service.
+    Fleet {
+        #[arg(long, default_value_t = 1000)]
+        devices: usize,
+        #[arg(long, default_value = "127.0.0.1:9100")]
+        listen: SocketAddr,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Secret the devices' signing keys derive from (the CSSM simulator must share it).
+        #[arg(
+            long,
+            env = "TALLY_SIM_DEVICE_SECRET",
+            default_value = "tally-sim-devices"
+        )]
+        device_secret: String,
+        /// Secret CSSM's ACK signing key derives from (the CSSM simulator must share it).
+        #[arg(long, env = "TALLY_SIM_CSSM_SECRET", default_value = "tally-sim-cssm")]
+        cssm_secret: String,
+    },
+    /// A simulated CSSM: OAuth2, reportusage, poll, licenses, offline bundles.
+    Cssm {
+        #[arg(long, default_value = "127.0.0.1:9200")]
+        listen: SocketAddr,
+        /// How long CSSM "processes" an upload before poll answers COMPLETE.
+        #[arg(long, default_value_t = 2000)]
+        processing_delay_ms: u64,
+        #[arg(
+            long,
+            env = "TALLY_SIM_DEVICE_SECRET",
+            default_value = "tally-sim-devices"
+        )]
+        device_secret: String,
+        #[arg(long, env = "TALLY_SIM_CSSM_SECRET", default_value = "tally-sim-cssm")]
+        cssm_secret: String,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The demo talks to a person: only warnings interrupt its progress lines.
+    tally_platform::init_logging(if matches!(cli.command, Command::Demo(_)) {
+        "warn"
+    } else {
+        "info"
+    });
+    tally_platform::init_crypto();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Serve(args) => serve::serve(*args).await,
+            Command::Migrate { database_url } => {
+                let applied = tally_store::migrate(&database_url).await?;
+                if applied.is_empty() {
+                    println!("database is up to date");
+                }
+                for m in applied {
+                    println!("applied {m}");
+                }
+                Ok(())
+            }
+            Command::Sim(SimCommand::Fleet {
+                devices,
+                listen,
+                seed,
+                device_secret,
+                cssm_secret,
+            }) => {
+                let cfg = tally_sim::FleetConfig {
+                    devices,
+                    bind: listen,
+                    seed,
+                    device_secret: device_secret.into_bytes(),
+                    cssm_secret: cssm_secret.into_bytes(),
+                    ..Default::default()
+                };
+                tracing::info!(devices, %listen, "device fleet simulator starting");
+                Ok(tally_sim::run_fleet(cfg).await?)
+            }
+            Command::Sim(SimCommand::Cssm {
+                listen,
+                processing_delay_ms,
+                device_secret,
+                cssm_secret,
+            }) => {
+                let cfg = tally_sim::CssmConfig {
+                    bind: listen,
+                    processing_delay: Duration::from_millis(processing_delay_ms),
+                    device_secret: device_secret.into_bytes(),
+                    cssm_secret: cssm_secret.into_bytes(),
+                    ..Default::default()
+                };
+                tracing::info!(%listen, "CSSM simulator starting");
+                Ok(tally_sim::run_cssm(cfg).await?)
+            }
+            Command::Demo(args) => demo::run(args).await,
+            Command::Openapi => {
+                println!("{}", serve::openapi().to_pretty_json()?);
+                Ok(())
+            }
+        }
+    })
+}

@@ -1,0 +1,13 @@
+//! Pure types and rules of Smart Licensing Using Policy: identities, tiers, policies and deadline
+//! math, and the wire formats (RUM reports, ACK documents, offline bundles). No network or database.
+
+pub mod ack;
+pub mod bundle;
+pub mod policy;
+pub mod rum;
+pub mod sign;
+pub mod tier;
+pub mod udi;
+
+pub use tier::{DnaTier, NetworkLicense};
+pub use udi::{Udi, UdiError};

@@ -1,0 +1,35 @@
+//! What every service needs at its edges: HTTP errors as `application/problem+json`, bearer-token
+//! auth with roles, secrets sealing, health and metrics, logging and TLS provider setup.
+
+pub mod auth;
+pub mod metrics;
+pub mod problem;
+pub mod secret;
+
+pub use auth::{ApiTokens, Caller, Role};
+pub use problem::{FieldError, Problem};
+pub use secret::SecretBox;
+
+/// Installs rustls' ring provider once per process (reqwest is built without a provider of its own).
+pub fn init_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// JSON logs (or human-readable with `TALLY_LOG_FORMAT=text`), level from `RUST_LOG`, else
+/// `default_level`.
+pub fn init_logging(default_level: &str) {
+    use tracing_subscriber::{EnvFilter, fmt};
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let text = std::env::var("TALLY_LOG_FORMAT").is_ok_and(|v| v == "text");
+    let builder = fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let _ = if text {
+        builder.try_init()
+    } else {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .try_init()
+    };
+}

@@ -1,0 +1,228 @@
+//! Client for Cisco's device-side licensing REST API (`/smartlic-service`, HTTP Basic auth):
+//! close-reports, all-reports (kept as the exact text of each report object) and import.
+
+use base64::{Engine, engine::general_purpose::STANDARD as B64};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use std::time::Duration;
+
+/// Largest all-reports answer read from one device.
+pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SouthboundError {
+    #[error("device unreachable: {0}")]
+    Unreachable(String),
+    #[error("device timed out")]
+    Timeout,
+    #[error("device refused the credentials (HTTP 401)")]
+    Unauthorized,
+    #[error("device answered HTTP {status}: {body}")]
+    Status { status: u16, body: String },
+    #[error("device answer is larger than {MAX_RESPONSE_BYTES} bytes")]
+    TooLarge,
+    /// The answer is not the documented JSON; `body` is kept for quarantine.
+    #[error("device answer is malformed: {reason}")]
+    Malformed { reason: String, body: Vec<u8> },
+}
+
+impl SouthboundError {
+    /// Worth another try: network trouble and server errors, not refusals.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Unreachable(_) | Self::Timeout => true,
+            Self::Status { status, .. } => *status >= 500 || *status == 429,
+            _ => false,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Target<'a> {
+    /// e.g. `https://10.0.0.1` (the API lives under `<base>/smartlic-service`).
+    pub base_url: &'a str,
+    pub username: &'a str,
+    pub password: &'a str,
+}
+
+#[derive(Clone)]
+pub struct DeviceClient {
+    http: reqwest::Client,
+    retries: u32,
+}
+
+impl DeviceClient {
+    /// `timeout` bounds each request; transient failures are retried `retries` times with backoff.
+    pub fn new(timeout: Duration, retries: u32) -> Result<Self, SouthboundError> {
+        let http = reqwest::Client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .pool_max_idle_per_host(64)
+            // Device management certificates are mostly self-signed; operators opt into checks
+            // per deployment (see docs/config.md).
+            .tls_danger_accept_invalid_certs(
+                std::env::var("TALLY_SOUTHBOUND_VERIFY_TLS").map_or(true, |v| v != "true"),
+            )
+            .build()
+            .map_err(|e| SouthboundError::Unreachable(e.to_string()))?;
+        Ok(Self { http, retries })
+    }
+
+    fn url(t: &Target<'_>, path: &str) -> String {
+        format!(
+            "{}/smartlic-service/{path}",
+            t.base_url.trim_end_matches('/')
+        )
+    }
+
+    async fn send(
+        &self,
+        t: &Target<'_>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<Vec<u8>, SouthboundError> {
+        let mut attempt = 0;
+        loop {
+            let result = self.send_once(t, method.clone(), path, body.clone()).await;
+            match result {
+                Err(e) if e.is_transient() && attempt < self.retries => {
+                    attempt += 1;
+                    tokio::time::sleep(Duration::from_millis(100 * 4u64.pow(attempt - 1))).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn send_once(
+        &self,
+        t: &Target<'_>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<Vec<u8>, SouthboundError> {
+        let mut req = self
+            .http
+            .request(method, Self::url(t, path))
+            .basic_auth(t.username, Some(t.password))
+            .header("accept", "application/json");
+        if let Some(b) = body {
+            req = req.header("content-type", "text/plain").body(b);
+        }
+        let resp = req.send().await.map_err(|e| {
+            if e.is_timeout() {
+                SouthboundError::Timeout
+            } else {
+                SouthboundError::Unreachable(e.to_string())
+            }
+        })?;
+        let status = resp.status();
+        if resp
+            .content_length()
+            .is_some_and(|l| l as usize > MAX_RESPONSE_BYTES)
+        {
+            return Err(SouthboundError::TooLarge);
+        }
+        let bytes = resp.bytes().await.map_err(|e| {
+            if e.is_timeout() {
+                SouthboundError::Timeout
+            } else {
+                SouthboundError::Unreachable(e.to_string())
+            }
+        })?;
+        if bytes.len() > MAX_RESPONSE_BYTES {
+            return Err(SouthboundError::TooLarge);
+        }
+        if status.as_u16() == 401 {
+            return Err(SouthboundError::Unauthorized);
+        }
+        if !status.is_success() {
+            return Err(SouthboundError::Status {
+                status: status.as_u16(),
+                body: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
+            });
+        }
+        Ok(bytes.to_vec())
+    }
+
+    /// `POST /close-reports`: closes open reports so they can be collected.
+    pub async fn close_reports(&self, t: &Target<'_>) -> Result<(), SouthboundError> {
+        self.send(t, reqwest::Method::POST, "close-reports", None)
+            .await
+            .map(|_| ())
+    }
+
+    /// `GET /all-reports`: each report object as the exact text the device sent.
+    pub async fn all_reports(&self, t: &Target<'_>) -> Result<Vec<String>, SouthboundError> {
+        let body = self
+            .send(t, reqwest::Method::GET, "all-reports", None)
+            .await?;
+        split_reports(body)
+    }
+
+    /// `POST /import`: installs an ACK document, sent base64-encoded as the documented flow says.
+    pub async fn import_ack(
+        &self,
+        t: &Target<'_>,
+        ack_document: &str,
+    ) -> Result<(), SouthboundError> {
+        self.send(
+            t,
+            reqwest::Method::POST,
+            "import",
+            Some(B64.encode(ack_document.as_bytes())),
+        )
+        .await
+        .map(|_| ())
+    }
+}
+
+/// Splits an all-reports answer `{"usage":[...]}` into the raw text of each report object.
+pub fn split_reports(body: Vec<u8>) -> Result<Vec<String>, SouthboundError> {
+    #[derive(Deserialize)]
+    struct AllReports<'a> {
+        #[serde(borrow)]
+        usage: Option<Vec<&'a RawValue>>,
+    }
+    let parsed: Result<AllReports<'_>, _> = serde_json::from_slice(&body);
+    match parsed {
+        Ok(AllReports { usage: Some(list) }) => {
+            Ok(list.into_iter().map(|r| r.get().to_owned()).collect())
+        }
+        Ok(AllReports { usage: None }) => Err(SouthboundError::Malformed {
+            reason: "answer has no \"usage\" array".into(),
+            body,
+        }),
+        Err(e) => Err(SouthboundError::Malformed {
+            reason: format!("answer is not valid JSON: {e}"),
+            body,
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_report_text_exactly() {
+        let body =
+            br#"{"usage": [ {"payload":"{\"a\": 1}","signature":{"x" : 1}} ,{"payload":"b"}]}"#;
+        let r = split_reports(body.to_vec()).unwrap();
+        assert_eq!(r[0], r#"{"payload":"{\"a\": 1}","signature":{"x" : 1}}"#);
+        assert_eq!(r[1], r#"{"payload":"b"}"#);
+    }
+
+    #[test]
+    fn malformed_answers_keep_their_body() {
+        match split_reports(b"{\"usage\": [{\"payload\":".to_vec()) {
+            Err(SouthboundError::Malformed { body, .. }) => assert!(!body.is_empty()),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            split_reports(b"{}".to_vec()),
+            Err(SouthboundError::Malformed { .. })
+        ));
+    }
+}

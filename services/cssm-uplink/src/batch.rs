@@ -1,0 +1,623 @@
+//! Online path: accept collected reports, form batches, send them, poll for ACKs.
+
+use crate::Uplink;
+use diesel::QueryableByName;
+use diesel::sql_types::{Array, BigInt, Bytea, Int4, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+use tally_bus::{consumer::HandlerError, proto};
+use tally_cssm::{DeviceUsage, PollOutcome, UploadOutcome};
+use tally_domain::Udi;
+use tally_store::outbox::{Schema, claim};
+use uuid::Uuid;
+
+/// Most ACKs in one `AcksReceived` message (each ACK document is about 1 KiB).
+const ACKS_PER_EVENT: usize = 400;
+
+/// Reports of one event as columns, for one `INSERT ... SELECT FROM unnest(...)`.
+#[derive(Default)]
+struct Columns {
+    pid: Vec<String>,
+    serial: Vec<String>,
+    report_id: Vec<i64>,
+    device: Vec<Uuid>,
+    sa: Vec<String>,
+    va: Vec<String>,
+    body: Vec<Vec<u8>>,
+}
+
+pub async fn accept(
+    up: &Uplink,
+    msg_id: &str,
+    ev: proto::ReportsCollected,
+) -> Result<(), HandlerError> {
+    let mut conn = up.pool.get().await.map_err(tally_store::StoreError::from)?;
+    let cycle = Uuid::parse_str(&ev.cycle_id).ok();
+    let mut cols = Columns::default();
+    for r in ev.reports {
+        let device = Uuid::parse_str(&r.device_id)
+            .map_err(|e| HandlerError::Poison(format!("device id {:?}: {e}", r.device_id)))?;
+        cols.pid.push(r.udi_pid);
+        cols.serial.push(r.udi_serial);
+        cols.report_id.push(r.report_id as i64);
+        cols.device.push(device);
+        cols.sa.push(r.smart_account);
+        cols.va.push(r.virtual_account);
+        cols.body.push(r.body);
+    }
+    conn.transaction(async |c| {
+        if !claim(c, Schema::Uplink, msg_id).await? || cols.pid.is_empty() {
+            return Ok(());
+        }
+        diesel::sql_query(
+            "INSERT INTO uplink.reports (udi_pid, udi_serial, report_id, device_id, cycle_id, \
+             smart_account, virtual_account, body) \
+             SELECT u.p, u.s, u.r, u.d, $5, u.sa, u.va, u.b FROM unnest($1::text[], $2::text[], \
+             $3::int8[], $4::uuid[], $6::text[], $7::text[], $8::bytea[]) AS u(p, s, r, d, sa, va, b) \
+             ON CONFLICT DO NOTHING",
+        )
+        .bind::<Array<Text>, _>(&cols.pid)
+        .bind::<Array<Text>, _>(&cols.serial)
+        .bind::<Array<BigInt>, _>(&cols.report_id)
+        .bind::<Array<SqlUuid>, _>(&cols.device)
+        .bind::<Nullable<SqlUuid>, _>(cycle)
+        .bind::<Array<Text>, _>(&cols.sa)
+        .bind::<Array<Text>, _>(&cols.va)
+        .bind::<Array<Bytea>, _>(&cols.body)
+        .execute(c)
+        .await?;
+        Ok::<_, HandlerError>(())
+    })
+    .await
+}
+
+#[derive(QueryableByName)]
+struct Group {
+    #[diesel(sql_type = Text)]
+    smart_account: String,
+    #[diesel(sql_type = Text)]
+    virtual_account: String,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+    #[diesel(sql_type = Timestamptz)]
+    oldest: chrono::DateTime<chrono::Utc>,
+}
+
+#[derive(QueryableByName)]
+struct Pick {
+    #[diesel(sql_type = Text)]
+    udi_pid: String,
+    #[diesel(sql_type = Text)]
+    udi_serial: String,
+    #[diesel(sql_type = BigInt)]
+    report_id: i64,
+    #[diesel(sql_type = SqlUuid)]
+    device_id: Uuid,
+}
+
+/// Forms batches from pending reports: per smart/virtual account, full ones at once, the rest
+/// once the oldest report has lingered. Returns the number of batches formed.
+pub async fn form_batches(up: &Uplink, force: bool) -> Result<usize, tally_store::StoreError> {
+    let mut conn = up.pool.get().await?;
+    let max = up.cfg.batch_max_reports.max(1) as i64;
+    let linger = chrono::Duration::from_std(up.cfg.linger).unwrap_or_default();
+    let n = conn
+        .transaction(async |c| {
+            let groups: Vec<Group> = diesel::sql_query(
+                "SELECT smart_account, virtual_account, count(*)::int8 AS n, min(received_at) AS oldest \
+                 FROM uplink.reports WHERE state = 'pending' GROUP BY 1, 2",
+            )
+            .load(c)
+            .await?;
+            let mut formed = 0;
+            for g in groups {
+                let ripe = force || g.n >= max || g.oldest + linger <= chrono::Utc::now();
+                if !ripe {
+                    continue;
+                }
+                let mut picks: Vec<Pick> = diesel::sql_query(
+                    "SELECT udi_pid, udi_serial, report_id, device_id FROM uplink.reports \
+                     WHERE state = 'pending' AND smart_account = $1 AND virtual_account = $2 \
+                     ORDER BY device_id, report_id LIMIT $3 FOR UPDATE SKIP LOCKED",
+                )
+                .bind::<Text, _>(&g.smart_account)
+                .bind::<Text, _>(&g.virtual_account)
+                .bind::<BigInt, _>(max + 1)
+                .load(c)
+                .await?;
+                if picks.len() as i64 > max {
+                    // A device's reports travel together: leave the last device for the next batch.
+                    picks.truncate(max as usize);
+                    if let Some(last) = picks.last().map(|p| p.device_id) {
+                        let keep = picks.iter().filter(|p| p.device_id != last).count();
+                        if keep > 0 {
+                            picks.truncate(keep);
+                        }
+                    }
+                }
+                if picks.is_empty() {
+                    continue;
+                }
+                let id = Uuid::now_v7();
+                let mut devices: Vec<Uuid> = picks.iter().map(|p| p.device_id).collect();
+                devices.dedup();
+                diesel::sql_query(
+                    "INSERT INTO uplink.batches (id, mode, smart_account, virtual_account, nonce, state, reports, devices) \
+                     VALUES ($1, 'online', $2, $3, $4, 'new', $5, $6)",
+                )
+                .bind::<SqlUuid, _>(id)
+                .bind::<Text, _>(&g.smart_account)
+                .bind::<Text, _>(&g.virtual_account)
+                .bind::<Text, _>(Uuid::new_v4().to_string())
+                .bind::<Int4, _>(picks.len() as i32)
+                .bind::<Int4, _>(devices.len() as i32)
+                .execute(c)
+                .await?;
+                mark(c, &picks, "batched", Some(id)).await?;
+                formed += 1;
+            }
+            Ok::<_, diesel::result::Error>(formed)
+        })
+        .await?;
+    Ok(n)
+}
+
+async fn mark(
+    c: &mut AsyncPgConnection,
+    picks: &[Pick],
+    state: &str,
+    batch: Option<Uuid>,
+) -> Result<usize, diesel::result::Error> {
+    diesel::sql_query(
+        "UPDATE uplink.reports r SET state = $4, batch_id = $5 FROM unnest($1::text[], $2::text[], $3::int8[]) \
+         AS u(p, s, id) WHERE r.udi_pid = u.p AND r.udi_serial = u.s AND r.report_id = u.id",
+    )
+    .bind::<Array<Text>, _>(picks.iter().map(|p| p.udi_pid.clone()).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(picks.iter().map(|p| p.udi_serial.clone()).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(picks.iter().map(|p| p.report_id).collect::<Vec<_>>())
+    .bind::<Text, _>(state)
+    .bind::<Nullable<SqlUuid>, _>(batch)
+    .execute(c)
+    .await
+}
+
+#[derive(QueryableByName, Debug)]
+pub(crate) struct BatchRow {
+    #[diesel(sql_type = SqlUuid)]
+    pub id: Uuid,
+    #[diesel(sql_type = Text)]
+    pub smart_account: String,
+    #[diesel(sql_type = Text)]
+    pub virtual_account: String,
+    #[diesel(sql_type = Text)]
+    pub nonce: String,
+    #[diesel(sql_type = Text)]
+    pub state: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub poll_id: Option<String>,
+    #[diesel(sql_type = Int4)]
+    pub attempts: i32,
+}
+
+#[derive(QueryableByName, Debug)]
+pub(crate) struct BatchReport {
+    #[diesel(sql_type = Text)]
+    pub udi_pid: String,
+    #[diesel(sql_type = Text)]
+    pub udi_serial: String,
+    #[diesel(sql_type = BigInt)]
+    pub report_id: i64,
+    #[diesel(sql_type = SqlUuid)]
+    pub device_id: Uuid,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    pub cycle_id: Option<Uuid>,
+    #[diesel(sql_type = Bytea)]
+    pub body: Vec<u8>,
+}
+
+pub(crate) async fn batch_reports(
+    c: &mut AsyncPgConnection,
+    batch: Uuid,
+) -> Result<Vec<BatchReport>, diesel::result::Error> {
+    diesel::sql_query(
+        "SELECT udi_pid, udi_serial, report_id, device_id, cycle_id, body FROM uplink.reports \
+         WHERE batch_id = $1 ORDER BY device_id, report_id",
+    )
+    .bind::<SqlUuid, _>(batch)
+    .load(c)
+    .await
+}
+
+fn backoff(up: &Uplink, attempts: i32) -> chrono::Duration {
+    let base = up.cfg.poll_initial.as_millis() as i64;
+    let ms = base
+        .saturating_mul(1i64 << attempts.clamp(0, 10))
+        .min(up.cfg.poll_max.as_millis() as i64);
+    chrono::Duration::milliseconds(ms.max(100))
+}
+
+/// Sends or polls one due batch. Returns false when none was due.
+pub async fn step(up: &Uplink) -> Result<bool, tally_store::StoreError> {
+    let Some(cssm) = up.cssm.clone() else {
+        return Ok(false);
+    };
+    let mut conn = up.pool.get().await?;
+    let worked = conn
+        .transaction(async |c| {
+            let due: Vec<BatchRow> = diesel::sql_query(
+                "SELECT id, smart_account, virtual_account, nonce, state, poll_id, attempts FROM uplink.batches \
+                 WHERE state IN ('new', 'polling') AND mode = 'online' AND next_attempt_at <= now() \
+                 ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED",
+            )
+            .load(c)
+            .await?;
+            let Some(b) = due.into_iter().next() else {
+                return Ok(false);
+            };
+            let reports = batch_reports(c, b.id).await?;
+            if b.state == "new" {
+                send(up, &cssm, c, &b, &reports).await?;
+            } else if let Some(poll_id) = &b.poll_id {
+                poll(up, &cssm, c, &b, poll_id, &reports).await?;
+            }
+            Ok::<_, diesel::result::Error>(true)
+        })
+        .await?;
+    Ok(worked)
+}
+
+async fn retry_later(
+    up: &Uplink,
+    c: &mut AsyncPgConnection,
+    b: &BatchRow,
+    error: &str,
+) -> Result<(), diesel::result::Error> {
+    tracing::warn!(batch = %b.id, error, "CSSM call failed; will retry");
+    diesel::sql_query(
+        "UPDATE uplink.batches SET attempts = attempts + 1, error = $2, next_attempt_at = $3, updated_at = now() WHERE id = $1",
+    )
+    .bind::<SqlUuid, _>(b.id)
+    .bind::<Text, _>(error)
+    .bind::<Timestamptz, _>(chrono::Utc::now() + backoff(up, b.attempts))
+    .execute(c)
+    .await?;
+    Ok(())
+}
+
+async fn send(
+    up: &Uplink,
+    cssm: &tally_cssm::CssmClient,
+    c: &mut AsyncPgConnection,
+    b: &BatchRow,
+    reports: &[BatchReport],
+) -> Result<(), diesel::result::Error> {
+    let udis: Vec<(Uuid, Udi)> = {
+        let mut v: Vec<(Uuid, Udi)> = reports
+            .iter()
+            .map(|r| {
+                (
+                    r.device_id,
+                    Udi {
+                        udi_pid: r.udi_pid.clone(),
+                        udi_serial_number: r.udi_serial.clone(),
+                    },
+                )
+            })
+            .collect();
+        v.dedup();
+        v
+    };
+    let usage: Vec<DeviceUsage<'_>> = udis
+        .iter()
+        .map(|(d, udi)| DeviceUsage {
+            udi,
+            reports: reports
+                .iter()
+                .filter(|r| r.device_id == *d)
+                .map(|r| r.body.as_slice())
+                .collect(),
+        })
+        .collect();
+    match cssm
+        .report_usage(&b.smart_account, &b.virtual_account, &b.nonce, &usage)
+        .await
+    {
+        Ok(UploadOutcome::Accepted { poll_id }) => {
+            diesel::sql_query(
+                "UPDATE uplink.batches SET state = 'polling', poll_id = $2, attempts = 0, error = NULL, \
+                 next_attempt_at = $3, updated_at = now() WHERE id = $1",
+            )
+            .bind::<SqlUuid, _>(b.id)
+            .bind::<Text, _>(&poll_id)
+            .bind::<Timestamptz, _>(chrono::Utc::now() + backoff(up, 0))
+            .execute(c)
+            .await?;
+            tracing::info!(batch = %b.id, reports = reports.len(), devices = udis.len(), "batch accepted by CSSM");
+            Ok(())
+        }
+        Ok(UploadOutcome::Failed {
+            message,
+            duplicates,
+        }) => refused(c, b, reports, &message, &duplicates).await,
+        Err(e) if e.is_transient() => retry_later(up, c, b, &e.to_string()).await,
+        Err(e) => retry_later(up, c, b, &e.to_string()).await,
+    }
+}
+
+/// CSSM refused a batch. Duplicates are dropped (CSSM has them already); when it named them, the
+/// rest go back to pending and travel in the next batch; otherwise the whole batch fails.
+async fn refused(
+    c: &mut AsyncPgConnection,
+    b: &BatchRow,
+    reports: &[BatchReport],
+    message: &str,
+    duplicates: &[(Udi, u64)],
+) -> Result<(), diesel::result::Error> {
+    tracing::warn!(batch = %b.id, message, duplicates = duplicates.len(), "CSSM refused a batch");
+    let is_dup = |r: &BatchReport| {
+        duplicates.iter().any(|(u, id)| {
+            u.udi_pid == r.udi_pid
+                && u.udi_serial_number == r.udi_serial
+                && *id as i64 == r.report_id
+        })
+    };
+    let (dups, rest): (Vec<&BatchReport>, Vec<&BatchReport>) =
+        reports.iter().partition(|r| is_dup(r));
+    let requeue = !dups.is_empty();
+    let to_pick = |v: &[&BatchReport]| -> Vec<Pick> {
+        v.iter()
+            .map(|r| Pick {
+                udi_pid: r.udi_pid.clone(),
+                udi_serial: r.udi_serial.clone(),
+                report_id: r.report_id,
+                device_id: r.device_id,
+            })
+            .collect()
+    };
+    let failed: Vec<&BatchReport> = if requeue {
+        dups.clone()
+    } else {
+        reports.iter().collect()
+    };
+    diesel::sql_query(
+        "UPDATE uplink.reports r SET state = 'failed', error = $4 FROM unnest($1::text[], $2::text[], $3::int8[]) \
+         AS u(p, s, id) WHERE r.udi_pid = u.p AND r.udi_serial = u.s AND r.report_id = u.id",
+    )
+    .bind::<Array<Text>, _>(failed.iter().map(|r| r.udi_pid.clone()).collect::<Vec<_>>())
+    .bind::<Array<Text>, _>(failed.iter().map(|r| r.udi_serial.clone()).collect::<Vec<_>>())
+    .bind::<Array<BigInt>, _>(failed.iter().map(|r| r.report_id).collect::<Vec<_>>())
+    .bind::<Text, _>(if requeue { "CSSM already has this report (duplicate)" } else { message })
+    .execute(c)
+    .await?;
+    if requeue {
+        mark(c, &to_pick(&rest), "pending", None).await?;
+    }
+    diesel::sql_query(
+        "UPDATE uplink.batches SET state = 'failed', error = $2, updated_at = now() WHERE id = $1",
+    )
+    .bind::<SqlUuid, _>(b.id)
+    .bind::<Text, _>(message)
+    .execute(c)
+    .await?;
+    // Devices left with nothing in flight will get no ACK from this cycle: say so.
+    let requeued: std::collections::HashSet<Uuid> = if requeue {
+        rest.iter().map(|r| r.device_id).collect()
+    } else {
+        Default::default()
+    };
+    let mut per_cycle: BTreeMap<String, proto::UploadProgress> = BTreeMap::new();
+    let mut seen = std::collections::HashSet::new();
+    for r in &failed {
+        let cycle = r.cycle_id.map(|c| c.to_string()).unwrap_or_default();
+        let e = per_cycle
+            .entry(cycle.clone())
+            .or_insert_with(|| proto::UploadProgress {
+                cycle_id: cycle,
+                ..Default::default()
+            });
+        e.reports_failed += 1;
+        if !requeued.contains(&r.device_id) && seen.insert(r.device_id) {
+            e.devices_failed += 1;
+            e.failures.push(proto::DeviceFailure {
+                device_id: r.device_id.to_string(),
+                reason: format!("CSSM refused the upload: {message}"),
+            });
+        }
+    }
+    for ev in per_cycle.values() {
+        tally_platform::metrics::inc("reports_upload_failed", u64::from(ev.reports_failed));
+        tally_bus::emit(c, Schema::Uplink, ev).await?;
+    }
+    Ok(())
+}
+
+async fn poll(
+    up: &Uplink,
+    cssm: &tally_cssm::CssmClient,
+    c: &mut AsyncPgConnection,
+    b: &BatchRow,
+    poll_id: &str,
+    reports: &[BatchReport],
+) -> Result<(), diesel::result::Error> {
+    match cssm.poll(poll_id).await {
+        Ok(PollOutcome::Pending) => {
+            diesel::sql_query(
+                "UPDATE uplink.batches SET attempts = attempts + 1, next_attempt_at = $2, updated_at = now() WHERE id = $1",
+            )
+            .bind::<SqlUuid, _>(b.id)
+            .bind::<Timestamptz, _>(chrono::Utc::now() + backoff(up, b.attempts + 1))
+            .execute(c)
+            .await?;
+            Ok(())
+        }
+        Ok(PollOutcome::Complete(acks)) => {
+            let docs: Vec<(Udi, Vec<u64>, String)> = acks
+                .into_iter()
+                .filter_map(|a| {
+                    use base64::Engine;
+                    let doc = base64::engine::general_purpose::STANDARD
+                        .decode(a.smart_license.trim())
+                        .ok()
+                        .and_then(|b| String::from_utf8(b).ok())?;
+                    Some((a.sudi, a.report_ids, doc))
+                })
+                .collect();
+            complete(c, b.id, reports, docs, "online").await
+        }
+        Err(e) => retry_later(up, c, b, &e.to_string()).await,
+    }
+}
+
+/// Records CSSM's ACKs for a batch (online or offline) and publishes them, one per device.
+/// Devices of the batch that got no ACK are reported as failed.
+pub(crate) async fn complete(
+    c: &mut AsyncPgConnection,
+    batch: Uuid,
+    reports: &[BatchReport],
+    acks: Vec<(Udi, Vec<u64>, String)>,
+    source: &str,
+) -> Result<(), diesel::result::Error> {
+    let mut by_udi: HashMap<(String, String), (Uuid, Option<Uuid>)> = HashMap::new();
+    for r in reports {
+        let e = by_udi
+            .entry((r.udi_pid.clone(), r.udi_serial.clone()))
+            .or_insert((r.device_id, r.cycle_id));
+        if e.1.is_none() {
+            e.1 = r.cycle_id;
+        }
+    }
+    let mut events: Vec<proto::DeviceAck> = Vec::new();
+    let mut acked = std::collections::HashSet::new();
+    for (udi, report_ids, doc) in acks {
+        let Some((device, cycle)) =
+            by_udi.get(&(udi.udi_pid.clone(), udi.udi_serial_number.clone()))
+        else {
+            tracing::warn!(batch = %batch, udi = %udi, "ACK for a device not in the batch; ignored");
+            continue;
+        };
+        if !acked.insert(*device) {
+            continue;
+        }
+        events.push(proto::DeviceAck {
+            device_id: device.to_string(),
+            cycle_id: cycle.map(|c| c.to_string()).unwrap_or_default(),
+            udi_pid: udi.udi_pid,
+            udi_serial: udi.udi_serial_number,
+            report_ids,
+            ack: doc,
+        });
+    }
+    if !events.is_empty() {
+        diesel::sql_query(
+            "INSERT INTO uplink.acks (batch_id, device_id, report_ids, ack) \
+             SELECT $1, u.d, COALESCE(string_to_array(NULLIF(u.r, ''), ',')::int8[], '{}'), u.a \
+             FROM unnest($2::uuid[], $3::text[], $4::text[]) AS u(d, r, a) ON CONFLICT DO NOTHING",
+        )
+        .bind::<SqlUuid, _>(batch)
+        .bind::<Array<SqlUuid>, _>(
+            events
+                .iter()
+                .filter_map(|e| Uuid::parse_str(&e.device_id).ok())
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Text>, _>(
+            events
+                .iter()
+                .map(|e| {
+                    e.report_ids
+                        .iter()
+                        .map(|r| (*r as i64).to_string())
+                        .collect::<Vec<_>>()
+                        .join(",")
+                })
+                .collect::<Vec<_>>(),
+        )
+        .bind::<Array<Text>, _>(events.iter().map(|e| e.ack.clone()).collect::<Vec<_>>())
+        .execute(c)
+        .await?;
+    }
+    diesel::sql_query(
+        "UPDATE uplink.reports SET state = CASE WHEN device_id = ANY($2) THEN 'acked' ELSE 'failed' END, \
+         error = CASE WHEN device_id = ANY($2) THEN NULL ELSE 'CSSM returned no ACK for this device' END \
+         WHERE batch_id = $1",
+    )
+    .bind::<SqlUuid, _>(batch)
+    .bind::<Array<SqlUuid>, _>(acked.iter().copied().collect::<Vec<_>>())
+    .execute(c)
+    .await?;
+    diesel::sql_query(
+        "UPDATE uplink.batches SET state = 'complete', error = NULL, updated_at = now() WHERE id = $1",
+    )
+    .bind::<SqlUuid, _>(batch)
+    .execute(c)
+    .await?;
+    let mut per_cycle: BTreeMap<String, proto::UploadProgress> = BTreeMap::new();
+    let mut missing = std::collections::HashSet::new();
+    for r in reports {
+        let cycle = r.cycle_id.map(|c| c.to_string()).unwrap_or_default();
+        let e = per_cycle
+            .entry(cycle.clone())
+            .or_insert_with(|| proto::UploadProgress {
+                cycle_id: cycle,
+                batches: 1,
+                ..Default::default()
+            });
+        if acked.contains(&r.device_id) {
+            e.reports_uploaded += 1;
+        } else {
+            e.reports_failed += 1;
+            if missing.insert(r.device_id) {
+                e.devices_failed += 1;
+                e.failures.push(proto::DeviceFailure {
+                    device_id: r.device_id.to_string(),
+                    reason: "CSSM returned no ACK for this device".into(),
+                });
+            }
+        }
+    }
+    for ev in per_cycle.values() {
+        tally_platform::metrics::inc("reports_uploaded", u64::from(ev.reports_uploaded));
+        tally_bus::emit(c, Schema::Uplink, ev).await?;
+    }
+    for chunk in events.chunks(ACKS_PER_EVENT) {
+        tally_bus::emit(
+            c,
+            Schema::Uplink,
+            &proto::AcksReceived {
+                acks: chunk.to_vec(),
+                source: source.to_owned(),
+            },
+        )
+        .await?;
+    }
+    tracing::info!(batch = %batch, acks = acked.len(), source, "ACKs received");
+    Ok(())
+}
+
+/// Forms batches and works due ones until the task is dropped.
+pub async fn run(up: Uplink) {
+    loop {
+        let formed = form_batches(&up, false).await;
+        if let Err(e) = &formed {
+            tracing::warn!(error = %e, "forming batches failed");
+        }
+        let mut worked = 0;
+        loop {
+            match step(&up).await {
+                Ok(true) => worked += 1,
+                Ok(false) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, "uplink step failed");
+                    break;
+                }
+            }
+            if worked >= 16 {
+                break;
+            }
+        }
+        if worked == 0 && !matches!(formed, Ok(n) if n > 0) {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! cssm-uplink: sends collected reports to CSSM in batches per smart/virtual account and turns
+//! CSSM's answer into per-device ACK events.
+//!
+//! Online: batches are formed in Postgres (`uplink.batches`, state `new`) before anything is sent,
+//! with a nonce. A batch whose answer was lost (crash, timeout) is re-sent with the same nonce, so
+//! CSSM can tell the retry from a second upload; then `poll` with backoff until `COMPLETE`.
+//! Offline: the operator exports a `UD_SA_*.tar.gz` bundle of all pending reports and uploads
+//! CSSM's ACK bundle; the same `AcksReceived` events follow.
+
+pub mod api;
+pub mod batch;
+pub mod offline;
+
+use std::{sync::Arc, time::Duration};
+use tally_bus::Bus;
+use tally_cssm::CssmClient;
+use tally_store::Pool;
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Online,
+    Offline,
+}
+
+impl std::str::FromStr for Mode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "online" => Ok(Self::Online),
+            "offline" => Ok(Self::Offline),
+            o => Err(format!(
+                "unknown uplink mode {o:?}; expected online or offline"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub mode: Mode,
+    /// Most reports in one reportusage request (a device's reports never straddle two).
+    pub batch_max_reports: usize,
+    /// How long pending reports wait for company before a smaller batch goes.
+    pub linger: Duration,
+    /// First poll after an accepted upload; later polls back off up to `poll_max`.
+    pub poll_initial: Duration,
+    pub poll_max: Duration,
+    /// Smart account name -> id for `X-CSW-SMART-ACCOUNT-ID` (the name is sent when unknown).
+    pub created_by: String,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            mode: Mode::Online,
+            batch_max_reports: 5000,
+            linger: Duration::from_millis(500),
+            poll_initial: Duration::from_secs(2),
+            poll_max: Duration::from_secs(60),
+            created_by: format!("Tally {}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Uplink {
+    pub pool: Pool,
+    pub bus: Bus,
+    pub cssm: Option<Arc<CssmClient>>,
+    pub cfg: Arc<Config>,
+}
+
+pub use api::routes;
+
+pub const DURABLE: &str = "cssm-uplink";
+
+/// Runs the consumer, the online sender/poller (online mode) and the relay until dropped.
+pub async fn run(up: Uplink) -> Result<(), tally_bus::BusError> {
+    use prost::Message;
+    use tally_bus::{Event, consumer::HandlerError, proto::ReportsCollected};
+    let mut tasks = vec![tokio::spawn(tally_bus::relay::run(
+        up.bus.clone(),
+        up.pool.clone(),
+        tally_store::outbox::Schema::Uplink,
+    ))];
+    if up.cfg.mode == Mode::Online {
+        tasks.push(tokio::spawn(batch::run(up.clone())));
+    }
+    let u = up.clone();
+    let result = tally_bus::consumer::run(
+        up.bus.clone(),
+        DURABLE,
+        &[ReportsCollected::SUBJECT],
+        move |d| {
+            let u = u.clone();
+            async move {
+                match d.subject.as_str() {
+                    ReportsCollected::SUBJECT => {
+                        batch::accept(&u, &d.msg_id, ReportsCollected::decode(d.payload)?).await
+                    }
+                    other => Err(HandlerError::Poison(format!("unexpected subject {other}"))),
+                }
+            }
+        },
+    )
+    .await;
+    for t in tasks {
+        t.abort();
+    }
+    result
+}

@@ -1,0 +1,208 @@
+//! Offline path for air-gapped sites: export pending reports as a `UD_SA_*.tar.gz` bundle, and
+//! take CSSM's ACK bundle back. File names carry Tally's device id, which routes each ACK home.
+
+use crate::Uplink;
+use crate::batch::{BatchReport, batch_reports, complete};
+use diesel::QueryableByName;
+use diesel::sql_types::{Array, Int4, Text, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, RunQueryDsl};
+use std::collections::BTreeMap;
+use tally_domain::bundle::{AckBundle, DeviceFile, UsageBundle, VaUsage};
+use tally_domain::{ack, rum};
+use tally_platform::{FieldError, Problem};
+use uuid::Uuid;
+
+#[derive(QueryableByName)]
+struct Pending {
+    #[diesel(sql_type = Text)]
+    smart_account: String,
+    #[diesel(sql_type = Text)]
+    virtual_account: String,
+}
+
+pub struct Export {
+    pub file_name: String,
+    pub bytes: Vec<u8>,
+    pub reports: usize,
+    pub devices: usize,
+}
+
+/// Builds the usage bundle of every pending report of `smart_account` (or of the only smart
+/// account with pending reports) and marks those reports exported, in one transaction.
+pub async fn export(up: &Uplink, smart_account: Option<&str>) -> Result<Export, Problem> {
+    let mut conn = up.pool.get().await.map_err(tally_store::StoreError::from)?;
+    let created_by = up.cfg.created_by.clone();
+    let sa_filter = smart_account.map(str::to_owned);
+    conn.transaction(async |c| {
+        let groups: Vec<Pending> = diesel::sql_query(
+            "SELECT DISTINCT smart_account, virtual_account FROM uplink.reports WHERE state = 'pending' \
+             ORDER BY 1, 2",
+        )
+        .load(c)
+        .await?;
+        let mut sas: Vec<&str> = groups.iter().map(|g| g.smart_account.as_str()).collect();
+        sas.dedup();
+        let sa = match (&sa_filter, sas.as_slice()) {
+            (Some(s), _) if sas.contains(&s.as_str()) => s.clone(),
+            (Some(s), _) => {
+                return Err(Problem::not_found("pending reports for smart account", s));
+            }
+            (None, []) => {
+                return Err(Problem::conflict("nothing-to-export", "no reports are waiting for upload"));
+            }
+            (None, [one]) => (*one).to_owned(),
+            (None, many) => {
+                return Err(Problem::validation(vec![FieldError {
+                    field: "smart_account".into(),
+                    message: format!("several smart accounts have pending reports ({}); name one", many.join(", ")),
+                }]));
+            }
+        };
+        let ts = chrono::Utc::now().timestamp();
+        let mut bundle = UsageBundle {
+            created_by,
+            sa_name: sa.clone(),
+            sa_id: sa.clone(),
+            timestamp: ts,
+            vas: Vec::new(),
+        };
+        let (mut reports_n, mut devices_n) = (0, 0);
+        for g in groups.iter().filter(|g| g.smart_account == sa) {
+            let id = Uuid::now_v7();
+            diesel::sql_query(
+                "UPDATE uplink.reports SET state = 'exported', batch_id = $1 WHERE state = 'pending' \
+                 AND smart_account = $2 AND virtual_account = $3",
+            )
+            .bind::<SqlUuid, _>(id)
+            .bind::<Text, _>(&sa)
+            .bind::<Text, _>(&g.virtual_account)
+            .execute(c)
+            .await?;
+            let reports = batch_reports(c, id).await?;
+            let mut by_device: BTreeMap<Uuid, Vec<String>> = BTreeMap::new();
+            for r in &reports {
+                by_device
+                    .entry(r.device_id)
+                    .or_default()
+                    .push(String::from_utf8_lossy(&r.body).into_owned());
+            }
+            let mut devices = Vec::with_capacity(by_device.len());
+            for (device, texts) in by_device {
+                let content = rum::envelope(&texts)
+                    .map_err(|e| Problem::internal(format!("device {device}: {e}")))?;
+                devices.push(DeviceFile {
+                    device_id: device.to_string(),
+                    content,
+                });
+            }
+            diesel::sql_query(
+                "INSERT INTO uplink.batches (id, mode, smart_account, virtual_account, nonce, state, reports, devices) \
+                 VALUES ($1, 'offline', $2, $3, $4, 'exported', $5, $6)",
+            )
+            .bind::<SqlUuid, _>(id)
+            .bind::<Text, _>(&sa)
+            .bind::<Text, _>(&g.virtual_account)
+            .bind::<Text, _>(bundle.file_name())
+            .bind::<Int4, _>(reports.len() as i32)
+            .bind::<Int4, _>(devices.len() as i32)
+            .execute(c)
+            .await?;
+            reports_n += reports.len();
+            devices_n += devices.len();
+            bundle.vas.push(VaUsage {
+                va_name: g.virtual_account.clone(),
+                va_id: g.virtual_account.clone(),
+                devices,
+            });
+        }
+        let bytes = bundle.to_tar_gz().map_err(Problem::internal)?;
+        Ok(Export {
+            file_name: bundle.file_name(),
+            bytes,
+            reports: reports_n,
+            devices: devices_n,
+        })
+    })
+    .await
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct AckImportResult {
+    pub files: usize,
+    pub devices_acked: usize,
+    pub batches_completed: usize,
+}
+
+#[derive(QueryableByName)]
+struct Owner {
+    #[diesel(sql_type = SqlUuid)]
+    device_id: Uuid,
+    #[diesel(sql_type = SqlUuid)]
+    batch_id: Uuid,
+}
+
+/// Takes CSSM's ACK bundle: every file must name a device with exported reports and hold a
+/// readable ACK for that device, or nothing is recorded.
+pub async fn import_acks(up: &Uplink, bytes: &[u8]) -> Result<AckImportResult, Problem> {
+    let files = AckBundle::from_tar_gz(bytes)
+        .map_err(|e| Problem::bad_request("invalid-bundle", e.to_string()))?;
+    let mut errors = Vec::new();
+    let mut parsed = Vec::new();
+    for f in &files {
+        let name = format!("ACK_dev_{}", f.device_id);
+        match (
+            Uuid::parse_str(&f.device_id),
+            ack::parse_ack_document(&f.content),
+        ) {
+            (Ok(id), Ok(a)) => parsed.push((id, a, f.content.clone())),
+            (Err(_), _) => errors.push(FieldError {
+                field: name,
+                message: "file name does not carry a Tally device id".into(),
+            }),
+            (_, Err(e)) => errors.push(FieldError {
+                field: name,
+                message: e.to_string(),
+            }),
+        }
+    }
+    let mut conn = up.pool.get().await.map_err(tally_store::StoreError::from)?;
+    let ids: Vec<Uuid> = parsed.iter().map(|(id, _, _)| *id).collect();
+    let owners: Vec<Owner> = diesel::sql_query(
+        "SELECT DISTINCT device_id, batch_id FROM uplink.reports WHERE state = 'exported' AND device_id = ANY($1)",
+    )
+    .bind::<Array<SqlUuid>, _>(&ids)
+    .load(&mut conn)
+    .await?;
+    let mut by_batch: BTreeMap<Uuid, Vec<(tally_domain::Udi, Vec<u64>, String)>> = BTreeMap::new();
+    for (id, a, doc) in parsed {
+        match owners.iter().find(|o| o.device_id == id) {
+            Some(o) => by_batch
+                .entry(o.batch_id)
+                .or_default()
+                .push((a.body.sudi, a.body.report_ids, doc)),
+            None => errors.push(FieldError {
+                field: format!("ACK_dev_{id}"),
+                message: "no exported reports of this device are waiting for an ACK (unknown device, or already imported)".into(),
+            }),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Problem::validation(errors));
+    }
+    let mut devices_acked = 0;
+    let batches = by_batch.len();
+    conn.transaction(async |c| {
+        for (batch, acks) in by_batch {
+            let reports: Vec<BatchReport> = batch_reports(c, batch).await?;
+            devices_acked += acks.len();
+            complete(c, batch, &reports, acks, "offline").await?;
+        }
+        Ok::<_, diesel::result::Error>(())
+    })
+    .await?;
+    Ok(AckImportResult {
+        files: files.len(),
+        devices_acked,
+        batches_completed: batches,
+    })
+}

@@ -1,0 +1,323 @@
+//! Devices as stored, as shown through the API, and as accepted on input (with validation that
+//! names every bad field).
+
+use crate::schema::devices;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use serde::{Deserialize, Serialize};
+use tally_domain::{DnaTier, NetworkLicense, Udi};
+use tally_platform::FieldError;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = devices)]
+pub struct DeviceRow {
+    pub id: Uuid,
+    pub udi_pid: String,
+    pub udi_serial: String,
+    pub hostname: String,
+    pub model: String,
+    pub software_version: String,
+    pub base_url: String,
+    pub site: String,
+    pub smart_account: String,
+    pub virtual_account: String,
+    pub username: String,
+    pub password_sealed: String,
+    pub is_cube: bool,
+    pub network_license: String,
+    pub dna_tier: Option<String>,
+    pub revision: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Clone, Insertable, AsChangeset)]
+#[diesel(table_name = devices)]
+pub struct NewDevice {
+    pub id: Uuid,
+    pub udi_pid: String,
+    pub udi_serial: String,
+    pub hostname: String,
+    pub model: String,
+    pub software_version: String,
+    pub base_url: String,
+    pub site: String,
+    pub smart_account: String,
+    pub virtual_account: String,
+    pub username: String,
+    pub password_sealed: String,
+    pub is_cube: bool,
+    pub network_license: String,
+    #[diesel(treat_none_as_null = true)]
+    pub dna_tier: Option<String>,
+}
+
+/// A device as the API shows it. The southbound password is never returned.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Device {
+    pub id: Uuid,
+    pub udi_pid: String,
+    pub serial: String,
+    pub hostname: String,
+    pub model: String,
+    pub software_version: String,
+    pub base_url: String,
+    pub site: String,
+    pub smart_account: String,
+    pub virtual_account: String,
+    pub username: String,
+    pub is_cube: bool,
+    pub network_license: String,
+    pub dna_tier: Option<String>,
+    pub revision: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+impl From<DeviceRow> for Device {
+    fn from(r: DeviceRow) -> Self {
+        Self {
+            id: r.id,
+            udi_pid: r.udi_pid,
+            serial: r.udi_serial,
+            hostname: r.hostname,
+            model: r.model,
+            software_version: r.software_version,
+            base_url: r.base_url,
+            site: r.site,
+            smart_account: r.smart_account,
+            virtual_account: r.virtual_account,
+            username: r.username,
+            is_cube: r.is_cube,
+            network_license: r.network_license,
+            dna_tier: r.dna_tier,
+            revision: r.revision,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// A device to create or replace. CSV imports use the same column names.
+#[derive(Debug, Clone, Deserialize, Serialize, utoipa::ToSchema, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceInput {
+    /// Product id, e.g. `C9300-48P`.
+    pub udi_pid: String,
+    pub serial: String,
+    pub hostname: String,
+    /// Defaults to `udi_pid`.
+    #[serde(default)]
+    pub model: Option<String>,
+    #[serde(default)]
+    pub software_version: Option<String>,
+    /// Management base URL, e.g. `https://10.1.2.3`; the licensing API is under `/smartlic-service`.
+    pub base_url: String,
+    #[serde(default)]
+    pub site: Option<String>,
+    pub smart_account: String,
+    pub virtual_account: String,
+    pub username: String,
+    /// Stored sealed; never returned. May be omitted when replacing a device to keep the old one.
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default)]
+    pub is_cube: Option<bool>,
+    /// `network-essentials` (default) or `network-advantage`.
+    #[serde(default)]
+    pub network_license: Option<String>,
+    /// `dna-essentials`, `dna-advantage`, `dna-premier`, or empty for none.
+    #[serde(default)]
+    pub dna_tier: Option<String>,
+}
+
+/// Validated input: every field checked, password still in clear (sealed by the caller).
+#[derive(Debug, Clone)]
+pub struct ValidDevice {
+    pub udi: Udi,
+    pub hostname: String,
+    pub model: String,
+    pub software_version: String,
+    pub base_url: String,
+    pub site: String,
+    pub smart_account: String,
+    pub virtual_account: String,
+    pub username: String,
+    pub password: Option<String>,
+    pub is_cube: bool,
+    pub network_license: NetworkLicense,
+    pub dna_tier: Option<DnaTier>,
+}
+
+fn text(errors: &mut Vec<FieldError>, field: &str, v: &str, max: usize) -> String {
+    let v = v.trim();
+    if v.is_empty() {
+        errors.push(FieldError {
+            field: field.into(),
+            message: "is required".into(),
+        });
+    } else if v.chars().count() > max {
+        errors.push(FieldError {
+            field: field.into(),
+            message: format!("is longer than {max} characters"),
+        });
+    }
+    v.to_owned()
+}
+
+impl DeviceInput {
+    /// Checks every field; `password_required` is false when replacing a device.
+    pub fn validate(&self, password_required: bool) -> Result<ValidDevice, Vec<FieldError>> {
+        let mut errors = Vec::new();
+        let udi = Udi::new(self.udi_pid.trim(), self.serial.trim()).map_err(|e| {
+            let field = match &e {
+                tally_domain::UdiError::Empty { field }
+                | tally_domain::UdiError::TooLong { field, .. }
+                | tally_domain::UdiError::BadChar { field, .. } => *field,
+            };
+            FieldError {
+                field: if field == "udi_pid" {
+                    "udi_pid"
+                } else {
+                    "serial"
+                }
+                .into(),
+                message: e
+                    .to_string()
+                    .replace("udi_serial_number ", "")
+                    .replace("udi_pid ", ""),
+            }
+        });
+        let hostname = text(&mut errors, "hostname", &self.hostname, 255);
+        let base_url = text(&mut errors, "base_url", &self.base_url, 2048);
+        if !base_url.is_empty() {
+            match reqwest::Url::parse(&base_url) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {}
+                Ok(_) => errors.push(FieldError {
+                    field: "base_url".into(),
+                    message: "must be an http:// or https:// URL with a host".into(),
+                }),
+                Err(e) => errors.push(FieldError {
+                    field: "base_url".into(),
+                    message: format!("is not a URL: {e}"),
+                }),
+            }
+        }
+        let smart_account = text(&mut errors, "smart_account", &self.smart_account, 255);
+        let virtual_account = text(&mut errors, "virtual_account", &self.virtual_account, 255);
+        let username = text(&mut errors, "username", &self.username, 255);
+        let password = match self.password.as_deref().map(str::trim) {
+            Some(p) if !p.is_empty() => Some(p.to_owned()),
+            _ if password_required => {
+                errors.push(FieldError {
+                    field: "password".into(),
+                    message: "is required".into(),
+                });
+                None
+            }
+            _ => None,
+        };
+        let network_license = match self.network_license.as_deref().map(str::trim) {
+            None | Some("") => NetworkLicense::NetworkEssentials,
+            Some(s) => s
+                .parse()
+                .unwrap_or_else(|e: tally_domain::tier::TierParseError| {
+                    errors.push(FieldError {
+                        field: "network_license".into(),
+                        message: e.to_string(),
+                    });
+                    NetworkLicense::NetworkEssentials
+                }),
+        };
+        let dna_tier = match self.dna_tier.as_deref().map(str::trim) {
+            None | Some("") | Some("none") => None,
+            Some(s) => match s.parse::<DnaTier>() {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    errors.push(FieldError {
+                        field: "dna_tier".into(),
+                        message: e.to_string(),
+                    });
+                    None
+                }
+            },
+        };
+        let udi = match udi {
+            Ok(u) => Some(u),
+            Err(e) => {
+                errors.insert(0, e);
+                None
+            }
+        };
+        match udi {
+            Some(udi) if errors.is_empty() => Ok(ValidDevice {
+                model: self
+                    .model
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|m| !m.is_empty())
+                    .unwrap_or(&udi.udi_pid)
+                    .to_owned(),
+                udi,
+                hostname,
+                software_version: self
+                    .software_version
+                    .clone()
+                    .unwrap_or_default()
+                    .trim()
+                    .to_owned(),
+                base_url: base_url.trim_end_matches('/').to_owned(),
+                site: self.site.clone().unwrap_or_default().trim().to_owned(),
+                smart_account,
+                virtual_account,
+                username,
+                password,
+                is_cube: self.is_cube.unwrap_or(false),
+                network_license,
+                dna_tier,
+            }),
+            _ => Err(errors),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn good() -> DeviceInput {
+        DeviceInput {
+            udi_pid: "C9300-48P".into(),
+            serial: "FCW1".into(),
+            hostname: "sw1".into(),
+            base_url: "https://10.0.0.1".into(),
+            smart_account: "acme".into(),
+            virtual_account: "Campus".into(),
+            username: "admin".into(),
+            password: Some("pw".into()),
+            dna_tier: Some("dna-advantage".into()),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn accepts_a_good_device() {
+        let v = good().validate(true).unwrap();
+        assert_eq!(v.model, "C9300-48P");
+        assert_eq!(v.dna_tier, Some(DnaTier::DnaAdvantage));
+    }
+
+    #[test]
+    fn names_every_bad_field() {
+        let mut d = good();
+        d.serial = "".into();
+        d.base_url = "ftp://x".into();
+        d.dna_tier = Some("gold".into());
+        d.password = None;
+        let errs = d.validate(true).unwrap_err();
+        let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["serial", "base_url", "password", "dna_tier"]);
+        assert!(good().validate(false).is_ok());
+    }
+}

@@ -1,0 +1,259 @@
+//! Cycle bookkeeping: start (cron tick or on demand), counters per stage, completion.
+
+use crate::Scheduler;
+use chrono::{DateTime, Utc};
+use diesel::sql_types::{Int4, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use tally_bus::{consumer::HandlerError, proto};
+use tally_store::outbox::{Schema, claim};
+use uuid::Uuid;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cycle {0} is still running")]
+    Running(Uuid),
+    #[error(transparent)]
+    Db(#[from] diesel::result::Error),
+    #[error(transparent)]
+    Store(#[from] tally_store::StoreError),
+}
+
+#[derive(diesel::QueryableByName)]
+struct IdRow {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+}
+
+/// Starts a cycle. A scheduled one is keyed by its tick, so replicas seeing the same tick start
+/// it once (`Ok(None)` for the others). An on-demand one is refused while another runs.
+pub async fn start(
+    s: &Scheduler,
+    trigger: &str,
+    tick: Option<DateTime<Utc>>,
+) -> Result<Option<Uuid>, StartError> {
+    let mut conn = s.pool.get().await.map_err(tally_store::StoreError::from)?;
+    conn.transaction(async |c| {
+        if tick.is_none() {
+            let running: Vec<IdRow> = diesel::sql_query(
+                "SELECT id FROM sched.cycles WHERE state = 'running' ORDER BY started_at LIMIT 1 FOR UPDATE",
+            )
+            .load(c)
+            .await?;
+            if let Some(r) = running.into_iter().next() {
+                return Err(StartError::Running(r.id));
+            }
+        }
+        let id = Uuid::now_v7();
+        let n = diesel::sql_query(
+            "INSERT INTO sched.cycles (id, trigger, scheduled_for) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
+        )
+        .bind::<SqlUuid, _>(id)
+        .bind::<Text, _>(trigger)
+        .bind::<Nullable<Timestamptz>, _>(tick)
+        .execute(c)
+        .await?;
+        if n == 0 {
+            return Ok(None);
+        }
+        tally_bus::emit(
+            c,
+            Schema::Sched,
+            &proto::CycleStarted {
+                cycle_id: id.to_string(),
+                trigger: trigger.to_owned(),
+                started_at_ms: Utc::now().timestamp_millis(),
+            },
+        )
+        .await?;
+        tracing::info!(cycle = %id, trigger, "cycle started");
+        Ok(Some(id))
+    })
+    .await
+}
+
+/// Fires a cycle at each tick of `cron` until dropped.
+pub async fn run_cron(s: Scheduler, cron: croner::Cron) {
+    loop {
+        let now = Utc::now();
+        let next = match cron.find_next_occurrence(&now, false) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "cron has no next occurrence; scheduled cycles stop");
+                return;
+            }
+        };
+        let wait = (next - now).to_std().unwrap_or_default();
+        tokio::time::sleep(wait).await;
+        match start(&s, "schedule", Some(next)).await {
+            Ok(Some(id)) => tracing::info!(cycle = %id, tick = %next, "scheduled cycle started"),
+            Ok(None) => tracing::debug!(tick = %next, "another replica started this tick's cycle"),
+            Err(e) => tracing::error!(error = %e, tick = %next, "scheduled cycle could not start"),
+        }
+    }
+}
+
+/// Counter increments carried by one event.
+#[derive(Debug, Default)]
+pub struct Update {
+    pub cycle_id: String,
+    pub devices: Option<i32>,
+    pub devices_ok: i32,
+    pub devices_failed: i32,
+    pub devices_with_reports: i32,
+    pub reports_stored: i32,
+    pub reports_quarantined: i32,
+    pub reports_duplicate: i32,
+    pub reports_uploaded: i32,
+    pub reports_upload_failed: i32,
+    pub devices_upload_failed: i32,
+    pub batches: i32,
+    pub acks_imported: i32,
+    pub acks_failed: i32,
+    /// (device, stage, reason)
+    pub failures: Vec<(String, &'static str, String)>,
+}
+
+fn n(v: u32) -> i32 {
+    i32::try_from(v).unwrap_or(i32::MAX)
+}
+
+impl From<proto::CollectionStarted> for Update {
+    fn from(e: proto::CollectionStarted) -> Self {
+        Self {
+            cycle_id: e.cycle_id,
+            devices: Some(n(e.devices)),
+            ..Default::default()
+        }
+    }
+}
+
+impl From<proto::ReportsCollected> for Update {
+    fn from(e: proto::ReportsCollected) -> Self {
+        Self {
+            cycle_id: e.cycle_id,
+            devices_ok: n(e.devices_ok),
+            devices_failed: n(e.devices_failed),
+            devices_with_reports: n(e.devices_with_reports),
+            reports_stored: i32::try_from(e.reports.len()).unwrap_or(i32::MAX),
+            reports_quarantined: n(e.reports_quarantined),
+            reports_duplicate: n(e.reports_duplicate),
+            failures: e
+                .failures
+                .into_iter()
+                .map(|f| (f.device_id, "collection", f.reason))
+                .collect(),
+            ..Default::default()
+        }
+    }
+}
+
+impl From<proto::UploadProgress> for Update {
+    fn from(e: proto::UploadProgress) -> Self {
+        Self {
+            cycle_id: e.cycle_id,
+            reports_uploaded: n(e.reports_uploaded),
+            reports_upload_failed: n(e.reports_failed),
+            devices_upload_failed: n(e.devices_failed),
+            batches: n(e.batches),
+            failures: e
+                .failures
+                .into_iter()
+                .map(|f| (f.device_id, "upload", f.reason))
+                .collect(),
+            ..Default::default()
+        }
+    }
+}
+
+impl From<proto::AcksImported> for Update {
+    fn from(e: proto::AcksImported) -> Self {
+        Self {
+            cycle_id: e.cycle_id,
+            acks_imported: n(e.ok),
+            acks_failed: n(e.failed),
+            failures: e
+                .failures
+                .into_iter()
+                .map(|f| (f.device_id, "ack", f.reason))
+                .collect(),
+            ..Default::default()
+        }
+    }
+}
+
+/// Applies an event's counters once (inbox), then closes the cycle when every stage is done.
+pub async fn apply(s: &Scheduler, msg_id: &str, u: Update) -> Result<(), HandlerError> {
+    // Work outside any cycle (manual uploads) has nothing to count.
+    let Ok(cycle) = Uuid::parse_str(&u.cycle_id) else {
+        return Ok(());
+    };
+    let mut conn = s.pool.get().await.map_err(tally_store::StoreError::from)?;
+    conn.transaction(async |c| {
+        if !claim(c, Schema::Sched, msg_id).await? {
+            return Ok(());
+        }
+        add(c, cycle, &u).await?;
+        Ok::<_, HandlerError>(())
+    })
+    .await
+}
+
+async fn add(
+    c: &mut AsyncPgConnection,
+    cycle: Uuid,
+    u: &Update,
+) -> Result<(), diesel::result::Error> {
+    diesel::sql_query(
+        "UPDATE sched.cycles SET \
+         devices = COALESCE($2, devices), collection_started = collection_started OR $2 IS NOT NULL, \
+         devices_ok = devices_ok + $3, devices_failed = devices_failed + $4, \
+         devices_with_reports = devices_with_reports + $5, reports_stored = reports_stored + $6, \
+         reports_quarantined = reports_quarantined + $7, reports_duplicate = reports_duplicate + $8, \
+         reports_uploaded = reports_uploaded + $9, reports_upload_failed = reports_upload_failed + $10, \
+         devices_upload_failed = devices_upload_failed + $11, batches = batches + $12, \
+         acks_imported = acks_imported + $13, acks_failed = acks_failed + $14 WHERE id = $1",
+    )
+    .bind::<SqlUuid, _>(cycle)
+    .bind::<Nullable<Int4>, _>(u.devices)
+    .bind::<Int4, _>(u.devices_ok)
+    .bind::<Int4, _>(u.devices_failed)
+    .bind::<Int4, _>(u.devices_with_reports)
+    .bind::<Int4, _>(u.reports_stored)
+    .bind::<Int4, _>(u.reports_quarantined)
+    .bind::<Int4, _>(u.reports_duplicate)
+    .bind::<Int4, _>(u.reports_uploaded)
+    .bind::<Int4, _>(u.reports_upload_failed)
+    .bind::<Int4, _>(u.devices_upload_failed)
+    .bind::<Int4, _>(u.batches)
+    .bind::<Int4, _>(u.acks_imported)
+    .bind::<Int4, _>(u.acks_failed)
+    .execute(c)
+    .await?;
+    for (device, stage, reason) in &u.failures {
+        if let Ok(d) = Uuid::parse_str(device) {
+            diesel::sql_query(
+                "INSERT INTO sched.cycle_failures (cycle_id, device_id, stage, reason) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (cycle_id, device_id, stage) DO UPDATE SET reason = excluded.reason, at = now()",
+            )
+            .bind::<SqlUuid, _>(cycle)
+            .bind::<SqlUuid, _>(d)
+            .bind::<Text, _>(*stage)
+            .bind::<Text, _>(reason)
+            .execute(c)
+            .await?;
+        }
+    }
+    // Every device collected, and every device with new reports either holds an ACK, failed
+    // its import, or was refused upstream.
+    diesel::sql_query(
+        "UPDATE sched.cycles SET state = CASE WHEN devices_failed + reports_quarantined + devices_upload_failed \
+         + acks_failed > 0 THEN 'complete_with_errors' ELSE 'complete' END, finished_at = now() \
+         WHERE id = $1 AND state = 'running' AND collection_started \
+         AND devices_ok + devices_failed >= devices \
+         AND acks_imported + acks_failed + devices_upload_failed >= devices_with_reports",
+    )
+    .bind::<SqlUuid, _>(cycle)
+    .execute(c)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,87 @@
+//! renewal-scheduler: starts license cycles (on a cron schedule and on demand) and follows each
+//! through its stages (collection, upload, ACK delivery) from the other services' events.
+
+pub mod api;
+pub mod cycles;
+
+use tally_bus::Bus;
+use tally_store::Pool;
+
+#[derive(Debug, Clone, Default)]
+pub struct Config {
+    /// Cron expression (croner syntax, 5 or 6 fields, UTC); no scheduled cycles when absent.
+    pub cron: Option<String>,
+}
+
+#[derive(Clone)]
+pub struct Scheduler {
+    pub pool: Pool,
+    pub bus: Bus,
+    pub cfg: std::sync::Arc<Config>,
+}
+
+pub use api::routes;
+
+pub const DURABLE: &str = "renewal-scheduler";
+
+/// Parses a cron expression, naming what is wrong.
+pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
+    expr.parse::<croner::Cron>()
+        .map_err(|e| format!("invalid cron expression {expr:?}: {e}"))
+}
+
+/// Runs the event consumer, the cron loop and the outbox relay until dropped.
+pub async fn run(s: Scheduler) -> Result<(), tally_bus::BusError> {
+    use prost::Message;
+    use tally_bus::Event;
+    use tally_bus::consumer::HandlerError;
+    use tally_bus::proto::{AcksImported, CollectionStarted, ReportsCollected, UploadProgress};
+    let mut tasks = vec![tokio::spawn(tally_bus::relay::run(
+        s.bus.clone(),
+        s.pool.clone(),
+        tally_store::outbox::Schema::Sched,
+    ))];
+    if let Some(expr) = &s.cfg.cron {
+        match parse_cron(expr) {
+            Ok(cron) => tasks.push(tokio::spawn(cycles::run_cron(s.clone(), cron))),
+            Err(e) => tracing::error!("{e}; scheduled cycles are off"),
+        }
+    }
+    let sc = s.clone();
+    let result = tally_bus::consumer::run(
+        s.bus.clone(),
+        DURABLE,
+        &[
+            CollectionStarted::SUBJECT,
+            ReportsCollected::SUBJECT,
+            UploadProgress::SUBJECT,
+            AcksImported::SUBJECT,
+        ],
+        move |d| {
+            let s = sc.clone();
+            async move {
+                let update = match d.subject.as_str() {
+                    CollectionStarted::SUBJECT => {
+                        cycles::Update::from(CollectionStarted::decode(d.payload)?)
+                    }
+                    ReportsCollected::SUBJECT => {
+                        cycles::Update::from(ReportsCollected::decode(d.payload)?)
+                    }
+                    UploadProgress::SUBJECT => {
+                        cycles::Update::from(UploadProgress::decode(d.payload)?)
+                    }
+                    AcksImported::SUBJECT => cycles::Update::from(AcksImported::decode(d.payload)?),
+                    other => {
+                        return Err(HandlerError::Poison(format!("unexpected subject {other}")));
+                    }
+                };
+                cycles::apply(&s, &d.msg_id, update).await
+            }
+        },
+    )
+    .await;
+    for t in tasks {
+        t.abort();
+    }
+    result
+}

@@ -1,0 +1,135 @@
+//! rum-aggregator: collects RUM reports from devices through Cisco's `/smartlic-service` API,
+//! checks and stores them byte-exact (deduplicated by UDI and report id, malformed ones
+//! quarantined with the reason), forwards them on the bus, and installs each ACK back into its
+//! device.
+//!
+//! Work queues live in Postgres (`rum.collections`, `rum.ack_imports`). A worker locks a slice of
+//! pending rows (`FOR UPDATE SKIP LOCKED`), talks to those devices, and commits the outcome with
+//! its events in the same transaction. If the process dies mid-slice, Postgres drops the locks and
+//! the rows are pending again for the next worker: nothing is lost, and deduplication makes a
+//! repeated collection harmless.
+
+pub mod api;
+pub mod collect;
+pub mod import;
+pub mod projection;
+pub mod schema;
+
+use std::{sync::Arc, time::Duration};
+use tally_bus::{Bus, consumer::HandlerError};
+use tally_platform::SecretBox;
+use tally_southbound::DeviceClient;
+use tally_store::Pool;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Devices talked to at once, per worker.
+    pub concurrency: usize,
+    /// Parallel workers (each holds one database connection while it works a slice).
+    pub workers: usize,
+    /// Devices per slice.
+    pub slice: i64,
+    pub device_timeout: Duration,
+    pub device_retries: u32,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            concurrency: 128,
+            workers: 2,
+            slice: 256,
+            device_timeout: Duration::from_secs(10),
+            device_retries: 2,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Aggregator {
+    pub pool: Pool,
+    pub bus: Bus,
+    pub secrets: SecretBox,
+    pub client: DeviceClient,
+    pub cfg: Arc<Config>,
+}
+
+impl Aggregator {
+    pub fn new(
+        pool: Pool,
+        bus: Bus,
+        secrets: SecretBox,
+        cfg: Config,
+    ) -> Result<Self, tally_southbound::SouthboundError> {
+        let client = DeviceClient::new(cfg.device_timeout, cfg.device_retries)?;
+        Ok(Self {
+            pool,
+            bus,
+            secrets,
+            client,
+            cfg: Arc::new(cfg),
+        })
+    }
+}
+
+pub use api::routes;
+
+/// Durable consumer name shared by all replicas.
+pub const DURABLE: &str = "rum-aggregator";
+
+/// Runs the consumers, workers and outbox relay until the task is dropped.
+pub async fn run(agg: Aggregator) -> Result<(), tally_bus::BusError> {
+    use tally_bus::Event;
+    use tally_bus::proto::{AcksReceived, CycleStarted, DevicesDeleted, DevicesUpserted};
+    let relay = tokio::spawn(tally_bus::relay::run(
+        agg.bus.clone(),
+        agg.pool.clone(),
+        tally_store::outbox::Schema::Rum,
+    ));
+    let mut tasks = vec![relay];
+    for _ in 0..agg.cfg.workers.max(1) {
+        tasks.push(tokio::spawn(collect::run_worker(agg.clone())));
+        tasks.push(tokio::spawn(import::run_worker(agg.clone())));
+    }
+    let a = agg.clone();
+    let result = tally_bus::consumer::run(
+        agg.bus.clone(),
+        DURABLE,
+        &[
+            DevicesUpserted::SUBJECT,
+            DevicesDeleted::SUBJECT,
+            CycleStarted::SUBJECT,
+            AcksReceived::SUBJECT,
+        ],
+        move |d| {
+            let a = a.clone();
+            async move { handle(&a, d).await }
+        },
+    )
+    .await;
+    for t in tasks {
+        t.abort();
+    }
+    result
+}
+
+async fn handle(agg: &Aggregator, d: tally_bus::consumer::Delivery) -> Result<(), HandlerError> {
+    use prost::Message;
+    use tally_bus::Event;
+    use tally_bus::proto::{AcksReceived, CycleStarted, DevicesDeleted, DevicesUpserted};
+    match d.subject.as_str() {
+        DevicesUpserted::SUBJECT => {
+            projection::upsert(agg, &d.msg_id, DevicesUpserted::decode(d.payload)?).await
+        }
+        DevicesDeleted::SUBJECT => {
+            projection::delete(agg, &d.msg_id, DevicesDeleted::decode(d.payload)?).await
+        }
+        CycleStarted::SUBJECT => {
+            collect::start_cycle(agg, &d.msg_id, CycleStarted::decode(d.payload)?).await
+        }
+        AcksReceived::SUBJECT => {
+            import::enqueue(agg, &d.msg_id, AcksReceived::decode(d.payload)?).await
+        }
+        other => Err(HandlerError::Poison(format!("unexpected subject {other}"))),
+    }
+}
