@@ -36,6 +36,18 @@ pub struct DemoArgs {
     /// Stop after the cycle instead of serving until Ctrl-C.
     #[arg(long)]
     pub exit: bool,
+    /// Drive an already running Tally at this base URL instead of starting one (benchmarks).
+    #[arg(long, requires_all = ["token", "fleet_url", "cssm_url"])]
+    pub tally_url: Option<String>,
+    /// Admin token of the running Tally given with `--tally-url`.
+    #[arg(long, env = "TALLY_DEMO_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// A running fleet simulator (`tally sim fleet`) instead of an in-process one.
+    #[arg(long)]
+    pub fleet_url: Option<String>,
+    /// A running CSSM simulator (`tally sim cssm`) instead of an in-process one.
+    #[arg(long)]
+    pub cssm_url: Option<String>,
 }
 
 fn random_hex(bytes: usize) -> String {
@@ -97,57 +109,27 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let n = args.devices;
     println!("Tally demo: {n} simulated devices, a simulated CSSM, all services in one process");
-    let db = recreate_db(&args.admin_db, &args.database).await?;
-    let (fleet_addr, _fleet, _) = tally_sim::start_fleet(tally_sim::FleetConfig {
-        devices: n,
-        bind: args.fleet_listen,
-        ..Default::default()
-    })
-    .await
-    .with_context(|| format!("starting the fleet simulator on {}", args.fleet_listen))?;
-    let cssm_cfg = tally_sim::CssmConfig {
-        bind: args.cssm_listen,
-        processing_delay: Duration::from_millis(1000),
-        ..Default::default()
-    };
-    let (client_id, client_secret) = (cssm_cfg.client_id.clone(), cssm_cfg.client_secret.clone());
-    let (cssm_addr, _cssm, _) = tally_sim::start_cssm(cssm_cfg)
-        .await
-        .with_context(|| format!("starting the CSSM simulator on {}", args.cssm_listen))?;
-    println!("  fleet simulator  http://{fleet_addr}/sim/summary");
-    println!("  CSSM simulator   http://{cssm_addr}/sim/stats");
-
-    let token = random_hex(20);
-    let serve_args = ServeArgs {
-        target: vec![Target::All],
-        listen: args.listen,
-        database_url: db.clone(),
-        db_pool: 16,
-        migrate: true,
-        nats_url: args.nats_url.clone(),
-        // A fresh namespace: the demo database is new, so must the event stream be.
-        nats_namespace: format!("demo{}", random_hex(4)),
-        api_tokens: format!("admin:{token}"),
-        secret_key: random_hex(32),
-        collect_concurrency: 128,
-        collect_workers: 2,
-        collect_slice: 256,
-        device_timeout_secs: 10,
-        device_retries: 2,
-        uplink_mode: args.mode,
-        cssm_api_base: format!("http://{cssm_addr}/services/api/smart-accounts-and-licensing/"),
-        cssm_token_url: format!("http://{cssm_addr}/oauth2/v1/token"),
-        cssm_client_id: client_id,
-        cssm_client_secret: client_secret,
-        batch_max_reports: 5000,
-        poll_initial_ms: 1000,
-        cycle_cron: None,
-    };
-    let server = tokio::spawn(crate::serve::serve(serve_args));
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(300))
         .build()?;
-    let base = format!("http://{}", args.listen);
+    let (fleet, cssm, base, token, server) = match (
+        &args.tally_url,
+        &args.token,
+        &args.fleet_url,
+        &args.cssm_url,
+    ) {
+        (Some(t), Some(k), Some(f), Some(c)) => (
+            f.clone(),
+            c.clone(),
+            t.trim_end_matches('/').to_owned(),
+            k.clone(),
+            None,
+        ),
+        _ => {
+            let (fleet, cssm, base, token, server) = start_in_process(&args).await?;
+            (fleet, cssm, base, token, Some(server))
+        }
+    };
     let api = Api {
         http: http.clone(),
         base: format!("{base}/api/v1"),
@@ -155,11 +137,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if server.is_finished() {
-            return match server.await {
-                Ok(Err(e)) => Err(e.context("tally failed to start")),
-                _ => bail!("tally stopped during start-up"),
-            };
+        if let Some(server) = &server
+            && server.is_finished()
+        {
+            bail!("tally stopped during start-up (see the log above)");
         }
         if http
             .get(format!("{base}/readyz"))
@@ -177,11 +158,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    println!("  fleet simulator  {fleet}/sim/summary");
+    println!("  CSSM simulator   {cssm}/sim/stats");
     println!("  Tally API        {base}/api/v1   (Swagger UI: {base}/docs/)");
 
     // 1. Inventory: the fleet's own device list, imported in one all-or-nothing request.
     let devices: Vec<Value> = http
-        .get(format!("http://{fleet_addr}/sim/devices"))
+        .get(format!("{fleet}/sim/devices"))
         .send()
         .await?
         .json()
@@ -240,7 +223,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 + c["collection"]["devices_failed"].as_i64().unwrap_or(0)
                 >= c["collection"]["devices"].as_i64().unwrap_or(i64::MAX);
         if args.mode == tally_cssm_uplink::Mode::Offline && collected && !exported {
-            offline_exchange(&api, &http, cssm_addr).await?;
+            offline_exchange(&api, &http, &cssm).await?;
             exported = true;
         }
         if t_cycle.elapsed() > Duration::from_secs(900) {
@@ -252,13 +235,13 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
 
     // 3. Proof from the devices themselves.
     let summary: Value = http
-        .get(format!("http://{fleet_addr}/sim/summary"))
+        .get(format!("{fleet}/sim/summary"))
         .send()
         .await?
         .json()
         .await?;
     let stats: Value = http
-        .get(format!("http://{cssm_addr}/sim/stats"))
+        .get(format!("{cssm}/sim/stats"))
         .send()
         .await?
         .json()
@@ -287,6 +270,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         bail!("the demo cycle did not end with every device holding a valid ACK");
     }
     println!("OK: every device holds a CSSM-signed ACK; nothing was uploaded twice.");
+    let Some(server) = server else {
+        return Ok(());
+    };
     if args.exit {
         return Ok(());
     }
@@ -299,13 +285,73 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
 }
 
+type Started = (
+    String,
+    String,
+    String,
+    String,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+);
+
+/// Simulators and every Tally service in this process, on a fresh demo database.
+async fn start_in_process(args: &DemoArgs) -> anyhow::Result<Started> {
+    let n = args.devices;
+    let db = recreate_db(&args.admin_db, &args.database).await?;
+    let (fleet_addr, _fleet, _) = tally_sim::start_fleet(tally_sim::FleetConfig {
+        devices: n,
+        bind: args.fleet_listen,
+        ..Default::default()
+    })
+    .await
+    .with_context(|| format!("starting the fleet simulator on {}", args.fleet_listen))?;
+    let cssm_cfg = tally_sim::CssmConfig {
+        bind: args.cssm_listen,
+        processing_delay: Duration::from_millis(1000),
+        ..Default::default()
+    };
+    let (client_id, client_secret) = (cssm_cfg.client_id.clone(), cssm_cfg.client_secret.clone());
+    let (cssm_addr, _cssm, _) = tally_sim::start_cssm(cssm_cfg)
+        .await
+        .with_context(|| format!("starting the CSSM simulator on {}", args.cssm_listen))?;
+    let token = random_hex(20);
+    let serve_args = ServeArgs {
+        target: vec![Target::All],
+        listen: args.listen,
+        database_url: db,
+        db_pool: 16,
+        migrate: true,
+        nats_url: args.nats_url.clone(),
+        // A fresh namespace: the demo database is new, so must the event stream be.
+        nats_namespace: format!("demo{}", random_hex(4)),
+        api_tokens: format!("admin:{token}"),
+        secret_key: random_hex(32),
+        collect_concurrency: 128,
+        collect_workers: 2,
+        collect_slice: 256,
+        device_timeout_secs: 10,
+        device_retries: 2,
+        uplink_mode: args.mode,
+        cssm_api_base: format!("http://{cssm_addr}/services/api/smart-accounts-and-licensing/"),
+        cssm_token_url: format!("http://{cssm_addr}/oauth2/v1/token"),
+        cssm_client_id: client_id,
+        cssm_client_secret: client_secret,
+        batch_max_reports: 5000,
+        poll_initial_ms: 1000,
+        cycle_cron: None,
+    };
+    let server = tokio::spawn(crate::serve::serve(serve_args));
+    Ok((
+        format!("http://{fleet_addr}"),
+        format!("http://{cssm_addr}"),
+        format!("http://{}", args.listen),
+        token,
+        server,
+    ))
+}
+
 /// The air-gapped path: export the usage bundle, let the simulated CSSM answer it as the CSSM
 /// portal would, and upload the ACK bundle.
-async fn offline_exchange(
-    api: &Api,
-    http: &reqwest::Client,
-    cssm: SocketAddr,
-) -> anyhow::Result<()> {
+async fn offline_exchange(api: &Api, http: &reqwest::Client, cssm: &str) -> anyhow::Result<()> {
     // Wait until every collected report has reached the uplink.
     loop {
         let s = api
@@ -329,7 +375,7 @@ async fn offline_exchange(
         .await?;
     println!("   exported usage bundle: {} bytes", bundle.len());
     let acks = http
-        .post(format!("http://{cssm}/sim/offline/usage"))
+        .post(format!("{cssm}/sim/offline/usage"))
         .header("content-type", "application/gzip")
         .body(bundle)
         .send()

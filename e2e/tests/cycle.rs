@@ -1,0 +1,214 @@
+//! Whole license cycles driven through the REST API against the real binary: a simulated fleet
+//! of 1,000 devices, a simulated CSSM, and `tally serve` on its own database and NATS namespace.
+//! Needs PostgreSQL, NATS >= 2.10 with JetStream (`TALLY_TEST_NATS_URL`) and `cargo build -p
+//! tally`; see e2e/README.md.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use common::{Cssm, Fleet, Tally, Uplink, assert_clean_cycle, collection_done, random_hex};
+use serde_json::Value;
+use std::time::{Duration, Instant};
+
+const DEVICES: usize = 1000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_cycle_1000_devices() {
+    let t0 = Instant::now();
+    let tag = random_hex();
+    let fleet = Fleet::start(&tag, DEVICES).await;
+    let cssm = Cssm::start(&tag, 300).await;
+    let mut tally = Tally::start(&tag, Uplink::Online(&cssm)).await;
+    tally.import_fleet(&fleet).await;
+
+    let t_cycle = Instant::now();
+    let id = tally.start_cycle().await;
+    let cycle = tally
+        .wait_cycle_complete(&id, Duration::from_secs(180))
+        .await;
+    eprintln!(
+        "[e2e] online cycle complete in {:.1} s (total {:.1} s)",
+        t_cycle.elapsed().as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+    assert_clean_cycle(DEVICES, &cycle, &fleet.summary().await, &cssm.stats().await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_cycle_ends_in_same_state() {
+    let t0 = Instant::now();
+    let tag = random_hex();
+    let fleet = Fleet::start(&tag, DEVICES).await;
+    // Only the offline endpoint of the CSSM simulator is used: it plays the CSSM portal.
+    let cssm = Cssm::start(&tag, 300).await;
+    let mut tally = Tally::start(&tag, Uplink::Offline).await;
+    assert_eq!(tally.get("/uplink/status").await["mode"], "offline");
+    tally.import_fleet(&fleet).await;
+
+    let t_cycle = Instant::now();
+    let id = tally.start_cycle().await;
+
+    // Collection first, then wait until every stored report has reached the uplink.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        tally.proc.assert_running();
+        let c = tally.cycle(&id).await;
+        assert_eq!(c["state"], "running", "offline cycle ended early: {c:#}");
+        if collection_done(&c) {
+            let up = tally.get("/uplink/status").await;
+            let col = tally.get("/collector/status").await;
+            let stored = col["reports_stored"].as_i64().unwrap_or(0);
+            if stored > 0 && up["reports"]["pending"].as_i64() == Some(stored) {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "collection / uplink hand-off not done in 180 s: {c:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    let bundle = tally
+        .post_bytes("/uplink/offline/export", "application/json", Vec::new())
+        .await;
+    let up = tally.get("/uplink/status").await;
+    assert_eq!(
+        up["reports"]["pending"], 0,
+        "export left reports pending: {up}"
+    );
+    let acks = cssm.offline_usage(bundle).await;
+    let imported: Value = serde_json::from_slice(
+        &tally
+            .post_bytes("/uplink/offline/acks", "application/gzip", acks)
+            .await,
+    )
+    .expect("ACK import result is JSON");
+    eprintln!("[e2e] offline ACK import: {imported}");
+    assert_eq!(imported["devices_acked"], DEVICES, "{imported}");
+
+    let cycle = tally
+        .wait_cycle_complete(&id, Duration::from_secs(180))
+        .await;
+    eprintln!(
+        "[e2e] offline cycle complete in {:.1} s (total {:.1} s)",
+        t_cycle.elapsed().as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+    assert_clean_cycle(DEVICES, &cycle, &fleet.summary().await, &cssm.stats().await);
+    let up = tally.get("/uplink/status").await;
+    assert_eq!(
+        up["reports"]["acked"], cycle["collection"]["reports_stored"],
+        "uplink {up}"
+    );
+}
+
+/// Polls the cycle until `pred` holds on (cycle, uplink batches); `None` when the cycle left
+/// `running` first.
+async fn wait_running_until(
+    tally: &mut Tally,
+    id: &str,
+    within: Duration,
+    pred: impl Fn(&Value, &Value) -> bool,
+) -> Option<Value> {
+    let deadline = Instant::now() + within;
+    loop {
+        tally.proc.assert_running();
+        let c = tally.cycle(id).await;
+        if c["state"] != "running" {
+            return None;
+        }
+        let batches = tally.get("/uplink/batches").await;
+        if pred(&c, &batches) {
+            return Some(c);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "condition not met in {within:?}: {c:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_mid_cycle_loses_nothing_and_uploads_nothing_twice() {
+    let t0 = Instant::now();
+    let tag = random_hex();
+    let fleet = Fleet::start(&tag, DEVICES).await;
+    let cssm = Cssm::start(&tag, 1500).await;
+    let mut tally = Tally::start(&tag, Uplink::Online(&cssm)).await;
+    tally.import_fleet(&fleet).await;
+
+    let t_cycle = Instant::now();
+    let id = tally.start_cycle().await;
+
+    // Kill 1: mid-collection.
+    let c = wait_running_until(&mut tally, &id, Duration::from_secs(120), |c, _| {
+        c["collection"]["devices_ok"].as_i64().unwrap_or(0) > 0
+            || c["collection"]["reports_stored"].as_i64().unwrap_or(0) > 0
+    })
+    .await
+    .expect("the cycle finished before collection was observed");
+    tally.kill9().await;
+    eprintln!(
+        "[e2e] kill -9 #1 at {:.1} s: collection {}",
+        t_cycle.elapsed().as_secs_f64(),
+        c["collection"]
+    );
+    tally.restart().await;
+
+    // Kill 2: once an upload batch exists or CSSM has accepted one (poll pending).
+    let c2 = wait_running_until(&mut tally, &id, Duration::from_secs(180), |c, batches| {
+        c["upload"]["batches"].as_i64().unwrap_or(0) > 0
+            || batches
+                .as_array()
+                .is_some_and(|b| b.iter().any(|b| b["state"] == "polling"))
+    })
+    .await;
+    match c2 {
+        Some(c) => {
+            tally.kill9().await;
+            eprintln!(
+                "[e2e] kill -9 #2 at {:.1} s: upload {}",
+                t_cycle.elapsed().as_secs_f64(),
+                c["upload"]
+            );
+            tally.restart().await;
+        }
+        None => eprintln!("[e2e] cycle left running before an upload batch was seen: no kill #2"),
+    }
+
+    let cycle = tally
+        .wait_cycle_complete(&id, Duration::from_secs(240))
+        .await;
+    eprintln!(
+        "[e2e] cycle complete in {:.1} s after two kills (total {:.1} s): {cycle}",
+        t_cycle.elapsed().as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+
+    // The truth is on the devices and at CSSM (cycle counters are per-stage event counts).
+    let summary = fleet.summary().await;
+    let stats = cssm.stats().await;
+    let collector = tally.get("/collector/status").await;
+    let uplink = tally.get("/uplink/status").await;
+    let ctx = format!(
+        "cycle {cycle:#}\nfleet {summary:#}\nCSSM {stats:#}\ncollector {collector:#}\nuplink {uplink:#}"
+    );
+    assert_eq!(summary["acked_devices"], DEVICES, "nothing lost\n{ctx}");
+    assert_eq!(summary["unacked_reports"], 0, "nothing lost\n{ctx}");
+    assert_eq!(stats["duplicates"], 0, "nothing uploaded twice\n{ctx}");
+    assert_eq!(stats["signature_failures"], 0, "{ctx}");
+    // Every report Tally stored reached CSSM exactly once and is acknowledged.
+    assert_eq!(
+        stats["reports_accepted"], collector["reports_stored"],
+        "{ctx}"
+    );
+    assert_eq!(
+        uplink["reports"]["acked"], collector["reports_stored"],
+        "{ctx}"
+    );
+    for s in ["pending", "batched", "exported", "failed"] {
+        assert_eq!(uplink["reports"][s], 0, "uplink reports {s}\n{ctx}");
+    }
+}

@@ -1,0 +1,584 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Inventory HTTP API against a real database: CRUD, filters, pagination, bulk import (all or
+//! nothing) and the DevicesUpserted events written to the outbox.
+
+use actix_web::{App, http::StatusCode, middleware, test, web};
+use diesel::sql_types::{BigInt, Bytea, Text};
+use diesel_async::RunQueryDsl;
+use prost::Message;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+use tally_bus::proto;
+use tally_inventory::Inventory;
+use tally_platform::{ApiTokens, SecretBox, auth::require_token};
+use tally_store::testdb::TestDb;
+use utoipa_actix_web::AppExt;
+
+const OPERATOR: &str = "operator-token-0123456789";
+const SECRET: &str = "test-secret-key-0123456789";
+
+struct Ctx {
+    _db: TestDb,
+    pool: tally_store::Pool,
+    secrets: SecretBox,
+}
+
+async fn ctx() -> Ctx {
+    let db = TestDb::new().await.unwrap();
+    let pool = tally_store::pool(&db.url, 8).unwrap();
+    Ctx {
+        _db: db,
+        pool,
+        secrets: SecretBox::from_secret(SECRET),
+    }
+}
+
+/// The app as `tally serve` assembles it, with only the inventory routes.
+macro_rules! app {
+    ($ctx:expr) => {{
+        let inv = web::Data::new(Inventory {
+            pool: $ctx.pool.clone(),
+            secrets: $ctx.secrets.clone(),
+        });
+        let tokens = web::Data::new(ApiTokens::parse(&format!("operator:{OPERATOR}")).unwrap());
+        let (app, _api) = App::new()
+            .into_utoipa_app()
+            .app_data(tokens)
+            .app_data(inv)
+            .app_data(tally_platform::problem::json_config(16 * 1024 * 1024))
+            .app_data(tally_platform::problem::query_config())
+            .app_data(tally_platform::problem::path_config())
+            .service(
+                utoipa_actix_web::scope("/api/v1")
+                    .wrap(middleware::from_fn(require_token))
+                    .configure(tally_inventory::routes),
+            )
+            .split_for_parts();
+        test::init_service(app).await
+    }};
+}
+
+fn auth() -> (&'static str, String) {
+    ("authorization", format!("Bearer {OPERATOR}"))
+}
+
+/// Sends a request; returns status, content type and JSON body (Null when not JSON).
+macro_rules! send {
+    ($app:expr, $req:expr $(,)?) => {{
+        let resp = test::call_service(&$app, $req.insert_header(auth()).to_request()).await;
+        let status = resp.status();
+        let ct = resp
+            .headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default();
+        let body = test::read_body(resp).await;
+        let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        (status, ct, v, body)
+    }};
+}
+
+async fn count(pool: &tally_store::Pool, sql: &str) -> i64 {
+    let mut c = pool.get().await.unwrap();
+    diesel::select(diesel::dsl::sql::<BigInt>(&format!("({sql})")))
+        .get_result::<i64>(&mut c)
+        .await
+        .unwrap()
+}
+
+#[derive(diesel::QueryableByName)]
+struct OutRow {
+    #[diesel(sql_type = Text)]
+    subject: String,
+    #[diesel(sql_type = Bytea)]
+    payload: Vec<u8>,
+}
+
+async fn outbox(pool: &tally_store::Pool) -> Vec<OutRow> {
+    let mut c = pool.get().await.unwrap();
+    diesel::sql_query("SELECT subject, payload FROM inventory.outbox ORDER BY seq")
+        .load(&mut c)
+        .await
+        .unwrap()
+}
+
+fn device(serial: &str, site: &str, pid: &str) -> Value {
+    json!({
+        "udi_pid": pid,
+        "serial": serial,
+        "hostname": format!("host-{serial}"),
+        "base_url": "https://10.0.0.1",
+        "site": site,
+        "smart_account": "acme.example",
+        "virtual_account": "Campus",
+        "username": "admin",
+        "password": "s3cret-PASSWORD",
+        "dna_tier": "dna-advantage"
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_get_and_duplicate() {
+    let ctx = ctx().await;
+    let app = app!(ctx);
+    let (status, _, created, raw) = send!(
+        app,
+        test::TestRequest::post()
+            .uri("/api/v1/devices")
+            .set_json(device("FCW0001", "hq", "C9300-48P"))
+    );
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let text = String::from_utf8(raw.to_vec()).unwrap();
+    assert!(!text.contains("s3cret-PASSWORD"), "password leaked: {text}");
+    assert!(created.get("password").is_none());
+    assert!(created.get("password_sealed").is_none());
+    assert_eq!(created["serial"], "FCW0001");
+    assert_eq!(created["model"], "C9300-48P", "model defaults to udi_pid");
+    assert_eq!(created["revision"], 1);
+    assert_eq!(created["dna_tier"], "dna-advantage");
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    let (status, _, got, raw) = send!(
+        app,
+        test::TestRequest::get().uri(&format!("/api/v1/devices/{id}"))
+    );
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(got, created);
+    assert!(!String::from_utf8(raw.to_vec()).unwrap().contains("s3cret"));
+
+    // Stored sealed, opens with the key.
+    let mut c = ctx.pool.get().await.unwrap();
+    let sealed: String = diesel::select(diesel::dsl::sql::<Text>(
+        "(SELECT password_sealed FROM inventory.devices)",
+    ))
+    .get_result(&mut c)
+    .await
+    .unwrap();
+    assert!(!sealed.contains("s3cret"));
+    assert_eq!(ctx.secrets.open(&sealed).unwrap(), "s3cret-PASSWORD");
+
+    // Same UDI again: 409, nothing added.
+    let (status, ct, p, _) = send!(
+        app,
+        test::TestRequest::post()
+            .uri("/api/v1/devices")
+            .set_json(device("FCW0001", "other", "C9300-48P"))
+    );
+    assert_eq!(status, StatusCode::CONFLICT, "{p}");
+    assert_eq!(ct, "application/problem+json");
+    assert_eq!(p["code"], "duplicate-udi");
+    assert!(p["detail"].as_str().unwrap().contains("FCW0001"), "{p}");
+    assert_eq!(
+        count(&ctx.pool, "SELECT count(*) FROM inventory.devices").await,
+        1
+    );
+    // One event for the one create; the refused duplicate rolled back its event too.
+    let out = outbox(&ctx.pool).await;
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].subject, "inventory.devices.upserted");
+    let ev = proto::DevicesUpserted::decode(out[0].payload.as_slice()).unwrap();
+    assert_eq!(ev.devices.len(), 1);
+    assert_eq!(ev.devices[0].device_id, id);
+    assert_eq!(
+        ctx.secrets.open(&ev.devices[0].password_sealed).unwrap(),
+        "s3cret-PASSWORD"
+    );
+
+    // Unknown id: 404 problem.
+    let (status, _, p, _) = send!(
+        app,
+        test::TestRequest::get().uri(&format!("/api/v1/devices/{}", uuid::Uuid::new_v4()))
+    );
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(p["code"], "not-found");
+    // Not a uuid: 400 invalid-path.
+    let (status, _, p, _) = send!(app, test::TestRequest::get().uri("/api/v1/devices/nope"));
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(p["code"], "invalid-path");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validation_names_fields() {
+    let ctx = ctx().await;
+    let app = app!(ctx);
+    let mut d = device("", "hq", "C9300-48P");
+    d["base_url"] = json!("ftp://x");
+    let (status, _, p, _) = send!(
+        app,
+        test::TestRequest::post().uri("/api/v1/devices").set_json(d)
+    );
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(p["code"], "validation-failed");
+    let fields: Vec<&str> = p["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["serial", "base_url"], "{p}");
+    assert_eq!(
+        count(&ctx.pool, "SELECT count(*) FROM inventory.devices").await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_filters_and_pages() {
+    let ctx = ctx().await;
+    let app = app!(ctx);
+    let mut items = Vec::new();
+    for i in 0..7 {
+        items.push(device(&format!("AAA{i:04}"), "hq", "C9300-48P"));
+    }
+    for i in 0..5 {
+        items.push(device(&format!("BBB{i:04}"), "branch", "C9200-24P"));
+    }
+    for i in 0..3 {
+        items.push(device(&format!("CCC{i:04}"), "hq", "C9200-24P"));
+    }
+    let (status, _, r, _) = send!(
+        app,
+        test::TestRequest::post()
+            .uri("/api/v1/devices/import")
+            .set_json(Value::Array(items))
+    );
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(r, json!({"total": 15, "created": 15, "updated": 0}));
+
+    let page = |v: &Value| -> (i64, Vec<String>) {
+        (
+            v["total"].as_i64().unwrap(),
+            v["items"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|d| d["serial"].as_str().unwrap().to_owned())
+                .collect(),
+        )
+    };
+    let (_, _, v, _) = send!(app, test::TestRequest::get().uri("/api/v1/devices?site=hq"));
+    let (total, serials) = page(&v);
+    assert_eq!(total, 10);
+    assert_eq!(serials.len(), 10);
+    assert!(serials.iter().all(|s| !s.starts_with("BBB")));
+
+    let (_, _, v, _) = send!(
+        app,
+        test::TestRequest::get().uri("/api/v1/devices?model=C9200-24P")
+    );
+    assert_eq!(page(&v).0, 8);
+
+    let (_, _, v, _) = send!(
+        app,
+        test::TestRequest::get().uri("/api/v1/devices?site=hq&model=C9200-24P")
+    );
+    let (total, serials) = page(&v);
+    assert_eq!(total, 3);
+    assert_eq!(serials, ["CCC0000", "CCC0001", "CCC0002"]);
+
+    // Pages of 4, ordered by hostname: together they are every device once.
+    let mut seen = Vec::new();
+    for offset in [0, 4, 8, 12] {
+        let (_, _, v, _) = send!(
+            app,
+            test::TestRequest::get().uri(&format!("/api/v1/devices?limit=4&offset={offset}"))
+        );
+        assert_eq!(v["total"], 15);
+        assert_eq!(v["limit"], 4);
+        assert_eq!(v["offset"], offset);
+        seen.extend(page(&v).1);
+    }
+    assert_eq!(seen.len(), 15);
+    let mut sorted = seen.clone();
+    sorted.sort();
+    sorted.dedup();
+    assert_eq!(sorted.len(), 15, "pages overlap: {seen:?}");
+
+    let (_, _, v, _) = send!(
+        app,
+        test::TestRequest::get().uri("/api/v1/devices?q=bbb0003")
+    );
+    assert_eq!(page(&v), (1, vec!["BBB0003".to_owned()]));
+
+    let (status, _, p, _) = send!(app, test::TestRequest::get().uri("/api/v1/devices?limit=0"));
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(p["errors"][0]["field"], "limit");
+    let (status, _, p, _) = send!(app, test::TestRequest::get().uri("/api/v1/devices?limit=x"));
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(p["code"], "invalid-query");
+
+    // Sites were created on first use, with counts.
+    let (_, _, v, _) = send!(app, test::TestRequest::get().uri("/api/v1/sites"));
+    assert_eq!(
+        v,
+        json!([
+            {"name": "branch", "description": "", "devices": 5},
+            {"name": "hq", "description": "", "devices": 10}
+        ])
+    );
+}
+
+const CSV_HEADER: &str =
+    "udi_pid,serial,hostname,base_url,site,smart_account,virtual_account,username,password\n";
+
+fn csv_rows(n: usize, bad: &[usize]) -> String {
+    let mut s = String::from(CSV_HEADER);
+    for i in 0..n {
+        if bad.contains(&i) {
+            // Empty serial and a base URL that is not one.
+            s.push_str(&format!(
+                "C9300-48P,,sw{i},not a url,site{},acme,Campus,admin,pw\n",
+                i % 4
+            ));
+        } else {
+            s.push_str(&format!(
+                "C9300-48P,FOC{i:07},sw{i},https://10.1.{}.{},site{},acme,Campus,admin,pw{i}\n",
+                i / 250,
+                i % 250,
+                i % 4
+            ));
+        }
+    }
+    s
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_import_with_a_bad_row_changes_nothing() {
+    let ctx = ctx().await;
+    let app = app!(ctx);
+    // Row index 41 is CSV line 43 (header is line 1).
+    let body = csv_rows(100, &[41]);
+    let (status, ct, p, _) = send!(
+        app,
+        test::TestRequest::post()
+            .uri("/api/v1/devices/import")
+            .insert_header(("content-type", "text/csv"))
+            .set_payload(body)
+    );
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    assert_eq!(ct, "application/problem+json");
+    assert_eq!(p["code"], "validation-failed");
+    let fields: Vec<&str> = p["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, ["row 43: serial", "row 43: base_url"], "{p}");
+    assert!(
+        p["detail"]
+            .as_str()
+            .unwrap()
+            .contains("nothing was changed")
+    );
+    assert_eq!(
+        count(&ctx.pool, "SELECT count(*) FROM inventory.devices").await,
+        0
+    );
+    assert_eq!(
+        count(&ctx.pool, "SELECT count(*) FROM inventory.outbox").await,
+        0
+    );
+    assert_eq!(
+        count(&ctx.pool, "SELECT count(*) FROM inventory.sites").await,
+        0
+    );
+
+    // The same UDI twice in one file is refused too.
+    let mut body = csv_rows(3, &[]);
+    body.push_str("C9300-48P,FOC0000001,dup,https://10.9.9.9,x,acme,Campus,admin,pw\n");
+    let (status, _, p, _) = send!(
+        app,
+        test::TestRequest::post()
+            .uri("/api/v1/devices/import")
+            .insert_header(("content-type", "text/csv; charset=utf-8"))
+            .set_payload(body)
+    );
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(p["errors"][0]["field"], "row 5: serial", "{p}");
+    assert_eq!(
+        count(&ctx.pool, "SELECT count(*) FROM inventory.devices").await,
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_import_of_2000_rows_and_reimport() {
+    let ctx = ctx().await;
+    let app = app!(ctx);
+    let body = csv_rows(2000, &[]);
+    let t = Instant::now();
+    let (status, _, r, _) = send!(
+        app,
+        test::TestRequest::post()
+            .uri("/api/v1/devices/import")
+            .insert_header(("content-type", "text/csv"))
+            .set_payload(body.clone())
+    );
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(r, json!({"total": 2000, "created": 2000, "updated": 0}));
+    eprintln!("import of 2000 rows: {:?}", t.elapsed());
+    assert_eq!(
+        count(&ctx.pool, "SELECT count(*) FROM inventory.devices").await,
+        2000
+    );
+    assert_eq!(
+        count(&ctx.pool, "SELECT count(*) FROM inventory.sites").await,
+        4
+    );
+
+    // One DevicesUpserted per 1000 devices, carrying sealed (never clear) passwords.
+    let out = outbox(&ctx.pool).await;
+    assert_eq!(out.len(), 2);
+    let mut serials = std::collections::HashSet::new();
+    for row in &out {
+        assert_eq!(row.subject, "inventory.devices.upserted");
+        let ev = proto::DevicesUpserted::decode(row.payload.as_slice()).unwrap();
+        assert_eq!(ev.devices.len(), 1000);
+        for d in &ev.devices {
+            assert_eq!(d.revision, 1);
+            assert!(d.password_sealed.starts_with("v1:"));
+            serials.insert(d.udi_serial.clone());
+        }
+    }
+    assert_eq!(serials.len(), 2000);
+    let d0 = proto::DevicesUpserted::decode(out[0].payload.as_slice()).unwrap();
+    let sample = d0
+        .devices
+        .iter()
+        .find(|d| d.udi_serial == "FOC0000007")
+        .unwrap();
+    assert_eq!(ctx.secrets.open(&sample.password_sealed).unwrap(), "pw7");
+
+    // Relay them onto JetStream and consume them back.
+    let url =
+        std::env::var("TALLY_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    let bus = tally_bus::Bus::connect(&url, &format!("t{}", uuid::Uuid::new_v4().simple()))
+        .await
+        .unwrap();
+    bus.ensure_stream().await.unwrap();
+    let n = tally_bus::relay::relay_once(&bus, &ctx.pool, tally_store::outbox::Schema::Inventory)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    assert_eq!(
+        count(&ctx.pool, "SELECT count(*) FROM inventory.outbox").await,
+        0
+    );
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let consumer = tokio::spawn(tally_bus::consumer::run(
+        bus.clone(),
+        "test-inventory",
+        &[<proto::DevicesUpserted as tally_bus::Event>::SUBJECT],
+        move |d| {
+            let tx = tx.clone();
+            async move {
+                tx.send(d).unwrap();
+                Ok(())
+            }
+        },
+    ));
+    let mut got = 0;
+    for _ in 0..2 {
+        let d = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("event on the bus")
+            .unwrap();
+        assert_eq!(d.subject, "inventory.devices.upserted");
+        got += proto::DevicesUpserted::decode(d.payload)
+            .unwrap()
+            .devices
+            .len();
+    }
+    assert_eq!(got, 2000);
+    consumer.abort();
+
+    // Re-import: every device updated, none created, revision 2.
+    let (status, _, r, _) = send!(
+        app,
+        test::TestRequest::post()
+            .uri("/api/v1/devices/import")
+            .insert_header(("content-type", "text/csv"))
+            .set_payload(body)
+    );
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(r, json!({"total": 2000, "created": 0, "updated": 2000}));
+    assert_eq!(
+        count(&ctx.pool, "SELECT count(*) FROM inventory.devices").await,
+        2000
+    );
+    assert_eq!(
+        count(
+            &ctx.pool,
+            "SELECT count(*) FROM inventory.devices WHERE revision = 2"
+        )
+        .await,
+        2000
+    );
+    assert_eq!(
+        count(&ctx.pool, "SELECT count(*) FROM inventory.outbox").await,
+        2
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_bodies_are_problems() {
+    let ctx = ctx().await;
+    let app = app!(ctx);
+    let (status, ct, p, _) = send!(
+        app,
+        test::TestRequest::post()
+            .uri("/api/v1/devices")
+            .insert_header(("content-type", "application/json"))
+            .set_payload("{\"udi_pid\": \"C9300\", ")
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
+    assert_eq!(ct, "application/problem+json");
+    assert_eq!(p["code"], "invalid-json");
+
+    let (status, _, p, _) = send!(
+        app,
+        test::TestRequest::post()
+            .uri("/api/v1/devices")
+            .insert_header(("content-type", "text/plain"))
+            .set_payload(device("X1", "hq", "C9300-48P").to_string())
+    );
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{p}");
+    assert_eq!(p["code"], "unsupported-media-type");
+
+    let (status, _, p, _) = send!(
+        app,
+        test::TestRequest::post()
+            .uri("/api/v1/devices/import")
+            .insert_header(("content-type", "application/xml"))
+            .set_payload("<devices/>")
+    );
+    assert_eq!(status, StatusCode::UNSUPPORTED_MEDIA_TYPE, "{p}");
+    assert_eq!(p["code"], "unsupported-media-type");
+
+    let (status, _, p, _) = send!(
+        app,
+        test::TestRequest::post()
+            .uri("/api/v1/devices/import")
+            .insert_header(("content-type", "application/json"))
+            .set_payload("[{]")
+    );
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{p}");
+    assert_eq!(p["code"], "invalid-json");
+
+    // Unknown JSON field in an import row is named with its row.
+    let mut d = device("Z1", "hq", "C9300-48P");
+    d["colour"] = json!("red");
+    let (status, _, p, _) = send!(
+        app,
+        test::TestRequest::post()
+            .uri("/api/v1/devices/import")
+            .set_json(json!([device("Z0", "hq", "C9300-48P"), d]))
+    );
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    assert_eq!(p["errors"][0]["field"], "row 2");
+    assert_eq!(
+        count(&ctx.pool, "SELECT count(*) FROM inventory.devices").await,
+        0
+    );
+}
