@@ -211,4 +211,8 @@ async fn kill_9_mid_cycle_loses_nothing_and_uploads_nothing_twice() {
     for s in ["pending", "batched", "exported", "failed"] {
         assert_eq!(uplink["reports"][s], 0, "uplink reports {s}\n{ctx}");
     }
+    // The cycle counts devices, however many ACKs a device received after the crashes.
+    assert_eq!(cycle["state"], "complete", "{ctx}");
+    assert_eq!(cycle["ack"]["devices_imported"], DEVICES, "{ctx}");
+    assert_eq!(cycle["ack"]["devices_failed"], 0, "{ctx}");
 }

@@ -63,7 +63,9 @@ where
                 durable_name: Some(durable.to_owned()),
                 filter_subjects,
                 ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
-                ack_wait: Duration::from_secs(120),
+                // Redelivery after a crash waits this long; handlers are short and idempotent,
+                // so a slow one being redelivered early costs only a skipped inbox claim.
+                ack_wait: Duration::from_secs(15),
                 max_ack_pending: 64,
                 ..Default::default()
             },

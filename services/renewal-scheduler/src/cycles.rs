@@ -107,8 +107,9 @@ pub struct Update {
     pub reports_upload_failed: i32,
     pub devices_upload_failed: i32,
     pub batches: i32,
-    pub acks_imported: i32,
-    pub acks_failed: i32,
+    /// Devices whose ACK import succeeded / failed (each counted once per cycle).
+    pub ack_ok_devices: Vec<Uuid>,
+    pub ack_failed_devices: Vec<Uuid>,
     /// (device, stage, reason)
     pub failures: Vec<(String, &'static str, String)>,
 }
@@ -169,8 +170,16 @@ impl From<proto::AcksImported> for Update {
     fn from(e: proto::AcksImported) -> Self {
         Self {
             cycle_id: e.cycle_id,
-            acks_imported: n(e.ok),
-            acks_failed: n(e.failed),
+            ack_ok_devices: e
+                .ok_devices
+                .iter()
+                .filter_map(|d| Uuid::parse_str(d).ok())
+                .collect(),
+            ack_failed_devices: e
+                .failures
+                .iter()
+                .filter_map(|f| Uuid::parse_str(&f.device_id).ok())
+                .collect(),
             failures: e
                 .failures
                 .into_iter()
@@ -198,11 +207,54 @@ pub async fn apply(s: &Scheduler, msg_id: &str, u: Update) -> Result<(), Handler
     .await
 }
 
+#[derive(diesel::QueryableByName)]
+struct Flip {
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    inserted: bool,
+}
+
+/// Records per-device ACK outcomes; returns (newly ok, newly failed) device counts, a device
+/// moving from failed to ok counting -1 failed.
+async fn ack_outcomes(
+    c: &mut AsyncPgConnection,
+    cycle: Uuid,
+    u: &Update,
+) -> Result<(i32, i32), diesel::result::Error> {
+    use diesel::sql_types::Array;
+    let mut ok = 0;
+    let mut failed = 0;
+    if !u.ack_ok_devices.is_empty() {
+        let rows: Vec<Flip> = diesel::sql_query(
+            "INSERT INTO sched.cycle_acks (cycle_id, device_id, ok) SELECT $1, d, true FROM unnest($2::uuid[]) AS d \
+             ON CONFLICT (cycle_id, device_id) DO UPDATE SET ok = true WHERE NOT sched.cycle_acks.ok \
+             RETURNING (xmax = 0) AS inserted",
+        )
+        .bind::<SqlUuid, _>(cycle)
+        .bind::<Array<SqlUuid>, _>(&u.ack_ok_devices)
+        .load(c)
+        .await?;
+        ok = rows.len() as i32;
+        failed -= rows.iter().filter(|r| !r.inserted).count() as i32;
+    }
+    if !u.ack_failed_devices.is_empty() {
+        failed += diesel::sql_query(
+            "INSERT INTO sched.cycle_acks (cycle_id, device_id, ok) SELECT $1, d, false FROM unnest($2::uuid[]) AS d \
+             ON CONFLICT (cycle_id, device_id) DO NOTHING",
+        )
+        .bind::<SqlUuid, _>(cycle)
+        .bind::<Array<SqlUuid>, _>(&u.ack_failed_devices)
+        .execute(c)
+        .await? as i32;
+    }
+    Ok((ok, failed))
+}
+
 async fn add(
     c: &mut AsyncPgConnection,
     cycle: Uuid,
     u: &Update,
 ) -> Result<(), diesel::result::Error> {
+    let (acks_ok, acks_failed) = ack_outcomes(c, cycle, u).await?;
     diesel::sql_query(
         "UPDATE sched.cycles SET \
          devices = COALESCE($2, devices), collection_started = collection_started OR $2 IS NOT NULL, \
@@ -225,8 +277,8 @@ async fn add(
     .bind::<Int4, _>(u.reports_upload_failed)
     .bind::<Int4, _>(u.devices_upload_failed)
     .bind::<Int4, _>(u.batches)
-    .bind::<Int4, _>(u.acks_imported)
-    .bind::<Int4, _>(u.acks_failed)
+    .bind::<Int4, _>(acks_ok)
+    .bind::<Int4, _>(acks_failed)
     .execute(c)
     .await?;
     for (device, stage, reason) in &u.failures {

@@ -412,11 +412,19 @@ async fn emit_collected(
         failures: t.failures,
         devices_with_reports: t.devices_with_reports,
     }];
+    // A device's reports stay in one message, so the uplink batches them together.
     let mut size = 0usize;
-    for r in t.reports {
+    let mut reports = t.reports.into_iter().peekable();
+    while let Some(first) = reports.next() {
+        let device = first.device_id.clone();
+        let mut group = vec![first];
+        while let Some(r) = reports.next_if(|r| r.device_id == device) {
+            group.push(r);
+        }
+        let bytes: usize = group.iter().map(|r| r.body.len() + 200).sum();
         let full = pieces
             .last()
-            .is_some_and(|p| !p.reports.is_empty() && size + r.body.len() > EVENT_BYTES);
+            .is_some_and(|p| !p.reports.is_empty() && size + bytes > EVENT_BYTES);
         if full {
             pieces.push(proto::ReportsCollected {
                 cycle_id: cycle.to_string(),
@@ -424,9 +432,9 @@ async fn emit_collected(
             });
             size = 0;
         }
-        size += r.body.len() + 200;
+        size += bytes;
         if let Some(p) = pieces.last_mut() {
-            p.reports.push(r);
+            p.reports.extend(group);
         }
     }
     for ev in &pieces {

@@ -145,7 +145,10 @@ pub async fn import_slice(agg: &Aggregator) -> Result<usize, tally_store::StoreE
                     ..Default::default()
                 });
                 match &err {
-                    None => e.ok += 1,
+                    None => {
+                        e.ok += 1;
+                        e.ok_devices.push(job.device_id.to_string());
+                    }
                     Some(reason) => {
                         e.failed += 1;
                         e.failures.push(proto::DeviceFailure {
