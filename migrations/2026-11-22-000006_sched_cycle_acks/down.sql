@@ -1,1 +1,1 @@
-DROP TABLE sched.cycle_acks;
+DROP INDEX sched.cycles_one_running; DROP TABLE sched.cycle_acks;

@@ -6,3 +6,6 @@ CREATE TABLE sched.cycle_acks (
   ok BOOLEAN NOT NULL,
   PRIMARY KEY (cycle_id, device_id)
 );
+
+-- One cycle runs at a time, whoever starts it (API, cron, any replica).
+CREATE UNIQUE INDEX cycles_one_running ON sched.cycles ((true)) WHERE state = 'running';

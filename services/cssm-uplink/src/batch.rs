@@ -126,14 +126,13 @@ pub async fn form_batches(up: &Uplink, force: bool) -> Result<usize, tally_store
                 .bind::<BigInt, _>(max + 1)
                 .load(c)
                 .await?;
-                if picks.len() as i64 > max {
-                    // A device's reports travel together: leave the last device for the next batch.
+                // A device's reports travel together: when the cap cuts through a device, it
+                // waits for the next batch (unless it alone exceeds the cap).
+                if let Some(beyond) = picks.get(max as usize).map(|p| p.device_id) {
                     picks.truncate(max as usize);
-                    if let Some(last) = picks.last().map(|p| p.device_id) {
-                        let keep = picks.iter().filter(|p| p.device_id != last).count();
-                        if keep > 0 {
-                            picks.truncate(keep);
-                        }
+                    let keep = picks.iter().filter(|p| p.device_id != beyond).count();
+                    if keep > 0 {
+                        picks.truncate(keep);
                     }
                 }
                 if picks.is_empty() {

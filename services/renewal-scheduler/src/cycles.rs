@@ -53,6 +53,17 @@ pub async fn start(
         .execute(c)
         .await?;
         if n == 0 {
+            // The tick was taken by another replica, or a cycle is running (unique index).
+            if tick.is_none() {
+                let running: Vec<IdRow> = diesel::sql_query(
+                    "SELECT id FROM sched.cycles WHERE state = 'running' LIMIT 1",
+                )
+                .load(c)
+                .await?;
+                if let Some(r) = running.into_iter().next() {
+                    return Err(StartError::Running(r.id));
+                }
+            }
             return Ok(None);
         }
         tally_bus::emit(

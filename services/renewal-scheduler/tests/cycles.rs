@@ -91,9 +91,6 @@ async fn on_demand_start_is_refused_while_one_runs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: cycles::start (services/renewal-scheduler/src/cycles.rs:36-46) checks for a running \
-            cycle with SELECT .. FOR UPDATE, which locks nothing when no row exists; two concurrent \
-            on-demand starts both insert"]
 async fn concurrent_on_demand_starts_start_one_cycle() {
     let (_db, s) = scheduler().await;
     let mut set = tokio::task::JoinSet::new();
@@ -126,8 +123,23 @@ async fn scheduled_tick_fires_once() {
     assert_eq!(second, None);
     assert_eq!(count(&s, "SELECT count(*) FROM sched.cycles").await, 1);
     assert_eq!(count(&s, "SELECT count(*) FROM sched.outbox").await, 1);
-    // The next tick is a new cycle.
-    let next = cycles::start(&s, "schedule", Some(tick + chrono::Duration::days(7)))
+    // A tick while a cycle still runs is skipped: one cycle at a time.
+    let week = chrono::Duration::days(7);
+    let skipped = cycles::start(&s, "schedule", Some(tick + week))
+        .await
+        .unwrap();
+    assert_eq!(skipped, None);
+    assert_eq!(count(&s, "SELECT count(*) FROM sched.cycles").await, 1);
+    // Once it finished, the next tick is a new cycle.
+    {
+        use diesel_async::RunQueryDsl;
+        let mut c = s.pool.get().await.unwrap();
+        diesel::sql_query("UPDATE sched.cycles SET state = 'complete'")
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    let next = cycles::start(&s, "schedule", Some(tick + week + week))
         .await
         .unwrap();
     assert!(next.is_some());
@@ -140,6 +152,7 @@ async fn counters_close_the_cycle_once_each() {
     let (_db, s) = scheduler().await;
     let id = cycles::start(&s, "api", None).await.unwrap().unwrap();
     let cid = id.to_string();
+    let devices: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
 
     cycles::apply(
         &s,
@@ -197,6 +210,7 @@ async fn counters_close_the_cycle_once_each() {
         proto::AcksImported {
             cycle_id: cid.clone(),
             ok: 2,
+            ok_devices: devices[..2].iter().map(Uuid::to_string).collect(),
             ..Default::default()
         }
         .into(),
@@ -210,6 +224,7 @@ async fn counters_close_the_cycle_once_each() {
         proto::AcksImported {
             cycle_id: cid.clone(),
             ok: 1,
+            ok_devices: devices[2..3].iter().map(Uuid::to_string).collect(),
             ..Default::default()
         }
         .into(),
@@ -223,6 +238,7 @@ async fn counters_close_the_cycle_once_each() {
         proto::AcksImported {
             cycle_id: cid.clone(),
             ok: 1,
+            ok_devices: devices[2..3].iter().map(Uuid::to_string).collect(),
             ..Default::default()
         }
         .into(),
@@ -251,6 +267,7 @@ async fn failures_complete_with_errors() {
     let (_db, s) = scheduler().await;
     let id = cycles::start(&s, "api", None).await.unwrap().unwrap();
     let cid = id.to_string();
+    let devices: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
     let bad = Uuid::new_v4();
     cycles::apply(
         &s,
@@ -287,6 +304,7 @@ async fn failures_complete_with_errors() {
         proto::AcksImported {
             cycle_id: cid.clone(),
             ok: 1,
+            ok_devices: devices[2..3].iter().map(Uuid::to_string).collect(),
             ..Default::default()
         }
         .into(),

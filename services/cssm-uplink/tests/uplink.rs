@@ -1,0 +1,599 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Uplink against the in-process CSSM simulator with real signed reports: batching, polling,
+//! ACK events, duplicate refusal, and the offline bundle round trip.
+
+use diesel::sql_types::{Array, BigInt, Bytea, Nullable, Text, Uuid as SqlUuid};
+use diesel_async::RunQueryDsl;
+use prost::Message;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tally_bus::proto;
+use tally_cssm_uplink::{Config, Mode, Uplink, batch, offline};
+use tally_domain::{Udi, ack, bundle::AckBundle, rum, sign::Signer};
+use tally_sim::{CssmConfig, CssmState, FleetConfig, FleetState};
+use tally_store::testdb::TestDb;
+use uuid::Uuid;
+
+struct Cssm {
+    _handle: actix_web::dev::ServerHandle,
+    state: Arc<CssmState>,
+    addr: std::net::SocketAddr,
+}
+
+async fn cssm() -> Cssm {
+    tally_platform::init_crypto();
+    let (addr, handle, state) = tally_sim::start_cssm(CssmConfig {
+        bind: "127.0.0.1:0".parse().unwrap(),
+        processing_delay: Duration::from_millis(200),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    Cssm {
+        _handle: handle,
+        state,
+        addr,
+    }
+}
+
+async fn uplink(cssm: Option<&Cssm>, batch_max_reports: usize) -> (TestDb, Uplink) {
+    let db = TestDb::new().await.unwrap();
+    let pool = tally_store::pool(&db.url, 8).unwrap();
+    let url =
+        std::env::var("TALLY_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
+    let bus = tally_bus::Bus::connect(&url, &format!("t{}", Uuid::new_v4().simple()))
+        .await
+        .unwrap();
+    bus.ensure_stream().await.unwrap();
+    let client = cssm.map(|c| {
+        let cfg = c.state.config();
+        Arc::new(
+            tally_cssm::CssmClient::new(tally_cssm::CssmConfig {
+                api_base: format!(
+                    "http://{}/services/api/smart-accounts-and-licensing/",
+                    c.addr
+                ),
+                token_url: format!("http://{}/oauth2/v1/token", c.addr),
+                client_id: cfg.client_id.clone(),
+                client_secret: cfg.client_secret.clone(),
+                requesting_system: "Tally tests".into(),
+                timeout: Duration::from_secs(10),
+            })
+            .unwrap(),
+        )
+    });
+    let up = Uplink {
+        pool,
+        bus,
+        cfg: Arc::new(Config {
+            mode: if client.is_some() {
+                Mode::Online
+            } else {
+                Mode::Offline
+            },
+            batch_max_reports,
+            linger: Duration::from_millis(0),
+            poll_initial: Duration::from_millis(100),
+            poll_max: Duration::from_millis(400),
+            ..Default::default()
+        }),
+        cssm: client,
+    };
+    (db, up)
+}
+
+/// Reports of `n` simulated devices, as a ReportsCollected of one cycle.
+struct Fleet {
+    fleet: FleetState,
+    ids: Vec<Uuid>,
+    cycle: Uuid,
+}
+
+impl Fleet {
+    fn new(n: usize) -> Self {
+        Self {
+            fleet: FleetState::new(FleetConfig {
+                devices: n,
+                ..Default::default()
+            })
+            .unwrap(),
+            ids: (0..n).map(|_| Uuid::now_v7()).collect(),
+            cycle: Uuid::now_v7(),
+        }
+    }
+
+    /// Closes a fresh report window on every device and returns the unacked reports.
+    fn collect(&self) -> proto::ReportsCollected {
+        let mut ev = proto::ReportsCollected {
+            cycle_id: self.cycle.to_string(),
+            ..Default::default()
+        };
+        for (i, id) in self.ids.iter().enumerate() {
+            self.fleet.close_reports(i).unwrap();
+            let info = self.fleet.info(i).unwrap();
+            for text in self.fleet.unacked_reports(i).unwrap() {
+                let r = rum::inspect_report(&text).unwrap();
+                ev.reports.push(proto::CollectedReport {
+                    device_id: id.to_string(),
+                    udi_pid: r.udi.udi_pid.clone(),
+                    udi_serial: r.udi.udi_serial_number.clone(),
+                    report_id: r.report_id,
+                    smart_account: info.smart_account.clone(),
+                    virtual_account: info.virtual_account.clone(),
+                    body: text.into_bytes(),
+                });
+            }
+        }
+        ev.devices_ok = self.ids.len() as u32;
+        ev
+    }
+
+    fn udi(&self, device: &str) -> Udi {
+        let i = self
+            .ids
+            .iter()
+            .position(|d| d.to_string() == device)
+            .unwrap();
+        self.fleet.udi(i).unwrap()
+    }
+}
+
+async fn count(up: &Uplink, sql: &str) -> i64 {
+    let mut c = up.pool.get().await.unwrap();
+    diesel::select(diesel::dsl::sql::<BigInt>(&format!("({sql})")))
+        .get_result::<i64>(&mut c)
+        .await
+        .unwrap()
+}
+
+#[derive(diesel::QueryableByName)]
+struct OutRow {
+    #[diesel(sql_type = Text)]
+    subject: String,
+    #[diesel(sql_type = Bytea)]
+    payload: Vec<u8>,
+}
+
+async fn outbox(up: &Uplink) -> Vec<OutRow> {
+    let mut c = up.pool.get().await.unwrap();
+    diesel::sql_query("SELECT subject, payload FROM uplink.outbox ORDER BY seq")
+        .load(&mut c)
+        .await
+        .unwrap()
+}
+
+async fn acks_received(up: &Uplink) -> Vec<proto::AcksReceived> {
+    outbox(up)
+        .await
+        .iter()
+        .filter(|r| r.subject == "uplink.acks.received")
+        .map(|r| proto::AcksReceived::decode(r.payload.as_slice()).unwrap())
+        .collect()
+}
+
+async fn progress(up: &Uplink) -> Vec<proto::UploadProgress> {
+    outbox(up)
+        .await
+        .iter()
+        .filter(|r| r.subject == "uplink.upload.progress")
+        .map(|r| proto::UploadProgress::decode(r.payload.as_slice()).unwrap())
+        .collect()
+}
+
+/// Works batches until none is new or polling (or 30 s pass).
+async fn drain(up: &Uplink) {
+    let t = Instant::now();
+    loop {
+        let open = count(
+            up,
+            "SELECT count(*) FROM uplink.batches WHERE state IN ('new', 'polling')",
+        )
+        .await;
+        if open == 0 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "batches stuck");
+        if !batch::step(up).await.unwrap() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    eprintln!("batches drained in {:?}", t.elapsed());
+}
+
+fn cssm_key() -> Vec<u8> {
+    Signer::derive(b"tally-sim-cssm", "cssm-ack")
+        .unwrap()
+        .public_key()
+}
+
+#[derive(diesel::QueryableByName)]
+struct ReportRow {
+    #[diesel(sql_type = SqlUuid)]
+    device_id: Uuid,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    batch_id: Option<Uuid>,
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    error: Option<String>,
+}
+
+async fn reports(up: &Uplink) -> Vec<ReportRow> {
+    let mut c = up.pool.get().await.unwrap();
+    diesel::sql_query("SELECT device_id, batch_id, state, error FROM uplink.reports")
+        .load(&mut c)
+        .await
+        .unwrap()
+}
+
+/// Checks the AcksReceived events against what was sent: one verified ACK per device, naming
+/// exactly that device's report ids.
+fn check_acks(acks: &[proto::DeviceAck], ev: &proto::ReportsCollected, fleet: &Fleet) {
+    let mut sent: HashMap<String, HashSet<u64>> = HashMap::new();
+    for r in &ev.reports {
+        sent.entry(r.device_id.clone())
+            .or_default()
+            .insert(r.report_id);
+    }
+    assert_eq!(acks.len(), sent.len());
+    let key = cssm_key();
+    let mut seen = HashSet::new();
+    for a in acks {
+        assert!(seen.insert(a.device_id.clone()), "two ACKs for one device");
+        assert_eq!(a.cycle_id, fleet.cycle.to_string());
+        let doc = ack::parse_ack_document(&a.ack).unwrap();
+        doc.verify(&key).unwrap();
+        assert_eq!(doc.body.status, "ACK");
+        let udi = fleet.udi(&a.device_id);
+        assert_eq!(doc.body.sudi, udi);
+        assert_eq!(a.udi_pid, udi.udi_pid);
+        let ids: HashSet<u64> = doc.body.report_ids.iter().copied().collect();
+        assert_eq!(ids, sent[&a.device_id], "device {}", a.device_id);
+        let ids: HashSet<u64> = a.report_ids.iter().copied().collect();
+        assert_eq!(ids, sent[&a.device_id]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn online_upload_acks_every_device() {
+    let cssm = cssm().await;
+    let (_db, up) = uplink(Some(&cssm), 5000).await;
+    let fleet = Fleet::new(10);
+    let ev = fleet.collect();
+    let total = ev.reports.len();
+    batch::accept(&up, "m-1", ev.clone()).await.unwrap();
+    // Redelivery changes nothing.
+    batch::accept(&up, "m-1", ev.clone()).await.unwrap();
+    assert_eq!(
+        count(&up, "SELECT count(*) FROM uplink.reports").await as usize,
+        total
+    );
+    let vas: HashSet<&str> = ev
+        .reports
+        .iter()
+        .map(|r| r.virtual_account.as_str())
+        .collect();
+    let formed = batch::form_batches(&up, true).await.unwrap();
+    assert_eq!(formed, vas.len(), "one batch per virtual account");
+    drain(&up).await;
+
+    let rows = reports(&up).await;
+    assert_eq!(rows.len(), total);
+    assert!(
+        rows.iter().all(|r| r.state == "acked" && r.error.is_none()),
+        "{:?}",
+        rows.iter()
+            .map(|r| (&r.state, &r.error))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(count(&up, "SELECT count(*) FROM uplink.acks").await, 10);
+    assert_eq!(
+        count(
+            &up,
+            "SELECT count(*) FROM uplink.batches WHERE state = 'complete'"
+        )
+        .await as usize,
+        vas.len()
+    );
+    let events = acks_received(&up).await;
+    assert!(events.iter().all(|e| e.source == "online"));
+    let acks: Vec<proto::DeviceAck> = events.into_iter().flat_map(|e| e.acks).collect();
+    check_acks(&acks, &ev, &fleet);
+    let p = progress(&up).await;
+    assert_eq!(
+        p.iter().map(|e| e.reports_uploaded as usize).sum::<usize>(),
+        total
+    );
+    assert_eq!(p.iter().map(|e| e.devices_failed).sum::<u32>(), 0);
+    assert_eq!(cssm.state.stats().reports_accepted as usize, total);
+    assert_eq!(cssm.state.accepted_reports(), total);
+
+    // The ACKs install on the devices.
+    for a in &acks {
+        let i = fleet
+            .ids
+            .iter()
+            .position(|d| d.to_string() == a.device_id)
+            .unwrap();
+        let n = fleet.fleet.import_ack(i, &a.ack).unwrap();
+        assert_eq!(n, a.report_ids.len());
+    }
+    assert_eq!(fleet.fleet.summary()["unacked_reports"], 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn small_batches_keep_each_device_whole() {
+    let cssm = cssm().await;
+    let (_db, up) = uplink(Some(&cssm), 5).await;
+    let fleet = Fleet::new(10);
+    let ev = fleet.collect();
+    let total = ev.reports.len();
+    batch::accept(&up, "m-1", ev.clone()).await.unwrap();
+    let t = Instant::now();
+    loop {
+        let n = batch::form_batches(&up, true).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(10));
+    }
+    assert_eq!(
+        count(
+            &up,
+            "SELECT count(*) FROM uplink.reports WHERE state = 'pending'"
+        )
+        .await,
+        0
+    );
+    let rows = reports(&up).await;
+    let mut batches_of: BTreeMap<Uuid, HashSet<Uuid>> = BTreeMap::new();
+    let mut per_batch: BTreeMap<Uuid, usize> = BTreeMap::new();
+    for r in &rows {
+        let b = r.batch_id.unwrap();
+        batches_of.entry(r.device_id).or_default().insert(b);
+        *per_batch.entry(b).or_default() += 1;
+    }
+    for (d, bs) in &batches_of {
+        assert_eq!(bs.len(), 1, "device {d} split across batches {bs:?}");
+    }
+    assert!(per_batch.values().all(|n| *n <= 5), "{per_batch:?}");
+    let vas: HashSet<&str> = ev
+        .reports
+        .iter()
+        .map(|r| r.virtual_account.as_str())
+        .collect();
+    assert!(
+        per_batch.len() > vas.len(),
+        "{total} reports in batches of at most 5 need more than one batch per VA"
+    );
+    drain(&up).await;
+    assert!(reports(&up).await.iter().all(|r| r.state == "acked"));
+    assert_eq!(count(&up, "SELECT count(*) FROM uplink.acks").await, 10);
+    let acks: Vec<proto::DeviceAck> = acks_received(&up)
+        .await
+        .into_iter()
+        .flat_map(|e| e.acks)
+        .collect();
+    check_acks(&acks, &ev, &fleet);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_cssm_already_has_fail_as_duplicates() {
+    let cssm = cssm().await;
+    let fleet = Fleet::new(10);
+    let ev = fleet.collect();
+    let total = ev.reports.len();
+    {
+        let (_db, up) = uplink(Some(&cssm), 5000).await;
+        batch::accept(&up, "m-1", ev.clone()).await.unwrap();
+        batch::form_batches(&up, true).await.unwrap();
+        drain(&up).await;
+        assert!(reports(&up).await.iter().all(|r| r.state == "acked"));
+    }
+    // A second installation (fresh database) sends the very same reports.
+    let (_db, up) = uplink(Some(&cssm), 5000).await;
+    batch::accept(&up, "m-1", ev.clone()).await.unwrap();
+    batch::form_batches(&up, true).await.unwrap();
+    drain(&up).await;
+    let rows = reports(&up).await;
+    assert_eq!(rows.len(), total);
+    for r in &rows {
+        assert_eq!(r.state, "failed");
+        assert!(
+            r.error.as_deref().unwrap().contains("duplicate"),
+            "{:?}",
+            r.error
+        );
+    }
+    assert_eq!(count(&up, "SELECT count(*) FROM uplink.acks").await, 0);
+    assert!(acks_received(&up).await.is_empty());
+    let p = progress(&up).await;
+    assert_eq!(p.iter().map(|e| e.devices_failed).sum::<u32>(), 10);
+    assert_eq!(
+        p.iter().map(|e| e.reports_failed as usize).sum::<usize>(),
+        total
+    );
+    let failed: HashSet<String> = p
+        .iter()
+        .flat_map(|e| &e.failures)
+        .map(|f| f.device_id.clone())
+        .collect();
+    assert_eq!(failed.len(), 10);
+    assert!(p.iter().all(|e| e.cycle_id == fleet.cycle.to_string()));
+    assert_eq!(cssm.state.stats().duplicates as usize, total);
+    assert_eq!(
+        count(
+            &up,
+            "SELECT count(*) FROM uplink.batches WHERE state = 'failed'"
+        )
+        .await,
+        count(&up, "SELECT count(*) FROM uplink.batches").await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_bundle_round_trip() {
+    let cssm = cssm().await;
+    let (_db, up) = uplink(None, 5000).await;
+    let fleet = Fleet::new(10);
+    let ev = fleet.collect();
+    let total = ev.reports.len();
+    batch::accept(&up, "m-1", ev.clone()).await.unwrap();
+    // Offline mode: nothing goes online.
+    assert!(!batch::step(&up).await.unwrap());
+
+    let export = offline::export(&up, None).await.unwrap();
+    assert_eq!(export.reports, total);
+    assert_eq!(export.devices, 10);
+    assert!(
+        export.file_name.starts_with("UD_SA_"),
+        "{}",
+        export.file_name
+    );
+    assert_eq!(
+        count(
+            &up,
+            "SELECT count(*) FROM uplink.reports WHERE state = 'exported'"
+        )
+        .await as usize,
+        total
+    );
+    // Nothing left: a second export is a 409.
+    let again = offline::export(&up, None).await.err().unwrap();
+    assert_eq!(again.status, 409);
+    assert_eq!(again.code, "nothing-to-export");
+
+    let ack_bytes = cssm.state.offline_usage(&export.bytes).unwrap();
+    assert_eq!(cssm.state.stats().reports_accepted as usize, total);
+
+    // A bundle that also names a device we never exported: refused whole, nothing changes.
+    let mut files = AckBundle::from_tar_gz(&ack_bytes).unwrap();
+    assert_eq!(files.len(), 10);
+    let stranger = Uuid::now_v7();
+    let mut extra = files[0].clone();
+    extra.device_id = stranger.to_string();
+    files.push(extra);
+    let bad = AckBundle {
+        timestamp: 1,
+        vas: vec![("Campus".into(), files)],
+    }
+    .to_tar_gz()
+    .unwrap();
+    let p = offline::import_acks(&up, &bad).await.err().unwrap();
+    assert_eq!(p.status, 422, "{p}");
+    assert_eq!(p.errors.len(), 1, "{:?}", p.errors);
+    assert!(p.errors[0].field.contains(&stranger.to_string()));
+    assert_eq!(
+        count(
+            &up,
+            "SELECT count(*) FROM uplink.reports WHERE state = 'exported'"
+        )
+        .await as usize,
+        total
+    );
+    assert_eq!(count(&up, "SELECT count(*) FROM uplink.acks").await, 0);
+    assert!(acks_received(&up).await.is_empty());
+    // Garbage is a 400.
+    let p = offline::import_acks(&up, b"not a tarball")
+        .await
+        .err()
+        .unwrap();
+    assert_eq!(p.status, 400);
+    assert_eq!(p.code, "invalid-bundle");
+
+    let r = offline::import_acks(&up, &ack_bytes).await.unwrap();
+    assert_eq!(r.files, 10);
+    assert_eq!(r.devices_acked, 10);
+    let rows = reports(&up).await;
+    assert!(rows.iter().all(|r| r.state == "acked"));
+    assert_eq!(count(&up, "SELECT count(*) FROM uplink.acks").await, 10);
+    let events = acks_received(&up).await;
+    assert!(events.iter().all(|e| e.source == "offline"));
+    let acks: Vec<proto::DeviceAck> = events.into_iter().flat_map(|e| e.acks).collect();
+    check_acks(&acks, &ev, &fleet);
+
+    // The same ACK bundle again: nothing is waiting any more.
+    let p = offline::import_acks(&up, &ack_bytes).await.err().unwrap();
+    assert_eq!(p.status, 422);
+    assert_eq!(count(&up, "SELECT count(*) FROM uplink.acks").await, 10);
+
+    // Ids stay u64 end to end.
+    let mut c = up.pool.get().await.unwrap();
+    #[derive(diesel::QueryableByName)]
+    struct Ids {
+        #[diesel(sql_type = Array<BigInt>)]
+        report_ids: Vec<i64>,
+    }
+    let stored: Vec<Ids> = diesel::sql_query("SELECT report_ids FROM uplink.acks")
+        .load(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored.iter().map(|r| r.report_ids.len()).sum::<usize>(),
+        total
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_duplicates_fail_and_the_rest_go_again() {
+    let cssm = cssm().await;
+    let fleet = Fleet::new(10);
+    let ev = fleet.collect();
+    let total = ev.reports.len();
+    // Another installation already sent the reports of the first five devices.
+    let first_five: HashSet<String> = fleet.ids[..5].iter().map(|d| d.to_string()).collect();
+    let mut part = ev.clone();
+    part.reports.retain(|r| first_five.contains(&r.device_id));
+    let part_n = part.reports.len();
+    {
+        let (_db, other) = uplink(Some(&cssm), 5000).await;
+        batch::accept(&other, "m-1", part).await.unwrap();
+        batch::form_batches(&other, true).await.unwrap();
+        drain(&other).await;
+    }
+    let (_db, up) = uplink(Some(&cssm), 5000).await;
+    batch::accept(&up, "m-1", ev.clone()).await.unwrap();
+    let t = Instant::now();
+    loop {
+        batch::form_batches(&up, true).await.unwrap();
+        drain(&up).await;
+        let pending = count(
+            &up,
+            "SELECT count(*) FROM uplink.reports WHERE state IN ('pending', 'batched')",
+        )
+        .await;
+        if pending == 0 {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30));
+    }
+    let rows = reports(&up).await;
+    for r in &rows {
+        if first_five.contains(&r.device_id.to_string()) {
+            assert_eq!(r.state, "failed");
+            assert!(r.error.as_deref().unwrap().contains("duplicate"));
+        } else {
+            assert_eq!(r.state, "acked", "{:?}", r.error);
+        }
+    }
+    assert_eq!(count(&up, "SELECT count(*) FROM uplink.acks").await, 5);
+    let acks: Vec<proto::DeviceAck> = acks_received(&up)
+        .await
+        .into_iter()
+        .flat_map(|e| e.acks)
+        .collect();
+    let mut rest = ev.clone();
+    rest.reports.retain(|r| !first_five.contains(&r.device_id));
+    check_acks(&acks, &rest, &fleet);
+    let p = progress(&up).await;
+    assert_eq!(p.iter().map(|e| e.devices_failed).sum::<u32>(), 5);
+    assert_eq!(
+        p.iter().map(|e| e.reports_failed as usize).sum::<usize>(),
+        part_n
+    );
+    assert_eq!(
+        p.iter().map(|e| e.reports_uploaded as usize).sum::<usize>(),
+        total - part_n
+    );
+}
