@@ -54,11 +54,11 @@ pub struct ServeArgs {
     /// Key that seals device credentials (every replica needs the same one).
     #[arg(long, env = "TALLY_SECRET_KEY", hide_env_values = true)]
     pub secret_key: String,
-    #[arg(long, env = "TALLY_COLLECT_CONCURRENCY", default_value_t = 128)]
+    #[arg(long, env = "TALLY_COLLECT_CONCURRENCY", default_value_t = 256)]
     pub collect_concurrency: usize,
     #[arg(long, env = "TALLY_COLLECT_WORKERS", default_value_t = 2)]
     pub collect_workers: usize,
-    #[arg(long, env = "TALLY_COLLECT_SLICE", default_value_t = 256)]
+    #[arg(long, env = "TALLY_COLLECT_SLICE", default_value_t = 512)]
     pub collect_slice: i64,
     #[arg(long, env = "TALLY_DEVICE_TIMEOUT_SECS", default_value_t = 10)]
     pub device_timeout_secs: u64,

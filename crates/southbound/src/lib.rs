@@ -57,7 +57,8 @@ impl DeviceClient {
         let http = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .pool_max_idle_per_host(64)
+            // Several devices can share a host and port (a NAT, a terminal server, the simulator).
+            .pool_max_idle_per_host(1024)
             // Device management certificates are mostly self-signed; operators opt into checks
             // per deployment (see docs/config.md).
             .tls_danger_accept_invalid_certs(

@@ -228,10 +228,12 @@ pub(crate) async fn batch_reports(
     .await
 }
 
+/// Polls come every `poll_initial` at first (CSSM usually answers within seconds), then back off
+/// exponentially to `poll_max` for uploads CSSM takes minutes over.
 fn backoff(up: &Uplink, attempts: i32) -> chrono::Duration {
     let base = up.cfg.poll_initial.as_millis() as i64;
     let ms = base
-        .saturating_mul(1i64 << attempts.clamp(0, 10))
+        .saturating_mul(1i64 << (attempts - 4).clamp(0, 16))
         .min(up.cfg.poll_max.as_millis() as i64);
     chrono::Duration::milliseconds(ms.max(100))
 }

@@ -87,7 +87,10 @@ pub async fn run(up: Uplink) -> Result<(), tally_bus::BusError> {
         tally_store::outbox::Schema::Uplink,
     ))];
     if up.cfg.mode == Mode::Online {
-        tasks.push(tokio::spawn(batch::run(up.clone())));
+        // Two senders: one batch's upload or poll never holds up another's.
+        for _ in 0..2 {
+            tasks.push(tokio::spawn(batch::run(up.clone())));
+        }
     }
     let u = up.clone();
     let result = tally_bus::consumer::run(
