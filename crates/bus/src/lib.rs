@@ -40,6 +40,7 @@ events! {
     CycleStarted => "sched.cycle.started",
     CollectionStarted => "rum.collection.started",
     ReportsCollected => "rum.reports.collected",
+    CollectionProgress => "rum.collection.progress",
     UploadProgress => "uplink.upload.progress",
     AcksReceived => "uplink.acks.received",
     AcksImported => "rum.acks.imported",

@@ -125,7 +125,6 @@ impl Fleet {
                 });
             }
         }
-        ev.devices_ok = self.ids.len() as u32;
         ev
     }
 

@@ -139,14 +139,14 @@ impl From<proto::CollectionStarted> for Update {
     }
 }
 
-impl From<proto::ReportsCollected> for Update {
-    fn from(e: proto::ReportsCollected) -> Self {
+impl From<proto::CollectionProgress> for Update {
+    fn from(e: proto::CollectionProgress) -> Self {
         Self {
             cycle_id: e.cycle_id,
             devices_ok: n(e.devices_ok),
             devices_failed: n(e.devices_failed),
             devices_with_reports: n(e.devices_with_reports),
-            reports_stored: i32::try_from(e.reports.len()).unwrap_or(i32::MAX),
+            reports_stored: n(e.reports_stored),
             reports_quarantined: n(e.reports_quarantined),
             reports_duplicate: n(e.reports_duplicate),
             failures: e

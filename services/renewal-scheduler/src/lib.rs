@@ -35,7 +35,7 @@ pub async fn run(s: Scheduler) -> Result<(), tally_bus::BusError> {
     use prost::Message;
     use tally_bus::Event;
     use tally_bus::consumer::HandlerError;
-    use tally_bus::proto::{AcksImported, CollectionStarted, ReportsCollected, UploadProgress};
+    use tally_bus::proto::{AcksImported, CollectionProgress, CollectionStarted, UploadProgress};
     let mut tasks = vec![tokio::spawn(tally_bus::relay::run(
         s.bus.clone(),
         s.pool.clone(),
@@ -53,7 +53,7 @@ pub async fn run(s: Scheduler) -> Result<(), tally_bus::BusError> {
         DURABLE,
         &[
             CollectionStarted::SUBJECT,
-            ReportsCollected::SUBJECT,
+            CollectionProgress::SUBJECT,
             UploadProgress::SUBJECT,
             AcksImported::SUBJECT,
         ],
@@ -64,8 +64,8 @@ pub async fn run(s: Scheduler) -> Result<(), tally_bus::BusError> {
                     CollectionStarted::SUBJECT => {
                         cycles::Update::from(CollectionStarted::decode(d.payload)?)
                     }
-                    ReportsCollected::SUBJECT => {
-                        cycles::Update::from(ReportsCollected::decode(d.payload)?)
+                    CollectionProgress::SUBJECT => {
+                        cycles::Update::from(CollectionProgress::decode(d.payload)?)
                     }
                     UploadProgress::SUBJECT => {
                         cycles::Update::from(UploadProgress::decode(d.payload)?)

@@ -169,7 +169,7 @@ async fn counters_close_the_cycle_once_each() {
     cycles::apply(
         &s,
         "m-2",
-        proto::ReportsCollected {
+        proto::CollectionProgress {
             cycle_id: cid.clone(),
             devices_ok: 3,
             devices_with_reports: 3,
@@ -182,7 +182,7 @@ async fn counters_close_the_cycle_once_each() {
     cycles::apply(
         &s,
         "m-2",
-        proto::ReportsCollected {
+        proto::CollectionProgress {
             cycle_id: cid.clone(),
             devices_ok: 3,
             devices_with_reports: 3,
@@ -283,7 +283,7 @@ async fn failures_complete_with_errors() {
     cycles::apply(
         &s,
         "b",
-        proto::ReportsCollected {
+        proto::CollectionProgress {
             cycle_id: cid.clone(),
             devices_ok: 1,
             devices_failed: 1,
@@ -327,7 +327,7 @@ async fn failures_complete_with_errors() {
     cycles::apply(
         &s,
         "d",
-        proto::ReportsCollected {
+        proto::CollectionProgress {
             devices_ok: 5,
             ..Default::default()
         }

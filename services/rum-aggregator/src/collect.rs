@@ -402,16 +402,22 @@ async fn emit_collected(
     cycle: Uuid,
     t: CycleTally,
 ) -> Result<(), diesel::result::Error> {
-    let mut pieces = vec![proto::ReportsCollected {
-        cycle_id: cycle.to_string(),
-        reports: Vec::new(),
-        devices_ok: t.devices_ok,
-        devices_failed: t.devices_failed,
-        reports_quarantined: t.quarantined,
-        reports_duplicate: t.duplicates,
-        failures: t.failures,
-        devices_with_reports: t.devices_with_reports,
-    }];
+    tally_bus::emit(
+        c,
+        Schema::Rum,
+        &proto::CollectionProgress {
+            cycle_id: cycle.to_string(),
+            devices_ok: t.devices_ok,
+            devices_failed: t.devices_failed,
+            reports_stored: u32::try_from(t.reports.len()).unwrap_or(u32::MAX),
+            reports_quarantined: t.quarantined,
+            reports_duplicate: t.duplicates,
+            failures: t.failures,
+            devices_with_reports: t.devices_with_reports,
+        },
+    )
+    .await?;
+    let mut pieces: Vec<proto::ReportsCollected> = Vec::new();
     // A device's reports stay in one message, so the uplink batches them together.
     let mut size = 0usize;
     let mut reports = t.reports.into_iter().peekable();
@@ -424,7 +430,7 @@ async fn emit_collected(
         let bytes: usize = group.iter().map(|r| r.body.len() + 200).sum();
         let full = pieces
             .last()
-            .is_some_and(|p| !p.reports.is_empty() && size + bytes > EVENT_BYTES);
+            .is_none_or(|p| !p.reports.is_empty() && size + bytes > EVENT_BYTES);
         if full {
             pieces.push(proto::ReportsCollected {
                 cycle_id: cycle.to_string(),

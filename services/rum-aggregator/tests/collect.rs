@@ -155,6 +155,16 @@ async fn collected_events(agg: &Aggregator, cycle: Uuid) -> Vec<proto::ReportsCo
         .collect()
 }
 
+async fn progress_events(agg: &Aggregator, cycle: Uuid) -> Vec<proto::CollectionProgress> {
+    outbox(agg)
+        .await
+        .into_iter()
+        .filter(|r| r.subject == "rum.collection.progress")
+        .map(|r| proto::CollectionProgress::decode(r.payload.as_slice()).unwrap())
+        .filter(|e| e.cycle_id == cycle.to_string())
+        .collect()
+}
+
 #[derive(diesel::QueryableByName, Debug)]
 struct CollectionRow {
     #[diesel(sql_type = SqlUuid)]
@@ -290,10 +300,11 @@ async fn collects_every_report_byte_exact() {
     assert_eq!(started[0].devices, 20);
     assert_eq!(started[0].cycle_id, cycle.to_string());
     let evs = collected_events(&ctx.agg, cycle).await;
-    let ok: u32 = evs.iter().map(|e| e.devices_ok).sum();
-    let with: u32 = evs.iter().map(|e| e.devices_with_reports).sum();
-    let failed: u32 = evs.iter().map(|e| e.devices_failed).sum();
-    let dup: u32 = evs.iter().map(|e| e.reports_duplicate).sum();
+    let prog = progress_events(&ctx.agg, cycle).await;
+    let ok: u32 = prog.iter().map(|e| e.devices_ok).sum();
+    let with: u32 = prog.iter().map(|e| e.devices_with_reports).sum();
+    let failed: u32 = prog.iter().map(|e| e.devices_failed).sum();
+    let dup: u32 = prog.iter().map(|e| e.reports_duplicate).sum();
     assert_eq!((ok, with, failed, dup), (20, 20, 0, 0));
     let reports: Vec<&proto::CollectedReport> = evs.iter().flat_map(|e| &e.reports).collect();
     assert_eq!(reports.len(), expected_total);
@@ -405,12 +416,13 @@ async fn faulty_devices_fail_alone() {
     );
 
     let evs = collected_events(&ctx.agg, cycle).await;
-    let failed: u32 = evs.iter().map(|e| e.devices_failed).sum();
-    let ok: u32 = evs.iter().map(|e| e.devices_ok).sum();
-    let quarantined: u32 = evs.iter().map(|e| e.reports_quarantined).sum();
+    let prog = progress_events(&ctx.agg, cycle).await;
+    let failed: u32 = prog.iter().map(|e| e.devices_failed).sum();
+    let ok: u32 = prog.iter().map(|e| e.devices_ok).sum();
+    let quarantined: u32 = prog.iter().map(|e| e.reports_quarantined).sum();
     assert_eq!((ok, failed), (17, 3));
     assert_eq!(quarantined as usize, 1 + unsigned_n);
-    let failures: HashSet<String> = evs
+    let failures: HashSet<String> = prog
         .iter()
         .flat_map(|e| &e.failures)
         .map(|f| f.device_id.clone())
@@ -451,7 +463,8 @@ async fn replayed_reports_are_duplicates() {
         "old reports must not be stored twice"
     );
     let evs = collected_events(&ctx.agg, second).await;
-    let dup: u32 = evs.iter().map(|e| e.reports_duplicate).sum();
+    let prog = progress_events(&ctx.agg, second).await;
+    let dup: u32 = prog.iter().map(|e| e.reports_duplicate).sum();
     assert_eq!(dup as usize, first_n);
     let second_ids: Vec<u64> = evs
         .iter()
