@@ -183,3 +183,10 @@ pub async fn read_body(
     }
     Ok(buf.freeze())
 }
+
+/// A pooled database connection, or 503 when the database cannot be reached.
+pub async fn conn(pool: &tally_store::Pool) -> Result<tally_store::PooledConn, Problem> {
+    pool.get()
+        .await
+        .map_err(|e| Problem::from(tally_store::StoreError::from(e)))
+}

@@ -73,7 +73,7 @@ async fn list_batches(
             message: "must be between 1 and 1000".into(),
         }]));
     }
-    let mut conn = up.pool.get().await.map_err(tally_store::StoreError::from)?;
+    let mut conn = tally_platform::problem::conn(&up.pool).await?;
     let rows = diesel::sql_query(
         "SELECT id, mode, smart_account, virtual_account, state, poll_id, attempts, error, reports, devices, \
          created_at, updated_at FROM uplink.batches WHERE ($1::text IS NULL OR state = $1) \
@@ -111,7 +111,7 @@ pub struct UplinkStatus {
 #[utoipa::path(tag = "uplink", responses((status = 200, body = UplinkStatus)))]
 #[get("/uplink/status")]
 async fn status(up: web::Data<Uplink>) -> Result<web::Json<UplinkStatus>, Problem> {
-    let mut conn = up.pool.get().await.map_err(tally_store::StoreError::from)?;
+    let mut conn = tally_platform::problem::conn(&up.pool).await?;
     let rows: Vec<ReportCounts> = diesel::sql_query(
         "SELECT count(*) FILTER (WHERE state = 'pending') AS pending, \
          count(*) FILTER (WHERE state = 'batched') AS batched, \
@@ -178,7 +178,7 @@ pub struct Requeued {
 #[utoipa::path(tag = "uplink", responses((status = 200, body = Requeued)))]
 #[post("/uplink/offline/requeue")]
 async fn requeue_exported(up: web::Data<Uplink>) -> Result<web::Json<Requeued>, Problem> {
-    let mut conn = up.pool.get().await.map_err(tally_store::StoreError::from)?;
+    let mut conn = tally_platform::problem::conn(&up.pool).await?;
     let n = diesel::sql_query(
         "UPDATE uplink.reports SET state = 'pending', batch_id = NULL WHERE state = 'exported'",
     )

@@ -105,11 +105,7 @@ async fn list_devices(
         }]));
     }
     let offset = f.offset.unwrap_or(0).max(0);
-    let mut conn = inv
-        .pool
-        .get()
-        .await
-        .map_err(tally_store::StoreError::from)?;
+    let mut conn = tally_platform::problem::conn(&inv.pool).await?;
     let total: i64 = filtered!(&f).count().get_result(&mut conn).await?;
     let rows: Vec<DeviceRow> = filtered!(&f)
         .order((devices::hostname, devices::id))
@@ -133,11 +129,7 @@ async fn get_device(
     inv: web::Data<Inventory>,
     id: web::Path<Uuid>,
 ) -> Result<web::Json<Device>, Problem> {
-    let mut conn = inv
-        .pool
-        .get()
-        .await
-        .map_err(tally_store::StoreError::from)?;
+    let mut conn = tally_platform::problem::conn(&inv.pool).await?;
     let row = devices::table
         .find(*id)
         .select(DeviceRow::as_select())
@@ -156,11 +148,7 @@ async fn create_device(
     body: web::Json<DeviceInput>,
 ) -> Result<HttpResponse, Problem> {
     let v = body.validate(true).map_err(Problem::validation)?;
-    let mut conn = inv
-        .pool
-        .get()
-        .await
-        .map_err(tally_store::StoreError::from)?;
+    let mut conn = tally_platform::problem::conn(&inv.pool).await?;
     let rows = store::upsert_all(&mut conn, &inv.secrets, &[v], true).await?;
     let row = rows
         .into_iter()
@@ -178,11 +166,7 @@ async fn replace_device(
     body: web::Json<DeviceInput>,
 ) -> Result<web::Json<Device>, Problem> {
     let v = body.validate(false).map_err(Problem::validation)?;
-    let mut conn = inv
-        .pool
-        .get()
-        .await
-        .map_err(tally_store::StoreError::from)?;
+    let mut conn = tally_platform::problem::conn(&inv.pool).await?;
     let row = store::replace(&mut conn, &inv.secrets, *id, &v)
         .await?
         .ok_or_else(|| Problem::not_found("device", *id))?;
@@ -196,11 +180,7 @@ async fn delete_device(
     inv: web::Data<Inventory>,
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, Problem> {
-    let mut conn = inv
-        .pool
-        .get()
-        .await
-        .map_err(tally_store::StoreError::from)?;
+    let mut conn = tally_platform::problem::conn(&inv.pool).await?;
     if store::delete(&mut conn, *id).await? {
         Ok(HttpResponse::NoContent().finish())
     } else {
@@ -346,11 +326,7 @@ async fn import_devices(
         .unwrap_or("")
         .to_ascii_lowercase();
     let devices = parse_import(&ct, &body)?;
-    let mut conn = inv
-        .pool
-        .get()
-        .await
-        .map_err(tally_store::StoreError::from)?;
+    let mut conn = tally_platform::problem::conn(&inv.pool).await?;
     let rows = store::upsert_all(&mut conn, &inv.secrets, &devices, false).await?;
     let created = rows.iter().filter(|r| r.revision == 1).count();
     Ok(web::Json(ImportResult {
@@ -378,11 +354,7 @@ pub struct SiteInput {
 #[utoipa::path(tag = "inventory", responses((status = 200, body = Vec<Site>)))]
 #[get("/sites")]
 async fn list_sites(inv: web::Data<Inventory>) -> Result<web::Json<Vec<Site>>, Problem> {
-    let mut conn = inv
-        .pool
-        .get()
-        .await
-        .map_err(tally_store::StoreError::from)?;
+    let mut conn = tally_platform::problem::conn(&inv.pool).await?;
     let all: Vec<(String, String)> = sites::table
         .select((sites::name, sites::description))
         .order(sites::name)
@@ -419,11 +391,7 @@ async fn create_site(
             message: "must be 1 to 255 characters".into(),
         }]));
     }
-    let mut conn = inv
-        .pool
-        .get()
-        .await
-        .map_err(tally_store::StoreError::from)?;
+    let mut conn = tally_platform::problem::conn(&inv.pool).await?;
     diesel::insert_into(sites::table)
         .values((
             sites::name.eq(name),

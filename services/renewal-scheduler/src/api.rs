@@ -184,7 +184,7 @@ async fn list_cycles(
             message: "must be between 1 and 500".into(),
         }]));
     }
-    let mut conn = s.pool.get().await.map_err(tally_store::StoreError::from)?;
+    let mut conn = tally_platform::problem::conn(&s.pool).await?;
     let rows: Vec<Row> = diesel::sql_query(format!(
         "SELECT {COLS} FROM sched.cycles ORDER BY started_at DESC LIMIT $1 OFFSET $2"
     ))
@@ -202,7 +202,7 @@ async fn get_cycle(
     s: web::Data<Scheduler>,
     id: web::Path<Uuid>,
 ) -> Result<web::Json<Cycle>, Problem> {
-    let mut conn = s.pool.get().await.map_err(tally_store::StoreError::from)?;
+    let mut conn = tally_platform::problem::conn(&s.pool).await?;
     let rows: Vec<Row> =
         diesel::sql_query(format!("SELECT {COLS} FROM sched.cycles WHERE id = $1"))
             .bind::<SqlUuid, _>(*id)
@@ -235,7 +235,7 @@ async fn cycle_failures(
     id: web::Path<Uuid>,
     p: web::Query<Page>,
 ) -> Result<web::Json<Vec<Failure>>, Problem> {
-    let mut conn = s.pool.get().await.map_err(tally_store::StoreError::from)?;
+    let mut conn = tally_platform::problem::conn(&s.pool).await?;
     let rows = diesel::sql_query(
         "SELECT device_id, stage, reason, at FROM sched.cycle_failures WHERE cycle_id = $1 \
          ORDER BY stage, device_id LIMIT $2 OFFSET $3",

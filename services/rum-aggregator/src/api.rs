@@ -89,11 +89,7 @@ async fn list_reports(
     f: web::Query<Filter>,
 ) -> Result<web::Json<Vec<ReportMeta>>, Problem> {
     let (limit, offset) = f.page()?;
-    let mut conn = agg
-        .pool
-        .get()
-        .await
-        .map_err(tally_store::StoreError::from)?;
+    let mut conn = tally_platform::problem::conn(&agg.pool).await?;
     let rows = diesel::sql_query(
         "SELECT device_id, udi_pid, udi_serial, report_id, cycle_id, entitlement_tag, software_version, \
          usage_count, end_time, octet_length(body)::int8 AS bytes, received_at FROM rum.reports \
@@ -123,11 +119,7 @@ async fn raw_report(
     path: web::Path<(Uuid, i64)>,
 ) -> Result<HttpResponse, Problem> {
     let (device, report) = *path;
-    let mut conn = agg
-        .pool
-        .get()
-        .await
-        .map_err(tally_store::StoreError::from)?;
+    let mut conn = tally_platform::problem::conn(&agg.pool).await?;
     let rows: Vec<Body> =
         diesel::sql_query("SELECT body FROM rum.reports WHERE device_id = $1 AND report_id = $2")
             .bind::<SqlUuid, _>(device)
@@ -189,11 +181,7 @@ async fn upload_reports(
             }),
         }
     }
-    let mut conn = agg
-        .pool
-        .get()
-        .await
-        .map_err(tally_store::StoreError::from)?;
+    let mut conn = tally_platform::problem::conn(&agg.pool).await?;
     let mut udis: Vec<Udi> = reports.iter().map(|(i, _)| i.udi.clone()).collect();
     udis.sort();
     udis.dedup();
@@ -292,10 +280,32 @@ pub struct Quarantined {
     #[diesel(sql_type = Text)]
     pub reason: String,
     /// The rejected bytes as text (lossy if not UTF-8).
-    #[diesel(sql_type = Text)]
+    #[diesel(sql_type = Bytea, deserialize_as = LossyText)]
     pub body: String,
     #[diesel(sql_type = Timestamptz)]
     pub received_at: DateTime<Utc>,
+}
+
+/// Bytes shown as text; quarantined bodies need not be UTF-8.
+struct LossyText(String);
+
+impl From<LossyText> for String {
+    fn from(t: LossyText) -> Self {
+        t.0
+    }
+}
+
+impl diesel::deserialize::FromSql<Bytea, diesel::pg::Pg> for LossyText {
+    fn from_sql(bytes: diesel::pg::PgValue<'_>) -> diesel::deserialize::Result<Self> {
+        Ok(Self(String::from_utf8_lossy(bytes.as_bytes()).into_owned()))
+    }
+}
+
+impl diesel::deserialize::Queryable<Bytea, diesel::pg::Pg> for LossyText {
+    type Row = Self;
+    fn build(row: Self) -> diesel::deserialize::Result<Self> {
+        Ok(row)
+    }
 }
 
 /// Reports refused as malformed, with the reason and the bytes received.
@@ -306,13 +316,9 @@ async fn list_quarantine(
     f: web::Query<Filter>,
 ) -> Result<web::Json<Vec<Quarantined>>, Problem> {
     let (limit, offset) = f.page()?;
-    let mut conn = agg
-        .pool
-        .get()
-        .await
-        .map_err(tally_store::StoreError::from)?;
+    let mut conn = tally_platform::problem::conn(&agg.pool).await?;
     let rows = diesel::sql_query(
-        "SELECT id, device_id, cycle_id, reason, convert_from(body, 'UTF8') AS body, received_at \
+        "SELECT id, device_id, cycle_id, reason, body, received_at \
          FROM rum.quarantine WHERE ($1::uuid IS NULL OR device_id = $1) AND ($2::uuid IS NULL OR cycle_id = $2) \
          ORDER BY id DESC LIMIT $3 OFFSET $4",
     )
@@ -349,11 +355,7 @@ async fn list_collections(
     f: web::Query<Filter>,
 ) -> Result<web::Json<Vec<Collection>>, Problem> {
     let (limit, offset) = f.page()?;
-    let mut conn = agg
-        .pool
-        .get()
-        .await
-        .map_err(tally_store::StoreError::from)?;
+    let mut conn = tally_platform::problem::conn(&agg.pool).await?;
     let rows = diesel::sql_query(
         "SELECT cycle_id, device_id, state, error, reports_new, finished_at FROM rum.collections \
          WHERE ($1::uuid IS NULL OR device_id = $1) AND ($2::uuid IS NULL OR cycle_id = $2) \
@@ -400,11 +402,7 @@ async fn list_ack_imports(
     f: web::Query<Filter>,
 ) -> Result<web::Json<Vec<AckImport>>, Problem> {
     let (limit, offset) = f.page()?;
-    let mut conn = agg
-        .pool
-        .get()
-        .await
-        .map_err(tally_store::StoreError::from)?;
+    let mut conn = tally_platform::problem::conn(&agg.pool).await?;
     let rows = diesel::sql_query(
         "SELECT id, device_id, cycle_id, report_ids, state, error, attempts, ack, finished_at FROM rum.ack_imports \
          WHERE ($1::uuid IS NULL OR device_id = $1) AND ($2::uuid IS NULL OR cycle_id = $2) \
@@ -438,11 +436,7 @@ async fn retry_ack_imports(
     agg: web::Data<Aggregator>,
     body: web::Json<RetryRequest>,
 ) -> Result<web::Json<RetryResult>, Problem> {
-    let mut conn = agg
-        .pool
-        .get()
-        .await
-        .map_err(tally_store::StoreError::from)?;
+    let mut conn = tally_platform::problem::conn(&agg.pool).await?;
     let n = diesel::sql_query(
         "UPDATE rum.ack_imports SET state = 'pending' WHERE state = 'failed' \
          AND ($1::uuid IS NULL OR cycle_id = $1)",
@@ -474,11 +468,7 @@ pub struct CollectorStatus {
 async fn collector_status(
     agg: web::Data<Aggregator>,
 ) -> Result<web::Json<CollectorStatus>, Problem> {
-    let mut conn = agg
-        .pool
-        .get()
-        .await
-        .map_err(tally_store::StoreError::from)?;
+    let mut conn = tally_platform::problem::conn(&agg.pool).await?;
     let rows: Vec<CollectorStatus> = diesel::sql_query(
         "SELECT (SELECT count(*) FROM rum.devices WHERE NOT deleted) AS devices_known, \
          (SELECT count(*) FROM rum.collections WHERE state = 'pending') AS collections_pending, \

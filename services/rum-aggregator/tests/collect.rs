@@ -630,3 +630,26 @@ async fn manual_upload_route() {
         n
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quarantine_lists_bodies_that_are_not_utf8() {
+    let ctx = setup(1, 1).await;
+    {
+        let mut c = ctx.agg.pool.get().await.unwrap();
+        diesel::sql_query("INSERT INTO rum.quarantine (reason, body) VALUES ('bad bytes', $1)")
+            .bind::<Bytea, _>(&[0x7bu8, 0xff, 0xfe, 0x7d][..])
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    let app = upload_app!(ctx.agg);
+    let req = test::TestRequest::get()
+        .uri("/api/v1/quarantine")
+        .insert_header(("authorization", format!("Bearer {OPERATOR}")))
+        .to_request();
+    let resp = test::call_service(&app, req).await;
+    assert_eq!(resp.status(), StatusCode::OK);
+    let rows: Value = serde_json::from_slice(&test::read_body(resp).await).unwrap();
+    assert_eq!(rows[0]["reason"], "bad bytes");
+    assert_eq!(rows[0]["body"], "{\u{fffd}\u{fffd}}");
+}
