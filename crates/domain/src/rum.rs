@@ -157,7 +157,7 @@ pub struct ReportInfo {
 #[derive(Deserialize)]
 struct ReportObjectView {
     payload: Option<String>,
-    signature: Option<serde_json::Value>,
+    signature: Option<Box<serde_json::value::RawValue>>,
 }
 
 /// Checks that a report object is well formed and signed, and reads its identity and usage.
@@ -170,8 +170,9 @@ pub fn inspect_report(raw: &str) -> Result<ReportInfo, RumError> {
         serde_json::from_str(raw).map_err(|e| RumError::NotJson(e.to_string()))?;
     let payload_text = view.payload.ok_or(RumError::MissingPayload)?;
     let sig = match view.signature {
-        None | Some(serde_json::Value::Null) => return Err(RumError::MissingSignature),
-        Some(v) => serde_json::from_value::<ReportSignature>(v)
+        None => return Err(RumError::MissingSignature),
+        Some(v) if v.get() == "null" => return Err(RumError::MissingSignature),
+        Some(v) => serde_json::from_str::<ReportSignature>(v.get())
             .map_err(|e| RumError::NotJson(format!("signature: {e}")))?,
     };
     if sig.value.trim().is_empty() {
@@ -180,17 +181,27 @@ pub fn inspect_report(raw: &str) -> Result<ReportInfo, RumError> {
     if sig.signing_type.trim().is_empty() {
         return Err(RumError::EmptySignatureField("signing_type"));
     }
-    let payload: serde_json::Value =
-        serde_json::from_str(&payload_text).map_err(|e| RumError::PayloadNotJson(e.to_string()))?;
-    let version = payload
-        .get("version")
-        .and_then(|v| v.as_str())
-        .ok_or(RumError::MissingField("version"))?;
-    if version != "2.0" {
-        return Err(RumError::UnsupportedVersion(version.to_owned()));
+    // One parse in the common case; a second, smaller one only to name what is wrong.
+    let payload: Payload = match serde_json::from_str(&payload_text) {
+        Ok(p) => p,
+        Err(e) => {
+            #[derive(Deserialize)]
+            struct Version {
+                version: Option<serde_json::Value>,
+            }
+            return Err(match serde_json::from_str::<Version>(&payload_text) {
+                Err(e) => RumError::PayloadNotJson(e.to_string()),
+                Ok(Version { version: None }) => RumError::MissingField("version"),
+                Ok(Version { version: Some(v) }) if v != "2.0" => RumError::UnsupportedVersion(
+                    v.as_str().map_or_else(|| v.to_string(), str::to_owned),
+                ),
+                Ok(_) => RumError::PayloadNotJson(e.to_string()),
+            });
+        }
+    };
+    if payload.version != "2.0" {
+        return Err(RumError::UnsupportedVersion(payload.version));
     }
-    let payload: Payload =
-        serde_json::from_value(payload).map_err(|e| RumError::PayloadNotJson(e.to_string()))?;
     let udi = payload.asset_identification.instance.sudi.clone();
     if udi != sig.sudi {
         return Err(RumError::SudiMismatch {
@@ -409,6 +420,22 @@ pub(crate) mod tests {
         assert!(matches!(
             inspect_report(&v.to_string()),
             Err(RumError::SudiMismatch { .. })
+        ));
+        let mut v: serde_json::Value = serde_json::from_str(&good).unwrap();
+        v["payload"] = r#"{"version":"3.0"}"#.into();
+        assert_eq!(
+            inspect_report(&v.to_string()),
+            Err(RumError::UnsupportedVersion("3.0".into()))
+        );
+        v["payload"] = r#"{"asset_identification":{}}"#.into();
+        assert_eq!(
+            inspect_report(&v.to_string()),
+            Err(RumError::MissingField("version"))
+        );
+        v["payload"] = "not json".into();
+        assert!(matches!(
+            inspect_report(&v.to_string()),
+            Err(RumError::PayloadNotJson(_))
         ));
     }
 
