@@ -56,20 +56,18 @@ where
 {
     let stream = bus.ensure_stream().await?;
     let filter_subjects: Vec<String> = subjects.iter().map(|s| bus.subject(s)).collect();
+    // Create or update: a new release's filters and timings apply to an existing consumer.
     let consumer = stream
-        .get_or_create_consumer(
-            durable,
-            pull::Config {
-                durable_name: Some(durable.to_owned()),
-                filter_subjects,
-                ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
-                // Redelivery after a crash waits this long; handlers are short and idempotent,
-                // so a slow one being redelivered early costs only a skipped inbox claim.
-                ack_wait: Duration::from_secs(15),
-                max_ack_pending: 64,
-                ..Default::default()
-            },
-        )
+        .create_consumer(pull::Config {
+            durable_name: Some(durable.to_owned()),
+            filter_subjects,
+            ack_policy: async_nats::jetstream::consumer::AckPolicy::Explicit,
+            // Redelivery after a crash waits this long; handlers are short and idempotent,
+            // so a slow one being redelivered early costs only a skipped inbox claim.
+            ack_wait: Duration::from_secs(15),
+            max_ack_pending: 64,
+            ..Default::default()
+        })
         .await
         .map_err(|e| BusError::JetStream(e.to_string()))?;
     loop {
