@@ -40,12 +40,7 @@ async fn cssm() -> Cssm {
 async fn uplink(cssm: Option<&Cssm>, batch_max_reports: usize) -> (TestDb, Uplink) {
     let db = TestDb::new().await.unwrap();
     let pool = tally_store::pool(&db.url, 8).unwrap();
-    let url =
-        std::env::var("TALLY_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
-    let bus = tally_bus::Bus::connect(&url, &format!("t{}", Uuid::new_v4().simple()))
-        .await
-        .unwrap();
-    bus.ensure_stream().await.unwrap();
+    let bus = tally_bus::testing::bus().await.unwrap();
     let client = cssm.map(|c| {
         let cfg = c.state.config();
         Arc::new(

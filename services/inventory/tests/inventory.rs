@@ -451,12 +451,7 @@ async fn csv_import_of_2000_rows_and_reimport() {
     assert_eq!(ctx.secrets.open(&sample.password_sealed).unwrap(), "pw7");
 
     // Relay them onto JetStream and consume them back.
-    let url =
-        std::env::var("TALLY_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
-    let bus = tally_bus::Bus::connect(&url, &format!("t{}", uuid::Uuid::new_v4().simple()))
-        .await
-        .unwrap();
-    bus.ensure_stream().await.unwrap();
+    let bus = tally_bus::testing::bus().await.unwrap();
     let n = tally_bus::relay::relay_once(&bus, &ctx.pool, tally_store::outbox::Schema::Inventory)
         .await
         .unwrap();

@@ -13,12 +13,7 @@ use uuid::Uuid;
 async fn scheduler() -> (TestDb, Scheduler) {
     let db = TestDb::new().await.unwrap();
     let pool = tally_store::pool(&db.url, 8).unwrap();
-    let url =
-        std::env::var("TALLY_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
-    let bus = tally_bus::Bus::connect(&url, &format!("t{}", Uuid::new_v4().simple()))
-        .await
-        .unwrap();
-    bus.ensure_stream().await.unwrap();
+    let bus = tally_bus::testing::bus().await.unwrap();
     let s = Scheduler {
         pool,
         bus,

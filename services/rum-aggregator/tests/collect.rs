@@ -34,12 +34,7 @@ async fn setup(devices: usize, in_projection: usize) -> Ctx {
     tally_platform::init_crypto();
     let db = TestDb::new().await.unwrap();
     let pool = tally_store::pool(&db.url, 8).unwrap();
-    let url =
-        std::env::var("TALLY_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned());
-    let bus = tally_bus::Bus::connect(&url, &format!("t{}", Uuid::new_v4().simple()))
-        .await
-        .unwrap();
-    bus.ensure_stream().await.unwrap();
+    let bus = tally_bus::testing::bus().await.unwrap();
     let (_addr, handle, fleet) = tally_sim::start_fleet(FleetConfig {
         devices,
         bind: "127.0.0.1:0".parse().unwrap(),
