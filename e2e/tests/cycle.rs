@@ -32,6 +32,26 @@ async fn online_cycle_1000_devices() {
         t0.elapsed().as_secs_f64()
     );
     assert_clean_cycle(DEVICES, &cycle, &fleet.summary().await, &cssm.stats().await);
+
+    // What the README promises next to the API: health, metrics, the spec and the Swagger UI,
+    // none of which needs a token.
+    let http = reqwest::Client::new();
+    let get = |path: &str| http.get(format!("{}{path}", tally.base)).send();
+    assert!(get("/healthz").await.unwrap().status().is_success());
+    assert!(get("/readyz").await.unwrap().status().is_success());
+    let metrics = get("/metrics").await.unwrap().text().await.unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "tally_events_total{{kind=\"acks_imported\"}} {DEVICES}"
+        )),
+        "{metrics}"
+    );
+    let spec: serde_json::Value = get("/openapi.json").await.unwrap().json().await.unwrap();
+    assert_eq!(spec["openapi"], "3.1.0");
+    assert!(spec["paths"]["/api/v1/cycles/{id}"].is_object());
+    let docs = get("/docs/").await.unwrap();
+    assert!(docs.status().is_success());
+    assert!(docs.text().await.unwrap().contains("swagger"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
