@@ -139,6 +139,8 @@ struct Owner {
     device_id: Uuid,
     #[diesel(sql_type = SqlUuid)]
     batch_id: Uuid,
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    report_id: i64,
 }
 
 /// Takes CSSM's ACK bundle: every file must name a device with exported reports and hold a
@@ -168,14 +170,20 @@ pub async fn import_acks(up: &Uplink, bytes: &[u8]) -> Result<AckImportResult, P
     let mut conn = up.pool.get().await.map_err(tally_store::StoreError::from)?;
     let ids: Vec<Uuid> = parsed.iter().map(|(id, _, _)| *id).collect();
     let owners: Vec<Owner> = diesel::sql_query(
-        "SELECT DISTINCT device_id, batch_id FROM uplink.reports WHERE state = 'exported' AND device_id = ANY($1)",
+        "SELECT device_id, batch_id, report_id FROM uplink.reports WHERE state = 'exported' AND device_id = ANY($1)",
     )
     .bind::<Array<SqlUuid>, _>(&ids)
     .load(&mut conn)
     .await?;
     let mut by_batch: BTreeMap<Uuid, Vec<(tally_domain::Udi, Vec<u64>, String)>> = BTreeMap::new();
     for (id, a, doc) in parsed {
-        match owners.iter().find(|o| o.device_id == id) {
+        // The export the ACK answers is the one holding the reports it names (a device can sit
+        // in two exported bundles at once).
+        let owner = owners
+            .iter()
+            .find(|o| o.device_id == id && a.body.report_ids.contains(&(o.report_id as u64)))
+            .or_else(|| owners.iter().find(|o| o.device_id == id));
+        match owner {
             Some(o) => by_batch
                 .entry(o.batch_id)
                 .or_default()

@@ -591,3 +591,61 @@ async fn named_duplicates_fail_and_the_rest_go_again() {
         total - part_n
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_of_two_exports_in_flight_find_their_own_reports() {
+    let cssm = cssm().await;
+    let (_db, up) = uplink(None, 5000).await;
+    let fleet = Fleet::new(3);
+    let first = fleet.collect();
+    let n1 = first.reports.len();
+    let first_ids: std::collections::BTreeSet<i64> =
+        first.reports.iter().map(|r| r.report_id as i64).collect();
+    batch::accept(&up, "m-1", first).await.unwrap();
+    let export1 = offline::export(&up, None).await.unwrap();
+    // The same devices report again before the first bundle's answer came back.
+    let second = fleet.collect();
+    let n2 = second.reports.len() - n1;
+    batch::accept(&up, "m-2", second).await.unwrap();
+    let export2 = offline::export(&up, None).await.unwrap();
+    assert_eq!((export1.reports, export2.reports), (n1, n2));
+    let acks1 = cssm.state.offline_usage(&export1.bytes).unwrap();
+    let acks2 = cssm.state.offline_usage(&export2.bytes).unwrap();
+
+    // Answers come back out of order: the second bundle's ACKs acknowledge only its reports.
+    offline::import_acks(&up, &acks2).await.unwrap();
+    let state = |s: &'static str| {
+        let up = &up;
+        async move {
+            count(
+                up,
+                &format!("SELECT count(*) FROM uplink.reports WHERE state = '{s}'"),
+            )
+            .await as usize
+        }
+    };
+    assert_eq!((state("acked").await, state("exported").await), (n2, n1));
+    let still_exported: std::collections::BTreeSet<i64> = {
+        let mut c = up.pool.get().await.unwrap();
+        diesel::sql_query("SELECT report_id FROM uplink.reports WHERE state = 'exported'")
+            .load::<ReportId>(&mut c)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.report_id)
+            .collect()
+    };
+    assert_eq!(
+        still_exported, first_ids,
+        "the first bundle's reports still wait"
+    );
+    offline::import_acks(&up, &acks1).await.unwrap();
+    assert_eq!(state("acked").await, n1 + n2);
+    assert_eq!(state("failed").await, 0);
+}
+
+#[derive(diesel::QueryableByName)]
+struct ReportId {
+    #[diesel(sql_type = BigInt)]
+    report_id: i64,
+}
