@@ -12,6 +12,9 @@ use tally_domain::Udi;
 use tally_store::outbox::{Schema, claim};
 use uuid::Uuid;
 
+/// Advisory lock key serialising batch forming ("uplink" in ASCII).
+const FORM_LOCK: i64 = 0x75_70_6c_69_6e_6b;
+
 /// Most ACKs in one `AcksReceived` message (each ACK document is about 1 KiB).
 const ACKS_PER_EVENT: usize = 400;
 
@@ -104,6 +107,12 @@ pub async fn form_batches(up: &Uplink, force: bool) -> Result<usize, tally_store
     let linger = chrono::Duration::from_std(up.cfg.linger).unwrap_or_default();
     let n = conn
         .transaction(async |c| {
+            // One former at a time (senders and replicas alike): two formers skipping each
+            // other's locked rows would split a device's reports over two batches.
+            diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
+                .bind::<BigInt, _>(FORM_LOCK)
+                .execute(c)
+                .await?;
             let groups: Vec<Group> = diesel::sql_query(
                 "SELECT smart_account, virtual_account, count(*)::int8 AS n, min(received_at) AS oldest \
                  FROM uplink.reports WHERE state = 'pending' GROUP BY 1, 2",
