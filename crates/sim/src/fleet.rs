@@ -943,6 +943,8 @@ fn build(cfg: FleetConfig) -> std::io::Result<(SocketAddr, Server, Arc<FleetStat
     let server = HttpServer::new(move || App::new().app_data(data.clone()).configure(routes))
         .workers(workers)
         .keep_alive(Duration::from_secs(75))
+        // Thousands of connections open at once on a busy machine: be patient with slow requests.
+        .client_request_timeout(Duration::from_secs(30))
         .backlog(4096)
         .bind(bind)?;
     let addr = server

@@ -31,7 +31,8 @@ impl SouthboundError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Unreachable(_) | Self::Timeout => true,
-            Self::Status { status, .. } => *status >= 500 || *status == 429,
+            // 408: the device's HTTP server gave up waiting (busy); 429: rate limited.
+            Self::Status { status, .. } => *status >= 500 || *status == 429 || *status == 408,
             _ => false,
         }
     }
@@ -213,6 +214,21 @@ mod tests {
         let r = split_reports(body.to_vec()).unwrap();
         assert_eq!(r[0], r#"{"payload":"{\"a\": 1}","signature":{"x" : 1}}"#);
         assert_eq!(r[1], r#"{"payload":"b"}"#);
+    }
+
+    #[test]
+    fn busy_devices_are_retried_refusals_are_not() {
+        let status = |s| SouthboundError::Status {
+            status: s,
+            body: String::new(),
+        };
+        assert!(status(408).is_transient());
+        assert!(status(429).is_transient());
+        assert!(status(503).is_transient());
+        assert!(!status(400).is_transient());
+        assert!(!status(404).is_transient());
+        assert!(!SouthboundError::Unauthorized.is_transient());
+        assert!(SouthboundError::Timeout.is_transient());
     }
 
     #[test]
