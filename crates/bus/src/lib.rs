@@ -29,8 +29,6 @@ pub trait Event: prost::Message + Default {
 macro_rules! events {
     ($($ty:ident => $subject:literal),* $(,)?) => {
         $(impl Event for proto::$ty { const SUBJECT: &'static str = $subject; })*
-        /// Every subject in use, for documentation and tests.
-        pub const ALL_SUBJECTS: &[&str] = &[$($subject),*];
     };
 }
 

@@ -4,7 +4,7 @@
 //! Everything happens in memory, with size limits against archive bombs.
 
 use flate2::{Compression, read::GzDecoder, write::GzEncoder};
-use std::io::{Read, Write};
+use std::io::Read;
 
 /// Largest total size of the files inside a bundle after decompression.
 pub const MAX_UNPACKED_BYTES: u64 = 2 * 1024 * 1024 * 1024;
@@ -298,14 +298,6 @@ fn ack_file(name: String, data: Vec<u8>) -> Result<DeviceFile, BundleError> {
         device_id,
         content: text(&name, data)?,
     })
-}
-
-/// Gzip helper for callers that stream a bundle file.
-pub fn gzip(data: &[u8]) -> Result<Vec<u8>, BundleError> {
-    let mut e = GzEncoder::new(Vec::new(), Compression::fast());
-    e.write_all(data)
-        .map_err(|e| BundleError::Archive(e.to_string()))?;
-    e.finish().map_err(|e| BundleError::Archive(e.to_string()))
 }
 
 #[cfg(test)]

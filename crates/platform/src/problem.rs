@@ -159,10 +159,6 @@ pub fn path_config() -> actix_web::web::PathConfig {
     })
 }
 
-pub fn payload_config(limit: usize) -> actix_web::web::PayloadConfig {
-    actix_web::web::PayloadConfig::new(limit)
-}
-
 /// Reads a request body up to `limit` bytes; a larger one is refused with 413 naming the limit.
 pub async fn read_body(
     mut payload: actix_web::web::Payload,
