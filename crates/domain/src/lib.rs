@@ -4,6 +4,7 @@
 pub mod ack;
 pub mod bundle;
 pub mod policy;
+pub mod rules;
 pub mod rum;
 pub mod sign;
 pub mod tier;
