@@ -42,6 +42,8 @@ events! {
     UploadProgress => "uplink.upload.progress",
     AcksReceived => "uplink.acks.received",
     AcksImported => "rum.acks.imported",
+    TierJobChanged => "tiers.job.changed",
+    DeviceLicensesChanged => "tiers.devices.licensed",
 }
 
 /// Writes `event` to the service's outbox inside the caller's transaction.

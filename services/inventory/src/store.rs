@@ -41,6 +41,7 @@ pub fn to_event(r: &DeviceRow) -> proto::Device {
         network_license: r.network_license.clone(),
         dna_tier: r.dna_tier.clone().unwrap_or_default(),
         revision: r.revision,
+        groups: vec![],
     }
 }
 

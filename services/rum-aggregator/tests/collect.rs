@@ -76,6 +76,7 @@ async fn setup(devices: usize, in_projection: usize) -> Ctx {
             network_license: info.network_license.clone(),
             dna_tier: info.dna_tier.clone().unwrap_or_default(),
             revision: 1,
+            groups: vec![],
         });
     }
     projection::upsert(&agg, "msg-1", ev).await.unwrap();
