@@ -338,6 +338,8 @@ async fn start_in_process(args: &DemoArgs) -> anyhow::Result<Started> {
         batch_max_reports: 5000,
         poll_initial_ms: 1000,
         cycle_cron: None,
+        tier_concurrency: 64,
+        pool_sync_interval_secs: 3600,
     };
     let server = tokio::spawn(crate::serve::serve(serve_args));
     Ok((

@@ -95,6 +95,12 @@ pub struct ServeArgs {
     /// Cron expression (UTC) for scheduled cycles, e.g. `0 3 * * 0`; none when unset.
     #[arg(long, env = "TALLY_CYCLE_CRON")]
     pub cycle_cron: Option<String>,
+    /// Devices configured at once by a tier job worker.
+    #[arg(long, env = "TALLY_TIER_CONCURRENCY", default_value_t = 64)]
+    pub tier_concurrency: usize,
+    /// Seconds between entitlement pool syncs from CSSM (online mode).
+    #[arg(long, env = "TALLY_POOL_SYNC_INTERVAL_SECS", default_value_t = 3600)]
+    pub pool_sync_interval_secs: u64,
 }
 
 #[derive(OpenApi)]
@@ -123,7 +129,7 @@ struct Services {
     rum: Option<web::Data<tally_rum_aggregator::Aggregator>>,
     uplink: Option<web::Data<tally_cssm_uplink::Uplink>>,
     scheduler: Option<web::Data<tally_renewal_scheduler::Scheduler>>,
-    tiers: bool,
+    tiers: Option<web::Data<tally_tier_assignment::Tiers>>,
 }
 
 struct Ready {
@@ -230,26 +236,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         });
     }
     if has(t, Target::CssmUplink) {
-        let cssm = match args.uplink_mode {
-            tally_cssm_uplink::Mode::Online => {
-                if args.cssm_client_id.is_empty() {
-                    bail!(
-                        "online uplink needs TALLY_CSSM_CLIENT_ID and TALLY_CSSM_CLIENT_SECRET (or TALLY_UPLINK_MODE=offline)"
-                    );
-                }
-                Some(Arc::new(tally_cssm::CssmClient::new(
-                    tally_cssm::CssmConfig {
-                        api_base: args.cssm_api_base.clone(),
-                        token_url: args.cssm_token_url.clone(),
-                        client_id: args.cssm_client_id.clone(),
-                        client_secret: args.cssm_client_secret.clone(),
-                        requesting_system: format!("Tally {}", env!("CARGO_PKG_VERSION")),
-                        timeout: Duration::from_secs(120),
-                    },
-                )?))
-            }
-            tally_cssm_uplink::Mode::Offline => None,
-        };
+        let cssm = cssm_client(&args)?;
         let up = tally_cssm_uplink::Uplink {
             pool: pool.clone(),
             bus: bus.clone(),
@@ -283,7 +270,27 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 .map_err(anyhow::Error::from)
         });
     }
-    svc.tiers = has(t, Target::TierAssignment);
+    if has(t, Target::TierAssignment) {
+        let tiers = tally_tier_assignment::Tiers::new(
+            pool.clone(),
+            bus.clone(),
+            secrets.clone(),
+            cssm_client(&args)?,
+            tally_tier_assignment::Config {
+                concurrency: args.tier_concurrency,
+                device_timeout: Duration::from_secs(args.device_timeout_secs),
+                device_retries: args.device_retries,
+                pool_sync_interval: Duration::from_secs(args.pool_sync_interval_secs.max(60)),
+                ..Default::default()
+            },
+        )?;
+        svc.tiers = Some(web::Data::new(tiers.clone()));
+        tasks.spawn(async move {
+            tally_tier_assignment::run(tiers)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+    }
 
     let tokens = web::Data::new(tokens);
     let ready = web::Data::new(Ready {
@@ -312,6 +319,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(d) = &s.scheduler {
             app = app.app_data(d.clone());
         }
+        if let Some(d) = &s.tiers {
+            app = app.app_data(d.clone());
+        }
         let scope = utoipa_actix_web::scope("/api/v1")
             .wrap(middleware::from_fn(require_token))
             .configure(|cfg| {
@@ -327,7 +337,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                 if s.scheduler.is_some() {
                     tally_renewal_scheduler::routes(cfg);
                 }
-                if s.tiers {
+                if s.tiers.is_some() {
                     tally_tier_assignment::routes(cfg);
                 }
             });
@@ -361,6 +371,30 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tasks.shutdown().await;
     tracing::info!("tally stopped");
     Ok(())
+}
+
+/// CSSM's API client, or `None` in offline mode (air-gapped sites exchange files instead).
+fn cssm_client(args: &ServeArgs) -> anyhow::Result<Option<Arc<tally_cssm::CssmClient>>> {
+    match args.uplink_mode {
+        tally_cssm_uplink::Mode::Offline => Ok(None),
+        tally_cssm_uplink::Mode::Online => {
+            if args.cssm_client_id.is_empty() {
+                bail!(
+                    "online mode needs TALLY_CSSM_CLIENT_ID and TALLY_CSSM_CLIENT_SECRET (or TALLY_UPLINK_MODE=offline)"
+                );
+            }
+            Ok(Some(Arc::new(tally_cssm::CssmClient::new(
+                tally_cssm::CssmConfig {
+                    api_base: args.cssm_api_base.clone(),
+                    token_url: args.cssm_token_url.clone(),
+                    client_id: args.cssm_client_id.clone(),
+                    client_secret: args.cssm_client_secret.clone(),
+                    requesting_system: format!("Tally {}", env!("CARGO_PKG_VERSION")),
+                    timeout: Duration::from_secs(120),
+                },
+            )?)))
+        }
+    }
 }
 
 async fn count_requests(

@@ -1,27 +1,141 @@
-//! tier-assignment: DNA Essentials/Advantage/Premier assignment against entitlement pools.
-//! This release ships the tier catalogue; bulk assignment jobs arrive with the next issue.
+//! tier-assignment: DNA Essentials/Advantage/Premier (and network license) assignment in bulk,
+//! against the entitlement pools CSSM lists.
+//!
+//! - `plan`: what a request would change, the pool impact and every violation (pure).
+//! - `jobs`: a job commits the plan under one lock, so concurrent jobs cannot overcommit a pool.
+//! - `apply`: workers push `license boot level` to devices (RESTCONF), roll back all-or-nothing
+//!   jobs that fail, and track "pending reload" until the device's next report confirms it.
+//! - `pools`: pools synced from CSSM's licenses API, and drift against Tally's ledger.
+//! - `projection`: inventory's devices, plus the license ledger this service owns.
 
-use actix_web::{get, web};
-use serde::Serialize;
-use tally_domain::{DnaTier, NetworkLicense};
-use utoipa::ToSchema;
+pub mod api;
+pub mod apply;
+pub mod jobs;
+pub mod plan;
+pub mod pools;
+pub mod projection;
+pub mod store;
 
-pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
-    cfg.service(catalogue);
+use std::{sync::Arc, time::Duration};
+use tally_bus::{Bus, consumer::HandlerError};
+use tally_platform::SecretBox;
+use tally_southbound::DeviceClient;
+use tally_store::Pool;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Devices configured at once, per worker.
+    pub concurrency: usize,
+    /// Job items per slice (one transaction each).
+    pub slice: i64,
+    pub device_timeout: Duration,
+    pub device_retries: u32,
+    /// How often pools are synced from CSSM (online mode only).
+    pub pool_sync_interval: Duration,
 }
 
-#[derive(Debug, Serialize, ToSchema)]
-pub struct Catalogue {
-    pub network_licenses: Vec<String>,
-    pub dna_tiers: Vec<String>,
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            concurrency: 64,
+            slice: 256,
+            device_timeout: Duration::from_secs(10),
+            device_retries: 2,
+            pool_sync_interval: Duration::from_secs(3600),
+        }
+    }
 }
 
-/// The license levels a device can be given (`license boot level <network> addon <dna>`).
-#[utoipa::path(tag = "tiers", responses((status = 200, body = Catalogue)))]
-#[get("/tiers/catalogue")]
-async fn catalogue() -> web::Json<Catalogue> {
-    web::Json(Catalogue {
-        network_licenses: NetworkLicense::ALL.iter().map(|t| t.to_string()).collect(),
-        dna_tiers: DnaTier::ALL.iter().map(|t| t.to_string()).collect(),
-    })
+#[derive(Clone)]
+pub struct Tiers {
+    pub pool: Pool,
+    pub bus: Bus,
+    pub secrets: SecretBox,
+    pub client: DeviceClient,
+    /// CSSM's API; `None` for air-gapped installations, which import pools as files.
+    pub cssm: Option<Arc<tally_cssm::CssmClient>>,
+    pub cfg: Arc<Config>,
+}
+
+impl Tiers {
+    pub fn new(
+        pool: Pool,
+        bus: Bus,
+        secrets: SecretBox,
+        cssm: Option<Arc<tally_cssm::CssmClient>>,
+        cfg: Config,
+    ) -> Result<Self, tally_southbound::SouthboundError> {
+        let client = DeviceClient::new(cfg.device_timeout, cfg.device_retries)?;
+        Ok(Self {
+            pool,
+            bus,
+            secrets,
+            client,
+            cssm,
+            cfg: Arc::new(cfg),
+        })
+    }
+}
+
+pub use api::routes;
+
+/// Durable consumer name shared by all replicas.
+pub const DURABLE: &str = "tier-assignment";
+
+/// Runs the consumer, the apply worker, the pool sync and the outbox relay.
+pub async fn run(t: Tiers) -> Result<(), tally_bus::BusError> {
+    use tally_bus::Event;
+    use tally_bus::proto::{AcksImported, DevicesDeleted, DevicesUpserted, ReportsCollected};
+    let mut tasks = vec![
+        tokio::spawn(tally_bus::relay::run(
+            t.bus.clone(),
+            t.pool.clone(),
+            tally_store::outbox::Schema::Tiers,
+        )),
+        tokio::spawn(apply::run_worker(t.clone())),
+    ];
+    if t.cssm.is_some() {
+        tasks.push(tokio::spawn(pools::run_sync(t.clone())));
+    }
+    let t2 = t.clone();
+    let result = tally_bus::consumer::run(
+        t.bus.clone(),
+        DURABLE,
+        &[
+            DevicesUpserted::SUBJECT,
+            DevicesDeleted::SUBJECT,
+            ReportsCollected::SUBJECT,
+            AcksImported::SUBJECT,
+        ],
+        move |d| {
+            let t = t2.clone();
+            async move { handle(&t, d).await }
+        },
+    )
+    .await;
+    for task in tasks {
+        task.abort();
+    }
+    result
+}
+
+async fn handle(t: &Tiers, d: tally_bus::consumer::Delivery) -> Result<(), HandlerError> {
+    use prost::Message;
+    use tally_bus::Event;
+    use tally_bus::proto::{AcksImported, DevicesDeleted, DevicesUpserted, ReportsCollected};
+    match d.subject.as_str() {
+        DevicesUpserted::SUBJECT => {
+            projection::upsert(t, &d.msg_id, DevicesUpserted::decode(d.payload)?).await
+        }
+        DevicesDeleted::SUBJECT => {
+            projection::delete(t, &d.msg_id, DevicesDeleted::decode(d.payload)?).await
+        }
+        ReportsCollected::SUBJECT => {
+            apply::confirm_from_reports(t, &d.msg_id, ReportsCollected::decode(d.payload)?).await
+        }
+        AcksImported::SUBJECT => {
+            apply::record_acks(t, &d.msg_id, AcksImported::decode(d.payload)?).await
+        }
+        other => Err(HandlerError::Poison(format!("unexpected subject {other}"))),
+    }
 }

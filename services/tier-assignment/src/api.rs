@@ -1,0 +1,698 @@
+//! REST routes under `/api/v1/tiers`: catalogue, rules, pools and drift, dry-run plans, jobs
+//! (create, follow, per-device results, cancel), the device ledger and history (JSON or CSV).
+
+use crate::jobs::{self, Job, JobError};
+use crate::plan::{Plan, PlanRequest};
+use crate::pools::{self, PoolView, SyncError, SyncSummary};
+use crate::{Tiers, store};
+use actix_web::{HttpRequest, HttpResponse, delete, get, http::StatusCode, post, put, web};
+use chrono::{DateTime, Utc};
+use diesel::QueryableByName;
+use diesel::sql_types::{BigInt, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::RunQueryDsl;
+use serde::{Deserialize, Serialize};
+use tally_domain::{DnaTier, NetworkLicense, rules::Rules};
+use tally_platform::{Caller, FieldError, Problem, auth::Role};
+use utoipa::{IntoParams, ToSchema};
+use uuid::Uuid;
+
+pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
+    cfg.service(catalogue)
+        .service(get_rules)
+        .service(put_rules)
+        .service(reset_rules)
+        .service(list_pools)
+        .service(drift)
+        .service(sync_pools)
+        .service(import_pools)
+        .service(dry_run)
+        .service(create_job)
+        .service(list_jobs)
+        .service(get_job)
+        .service(job_items)
+        .service(cancel_job)
+        .service(list_devices)
+        .service(history);
+}
+
+impl From<JobError> for Problem {
+    fn from(e: JobError) -> Self {
+        match e {
+            JobError::KeyReused(_) => Problem::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "idempotency-key-reused",
+                e.to_string(),
+            ),
+            JobError::PlanChanged { .. } => Problem::conflict("plan-changed", e.to_string()),
+            JobError::Refused(ref plan) => {
+                let errors = plan
+                    .rejected
+                    .iter()
+                    .take(1000)
+                    .flat_map(|r| {
+                        r.violations.iter().map(|v| FieldError {
+                            field: format!("device {} ({})", r.hostname, r.device_id),
+                            message: format!("{}: {} [rule: {}]", v.code, v.message, v.rule),
+                        })
+                    })
+                    .collect();
+                Problem::conflict("plan-refused", format!("{e}; nothing was changed (all_or_nothing). Dry-run the request to see every violation, or use best_effort."))
+                    .with_errors(errors)
+            }
+            JobError::NotFound(id) => Problem::not_found("job", id),
+            JobError::Finished(..) => Problem::conflict("job-finished", e.to_string()),
+            JobError::Db(e) => Problem::internal(e),
+            JobError::Store(e) => Problem::internal(e),
+        }
+    }
+}
+
+fn db(e: diesel::result::Error) -> Problem {
+    Problem::internal(e)
+}
+
+fn csv_response<R: Serialize>(rows: &[R]) -> Result<HttpResponse, Problem> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    for r in rows {
+        w.serialize(r).map_err(Problem::internal)?;
+    }
+    let body = w.into_inner().map_err(Problem::internal)?;
+    Ok(HttpResponse::Ok()
+        .content_type("text/csv; charset=utf-8")
+        .body(body))
+}
+
+/// `?format=csv` or `Accept: text/csv` ask for CSV.
+fn wants_csv(req: &HttpRequest, format: Option<&str>) -> bool {
+    format == Some("csv")
+        || req
+            .headers()
+            .get("accept")
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.starts_with("text/csv"))
+}
+
+fn check_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, Problem> {
+    let l = limit.unwrap_or(default);
+    if !(1..=max).contains(&l) {
+        return Err(Problem::validation(vec![FieldError {
+            field: "limit".into(),
+            message: format!("must be between 1 and {max}"),
+        }]));
+    }
+    Ok(l)
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Catalogue {
+    pub network_licenses: Vec<String>,
+    pub dna_tiers: Vec<String>,
+}
+
+/// The license levels a device can be given (`license boot level <network> addon <dna>`).
+#[utoipa::path(tag = "tiers", responses((status = 200, body = Catalogue)))]
+#[get("/tiers/catalogue")]
+async fn catalogue() -> web::Json<Catalogue> {
+    web::Json(Catalogue {
+        network_licenses: NetworkLicense::ALL.iter().map(|t| t.to_string()).collect(),
+        dna_tiers: DnaTier::ALL.iter().map(|t| t.to_string()).collect(),
+    })
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RulesDoc {
+    /// 0: the shipped defaults.
+    pub version: i64,
+    #[schema(value_type = Object)]
+    pub rules: Rules,
+}
+
+/// The rules jobs are checked against: licenses per model, DNA/network pairing, minimum software.
+#[utoipa::path(tag = "tiers", responses((status = 200, body = RulesDoc)))]
+#[get("/tiers/rules")]
+async fn get_rules(t: web::Data<Tiers>) -> Result<web::Json<RulesDoc>, Problem> {
+    let mut c = tally_platform::problem::conn(&t.pool).await?;
+    let r = store::load_rules(&mut c).await.map_err(db)?;
+    Ok(web::Json(RulesDoc {
+        version: r.version,
+        rules: r.rules,
+    }))
+}
+
+/// Replaces the rules (admin). Every problem is named; nothing is stored unless all are valid.
+#[utoipa::path(tag = "tiers", request_body = Object, responses((status = 200, body = RulesDoc), (status = 422, body = Problem)))]
+#[put("/tiers/rules")]
+async fn put_rules(
+    t: web::Data<Tiers>,
+    caller: Caller,
+    body: web::Bytes,
+) -> Result<web::Json<RulesDoc>, Problem> {
+    caller.require(Role::Admin)?;
+    let rules: Rules = serde_json::from_slice(&body).map_err(|e| {
+        Problem::validation(vec![FieldError {
+            field: "body".into(),
+            message: format!("not a rules document: {e}"),
+        }])
+    })?;
+    rules.validate().map_err(|e| {
+        Problem::validation(
+            e.problems
+                .into_iter()
+                .map(|p| {
+                    let (field, message) = p.split_once(": ").unwrap_or(("rules", &p));
+                    FieldError {
+                        field: field.to_owned(),
+                        message: message.to_owned(),
+                    }
+                })
+                .collect(),
+        )
+    })?;
+    let doc = serde_json::to_value(&rules).map_err(Problem::internal)?;
+    let mut c = tally_platform::problem::conn(&t.pool).await?;
+    #[derive(QueryableByName)]
+    struct V {
+        #[diesel(sql_type = BigInt)]
+        version: i64,
+    }
+    let v: V = diesel::sql_query(
+        "INSERT INTO tiers.rules (id, doc, version, updated_by) VALUES (1, $1, 1, $2) \
+         ON CONFLICT (id) DO UPDATE SET doc = excluded.doc, version = tiers.rules.version + 1, \
+         updated_by = excluded.updated_by, updated_at = now() RETURNING version",
+    )
+    .bind::<Jsonb, _>(&doc)
+    .bind::<Text, _>(&caller.name)
+    .get_result(&mut c)
+    .await
+    .map_err(db)?;
+    Ok(web::Json(RulesDoc {
+        version: v.version,
+        rules,
+    }))
+}
+
+/// Goes back to the shipped default rules (admin).
+#[utoipa::path(tag = "tiers", responses((status = 200, body = RulesDoc)))]
+#[delete("/tiers/rules")]
+async fn reset_rules(t: web::Data<Tiers>, caller: Caller) -> Result<web::Json<RulesDoc>, Problem> {
+    caller.require(Role::Admin)?;
+    let mut c = tally_platform::problem::conn(&t.pool).await?;
+    diesel::sql_query("DELETE FROM tiers.rules")
+        .execute(&mut c)
+        .await
+        .map_err(db)?;
+    Ok(web::Json(RulesDoc {
+        version: 0,
+        rules: Rules::defaults(),
+    }))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct FormatQuery {
+    /// `csv` for CSV (or send `Accept: text/csv`).
+    pub format: Option<String>,
+}
+
+/// Entitlement pools per virtual account and license: purchased, CSSM's in-use, Tally's
+/// holdings, what is left, and drift.
+#[utoipa::path(tag = "tiers", params(FormatQuery), responses((status = 200, body = Vec<PoolView>)))]
+#[get("/tiers/pools")]
+async fn list_pools(
+    t: web::Data<Tiers>,
+    req: HttpRequest,
+    q: web::Query<FormatQuery>,
+) -> Result<HttpResponse, Problem> {
+    let mut c = tally_platform::problem::conn(&t.pool).await?;
+    let pools = pools::list(&mut c).await.map_err(db)?;
+    pools_response(&req, q.format.as_deref(), pools)
+}
+
+#[derive(Serialize)]
+struct PoolCsv<'a> {
+    smart_account: &'a str,
+    virtual_account: &'a str,
+    license: &'a str,
+    quantity: Option<i64>,
+    cssm_in_use: Option<i64>,
+    held: i64,
+    available: Option<i64>,
+    drift: Option<i64>,
+    overcommitted: bool,
+}
+
+fn pools_response(
+    req: &HttpRequest,
+    format: Option<&str>,
+    pools: Vec<PoolView>,
+) -> Result<HttpResponse, Problem> {
+    if wants_csv(req, format) {
+        let rows: Vec<PoolCsv<'_>> = pools
+            .iter()
+            .map(|p| PoolCsv {
+                smart_account: &p.smart_account,
+                virtual_account: &p.virtual_account,
+                license: &p.license,
+                quantity: p.quantity,
+                cssm_in_use: p.cssm_in_use,
+                held: p.held,
+                available: p.available,
+                drift: p.drift,
+                overcommitted: p.overcommitted,
+            })
+            .collect();
+        return csv_response(&rows);
+    }
+    Ok(HttpResponse::Ok().json(pools))
+}
+
+/// Pools where Tally's ledger and CSSM's in-use count disagree, or that CSSM does not list.
+#[utoipa::path(tag = "tiers", params(FormatQuery), responses((status = 200, body = Vec<PoolView>)))]
+#[get("/tiers/pools/drift")]
+async fn drift(
+    t: web::Data<Tiers>,
+    req: HttpRequest,
+    q: web::Query<FormatQuery>,
+) -> Result<HttpResponse, Problem> {
+    let mut c = tally_platform::problem::conn(&t.pool).await?;
+    let pools: Vec<PoolView> = pools::list(&mut c)
+        .await
+        .map_err(db)?
+        .into_iter()
+        .filter(|p| p.drift != Some(0))
+        .collect();
+    pools_response(&req, q.format.as_deref(), pools)
+}
+
+/// Syncs the pools from CSSM now (online installations).
+#[utoipa::path(tag = "tiers", responses((status = 200, body = SyncSummary), (status = 409, body = Problem), (status = 502, body = Problem)))]
+#[post("/tiers/pools/sync")]
+async fn sync_pools(t: web::Data<Tiers>) -> Result<web::Json<SyncSummary>, Problem> {
+    match pools::sync(&t).await {
+        Ok(s) => Ok(web::Json(s)),
+        Err(e @ (SyncError::Offline | SyncError::Busy)) => {
+            Err(Problem::conflict("sync-unavailable", e.to_string()))
+        }
+        Err(e @ SyncError::Cssm(_)) => Err(Problem::new(
+            StatusCode::BAD_GATEWAY,
+            "cssm-failed",
+            e.to_string(),
+        )),
+        Err(e) => Err(Problem::internal(e)),
+    }
+}
+
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PoolImport {
+    pub smart_account: String,
+    /// CSSM's `licenses` answer, as saved from the CSSM portal or API on a connected machine.
+    #[schema(value_type = Vec<Object>)]
+    pub licenses: Vec<tally_cssm::License>,
+}
+
+/// Replaces a smart account's pools from a file (air-gapped installations).
+#[utoipa::path(tag = "tiers", request_body = PoolImport, responses((status = 200, body = Vec<PoolView>), (status = 422, body = Problem)))]
+#[post("/tiers/pools/import")]
+async fn import_pools(
+    t: web::Data<Tiers>,
+    body: web::Bytes,
+) -> Result<web::Json<Vec<PoolView>>, Problem> {
+    let imp: PoolImport = serde_json::from_slice(&body).map_err(|e| {
+        Problem::validation(vec![FieldError {
+            field: "body".into(),
+            message: format!(
+                "expected {{\"smart_account\": ..., \"licenses\": [...]}} as CSSM lists them: {e}"
+            ),
+        }])
+    })?;
+    let mut errors = Vec::new();
+    if imp.smart_account.trim().is_empty() {
+        errors.push(FieldError {
+            field: "smart_account".into(),
+            message: "empty".into(),
+        });
+    }
+    for (i, l) in imp.licenses.iter().enumerate() {
+        if l.quantity < 0 || l.in_use < 0 {
+            errors.push(FieldError {
+                field: format!("licenses[{i}]"),
+                message: "quantity and inUse must not be negative".into(),
+            });
+        }
+        if l.license.trim().is_empty() || l.virtual_account.trim().is_empty() {
+            errors.push(FieldError {
+                field: format!("licenses[{i}]"),
+                message: "license and virtualAccount are required".into(),
+            });
+        }
+    }
+    if !errors.is_empty() {
+        return Err(Problem::validation(errors));
+    }
+    let mut c = tally_platform::problem::conn(&t.pool).await?;
+    use diesel_async::AsyncConnection;
+    c.transaction(async |c| pools::store_pools(c, &imp.smart_account, &imp.licenses).await)
+        .await
+        .map_err(db)?;
+    Ok(web::Json(pools::list(&mut c).await.map_err(db)?))
+}
+
+/// Dry-run: exactly what a job with this request would change, the pool impact and every
+/// violation. Nothing is written.
+#[utoipa::path(tag = "tiers", request_body = PlanRequest, responses((status = 200, body = Plan), (status = 422, body = Problem)))]
+#[post("/tiers/plan")]
+async fn dry_run(
+    t: web::Data<Tiers>,
+    body: web::Json<PlanRequest>,
+) -> Result<web::Json<Plan>, Problem> {
+    let target = body.validate().map_err(Problem::validation)?;
+    let mut c = tally_platform::problem::conn(&t.pool).await?;
+    let plan = jobs::compute(&mut c, &body, &target).await.map_err(db)?;
+    Ok(web::Json(plan))
+}
+
+/// Starts a job. Send an `Idempotency-Key` header so a retry returns the same job instead of
+/// starting another; all_or_nothing jobs are refused (409, every violation listed) unless every
+/// device passes.
+#[utoipa::path(tag = "tiers", request_body = PlanRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Makes retries safe")),
+    responses((status = 201, body = Job), (status = 200, body = Job, description = "The job this idempotency key started"),
+              (status = 409, body = Problem), (status = 422, body = Problem)))]
+#[post("/tiers/jobs")]
+async fn create_job(
+    t: web::Data<Tiers>,
+    caller: Caller,
+    req: HttpRequest,
+    body: web::Json<PlanRequest>,
+) -> Result<HttpResponse, Problem> {
+    let key = match req.headers().get("idempotency-key") {
+        None => None,
+        Some(v) => match v.to_str() {
+            Ok(k) if !k.trim().is_empty() && k.len() <= 255 => Some(k.trim().to_owned()),
+            _ => {
+                return Err(Problem::validation(vec![FieldError {
+                    field: "Idempotency-Key".into(),
+                    message: "must be 1 to 255 visible ASCII characters".into(),
+                }]));
+            }
+        },
+    };
+    let target = body.validate().map_err(Problem::validation)?;
+    let created = jobs::create(&t, &body, &target, key.as_deref(), &caller.name).await?;
+    let status = if created.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(HttpResponse::build(status)
+        .insert_header(("Location", format!("/api/v1/tiers/jobs/{}", created.job.id)))
+        .json(created.job))
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct JobFilter {
+    pub state: Option<String>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+/// Jobs, newest first.
+#[utoipa::path(tag = "tiers", params(JobFilter), responses((status = 200, body = Vec<Job>)))]
+#[get("/tiers/jobs")]
+async fn list_jobs(
+    t: web::Data<Tiers>,
+    f: web::Query<JobFilter>,
+) -> Result<web::Json<Vec<Job>>, Problem> {
+    let limit = check_limit(f.limit, 50, 1000)?;
+    let mut c = tally_platform::problem::conn(&t.pool).await?;
+    let rows = diesel::sql_query(format!(
+        "SELECT {} FROM tiers.jobs WHERE ($1::text IS NULL OR state = $1) \
+         ORDER BY created_at DESC LIMIT $2 OFFSET $3",
+        jobs::JOB_COLUMNS
+    ))
+    .bind::<Nullable<Text>, _>(f.state.clone())
+    .bind::<BigInt, _>(limit)
+    .bind::<BigInt, _>(f.offset.unwrap_or(0).max(0))
+    .load(&mut c)
+    .await
+    .map_err(db)?;
+    Ok(web::Json(rows))
+}
+
+/// One job: state and per-state device counts.
+#[utoipa::path(tag = "tiers", responses((status = 200, body = Job), (status = 404, body = Problem)))]
+#[get("/tiers/jobs/{id}")]
+async fn get_job(t: web::Data<Tiers>, id: web::Path<Uuid>) -> Result<web::Json<Job>, Problem> {
+    let mut c = tally_platform::problem::conn(&t.pool).await?;
+    jobs::get(&mut c, *id)
+        .await
+        .map_err(db)?
+        .map(web::Json)
+        .ok_or_else(|| Problem::not_found("job", *id))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema, QueryableByName)]
+pub struct JobItem {
+    #[diesel(sql_type = SqlUuid)]
+    pub device_id: Uuid,
+    #[diesel(sql_type = Text)]
+    pub hostname: String,
+    /// pending, applied, confirmed, failed, rejected, cancelled, revert_pending, reverted.
+    #[diesel(sql_type = Text)]
+    pub state: String,
+    #[diesel(sql_type = Text)]
+    pub from_network: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub from_dna: Option<String>,
+    #[diesel(sql_type = Text)]
+    pub from_va: String,
+    #[diesel(sql_type = Text)]
+    pub to_network: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub to_dna: Option<String>,
+    #[diesel(sql_type = Text)]
+    pub to_va: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub to_dna_pool: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub error: Option<String>,
+    #[diesel(sql_type = Int4)]
+    pub attempts: i32,
+    #[diesel(sql_type = Timestamptz)]
+    pub updated_at: DateTime<Utc>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct ItemFilter {
+    pub state: Option<String>,
+    /// `csv` for CSV.
+    pub format: Option<String>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+/// Per-device results of a job, in the order the job took the devices.
+#[utoipa::path(tag = "tiers", params(ItemFilter), responses((status = 200, body = Vec<JobItem>), (status = 404, body = Problem)))]
+#[get("/tiers/jobs/{id}/items")]
+async fn job_items(
+    t: web::Data<Tiers>,
+    id: web::Path<Uuid>,
+    req: HttpRequest,
+    f: web::Query<ItemFilter>,
+) -> Result<HttpResponse, Problem> {
+    let limit = check_limit(f.limit, 100_000, 1_000_000)?;
+    let mut c = tally_platform::problem::conn(&t.pool).await?;
+    if jobs::get(&mut c, *id).await.map_err(db)?.is_none() {
+        return Err(Problem::not_found("job", *id));
+    }
+    let rows: Vec<JobItem> = diesel::sql_query(
+        "SELECT device_id, hostname, state, from_network, from_dna, from_va, to_network, to_dna, \
+         to_va, to_dna_pool, error, attempts, updated_at FROM tiers.job_items \
+         WHERE job_id = $1 AND ($2::text IS NULL OR state = $2) ORDER BY seq LIMIT $3 OFFSET $4",
+    )
+    .bind::<SqlUuid, _>(*id)
+    .bind::<Nullable<Text>, _>(f.state.clone())
+    .bind::<BigInt, _>(limit)
+    .bind::<BigInt, _>(f.offset.unwrap_or(0).max(0))
+    .load(&mut c)
+    .await
+    .map_err(db)?;
+    if wants_csv(&req, f.format.as_deref()) {
+        return csv_response(&rows);
+    }
+    Ok(HttpResponse::Ok().json(rows))
+}
+
+/// Cancels a job: devices not yet configured are left alone; an all_or_nothing job also
+/// configures its devices back.
+#[utoipa::path(tag = "tiers", responses((status = 200, body = Job), (status = 404, body = Problem), (status = 409, body = Problem)))]
+#[post("/tiers/jobs/{id}/cancel")]
+async fn cancel_job(t: web::Data<Tiers>, id: web::Path<Uuid>) -> Result<web::Json<Job>, Problem> {
+    Ok(web::Json(jobs::cancel(&t, *id).await?))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema, QueryableByName)]
+pub struct LedgerDevice {
+    #[diesel(sql_type = SqlUuid)]
+    pub id: Uuid,
+    #[diesel(sql_type = Text)]
+    pub hostname: String,
+    #[diesel(sql_type = Text)]
+    pub model: String,
+    #[diesel(sql_type = Text)]
+    pub site: String,
+    #[diesel(sql_type = Text)]
+    pub smart_account: String,
+    #[diesel(sql_type = Text)]
+    pub virtual_account: String,
+    #[diesel(sql_type = Text)]
+    pub network_license: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub dna_tier: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub network_pool: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub dna_pool: Option<String>,
+    /// active, applying, pending_reload.
+    #[diesel(sql_type = Text)]
+    pub state: String,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    pub job_id: Option<Uuid>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub reported_dna_tier: Option<String>,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct LedgerFilter {
+    pub site: Option<String>,
+    pub group: Option<String>,
+    /// Exact model or prefix ending in `*`.
+    pub model: Option<String>,
+    pub dna_tier: Option<String>,
+    pub state: Option<String>,
+    pub format: Option<String>,
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+/// The license ledger: what each device holds, and whether it waits for a reload.
+#[utoipa::path(tag = "tiers", params(LedgerFilter), responses((status = 200, body = Vec<LedgerDevice>)))]
+#[get("/tiers/devices")]
+async fn list_devices(
+    t: web::Data<Tiers>,
+    req: HttpRequest,
+    f: web::Query<LedgerFilter>,
+) -> Result<HttpResponse, Problem> {
+    let limit = check_limit(f.limit, 1000, 1_000_000)?;
+    let model = f.model.as_deref().map(|m| match m.strip_suffix('*') {
+        Some(p) => format!("{}%", p.replace('%', "\\%").replace('_', "\\_")),
+        None => m.replace('%', "\\%").replace('_', "\\_"),
+    });
+    let mut c = tally_platform::problem::conn(&t.pool).await?;
+    let rows: Vec<LedgerDevice> = diesel::sql_query(
+        "SELECT id, hostname, model, site, smart_account, virtual_account, network_license, dna_tier, \
+         network_pool, dna_pool, state, job_id, reported_dna_tier FROM tiers.devices \
+         WHERE NOT deleted AND ($1::text IS NULL OR site = $1) AND ($2::text IS NULL OR $2 = ANY(groups)) \
+         AND ($3::text IS NULL OR model LIKE $3) AND ($4::text IS NULL OR coalesce(dna_tier, 'none') = $4) \
+         AND ($5::text IS NULL OR state = $5) ORDER BY hostname, id LIMIT $6 OFFSET $7",
+    )
+    .bind::<Nullable<Text>, _>(f.site.clone())
+    .bind::<Nullable<Text>, _>(f.group.clone())
+    .bind::<Nullable<Text>, _>(model)
+    .bind::<Nullable<Text>, _>(f.dna_tier.clone())
+    .bind::<Nullable<Text>, _>(f.state.clone())
+    .bind::<BigInt, _>(limit)
+    .bind::<BigInt, _>(f.offset.unwrap_or(0).max(0))
+    .load(&mut c)
+    .await
+    .map_err(db)?;
+    if wants_csv(&req, f.format.as_deref()) {
+        return csv_response(&rows);
+    }
+    Ok(HttpResponse::Ok().json(rows))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema, QueryableByName)]
+pub struct HistoryEntry {
+    #[diesel(sql_type = BigInt)]
+    pub id: i64,
+    #[diesel(sql_type = SqlUuid)]
+    pub device_id: Uuid,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub hostname: Option<String>,
+    #[diesel(sql_type = Timestamptz)]
+    pub at: DateTime<Utc>,
+    /// tier, virtual_account, ack.
+    #[diesel(sql_type = Text)]
+    pub kind: String,
+    /// configured, confirmed, reverted, acknowledged.
+    #[diesel(sql_type = Text)]
+    pub event: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub from_value: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    pub to_value: Option<String>,
+    #[diesel(sql_type = Nullable<SqlUuid>)]
+    pub job_id: Option<Uuid>,
+    #[diesel(sql_type = Text)]
+    pub detail: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct HistoryFilter {
+    pub device_id: Option<Uuid>,
+    /// tier, virtual_account or ack.
+    pub kind: Option<String>,
+    pub job_id: Option<Uuid>,
+    pub since: Option<DateTime<Utc>>,
+    pub until: Option<DateTime<Utc>>,
+    /// Entries after this id (pages in order).
+    pub after: Option<i64>,
+    pub limit: Option<i64>,
+    pub format: Option<String>,
+}
+
+/// Every tier change, virtual account change and ACK per device, oldest first.
+#[utoipa::path(tag = "tiers", params(HistoryFilter), responses((status = 200, body = Vec<HistoryEntry>), (status = 422, body = Problem)))]
+#[get("/tiers/history")]
+async fn history(
+    t: web::Data<Tiers>,
+    req: HttpRequest,
+    f: web::Query<HistoryFilter>,
+) -> Result<HttpResponse, Problem> {
+    let limit = check_limit(f.limit, 10_000, 1_000_000)?;
+    if let Some(k) = &f.kind
+        && !matches!(k.as_str(), "tier" | "virtual_account" | "ack")
+    {
+        return Err(Problem::validation(vec![FieldError {
+            field: "kind".into(),
+            message: format!("{k:?} is not one of tier, virtual_account, ack"),
+        }]));
+    }
+    let mut c = tally_platform::problem::conn(&t.pool).await?;
+    let rows: Vec<HistoryEntry> = diesel::sql_query(
+        "SELECT h.id, h.device_id, d.hostname, h.at, h.kind, h.event, h.from_value, h.to_value, \
+         h.job_id, h.detail FROM tiers.history h LEFT JOIN tiers.devices d ON d.id = h.device_id \
+         WHERE ($1::uuid IS NULL OR h.device_id = $1) AND ($2::text IS NULL OR h.kind = $2) \
+         AND ($3::uuid IS NULL OR h.job_id = $3) AND ($4::timestamptz IS NULL OR h.at >= $4) \
+         AND ($5::timestamptz IS NULL OR h.at < $5) AND h.id > $6 ORDER BY h.id LIMIT $7",
+    )
+    .bind::<Nullable<SqlUuid>, _>(f.device_id)
+    .bind::<Nullable<Text>, _>(f.kind.clone())
+    .bind::<Nullable<SqlUuid>, _>(f.job_id)
+    .bind::<Nullable<Timestamptz>, _>(f.since)
+    .bind::<Nullable<Timestamptz>, _>(f.until)
+    .bind::<BigInt, _>(f.after.unwrap_or(0))
+    .bind::<BigInt, _>(limit)
+    .load(&mut c)
+    .await
+    .map_err(db)?;
+    if wants_csv(&req, f.format.as_deref()) {
+        return csv_response(&rows);
+    }
+    Ok(HttpResponse::Ok().json(rows))
+}

@@ -1,0 +1,804 @@
+//! The planner: what a tier request would change, the pool impact, and every violation. It is a
+//! pure function of the devices, the rules and the pools, so a dry-run and the job that follows
+//! compute exactly the same thing (the job recomputes it under the commit lock).
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use tally_domain::{
+    DnaTier, NetworkLicense,
+    rules::{DeviceFacts, Rules, Violation, Wanted},
+};
+use tally_platform::FieldError;
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Which devices a request applies to. Criteria combine with AND; at least one is required
+/// (`"model": "*"` selects every device).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Selector {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub device_ids: Vec<Uuid>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// An exact model or a prefix ending in `*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// An exact hostname or a prefix ending in `*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hostname: Option<String>,
+    /// The device's current DNA tier, or `none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dna_tier: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_license: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_account: Option<String>,
+}
+
+/// What the selected devices should end up with; omitted fields stay as they are.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Target {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_license: Option<String>,
+    /// A DNA tier, or `none` to remove the add-on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dna_tier: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virtual_account: Option<String>,
+    /// Draw this DNA license (as CSSM names it) instead of the first one that fits the model.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dna_license: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Refused unless every selected device passes the rules and fits the pools.
+    #[default]
+    AllOrNothing,
+    /// Devices that pass go ahead; the others are reported with their violations.
+    BestEffort,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::AllOrNothing => "all_or_nothing",
+            Self::BestEffort => "best_effort",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PlanRequest {
+    pub select: Selector,
+    pub target: Target,
+    #[serde(default)]
+    pub mode: Mode,
+    /// Jobs only: refuse the job if the plan's fingerprint differs from this dry-run's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expect_fingerprint: Option<String>,
+}
+
+/// A target with its levels parsed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParsedTarget {
+    pub network: Option<NetworkLicense>,
+    /// `Some(None)`: remove the DNA add-on.
+    pub dna: Option<Option<DnaTier>>,
+    pub virtual_account: Option<String>,
+    pub dna_license: Option<String>,
+}
+
+fn pattern_ok(p: &str) -> bool {
+    let core = p.strip_suffix('*').unwrap_or(p);
+    !core.contains('*')
+}
+
+impl PlanRequest {
+    /// Every problem with the request, each naming its field.
+    pub fn validate(&self) -> Result<ParsedTarget, Vec<FieldError>> {
+        let mut errs = Vec::new();
+        let mut err = |field: &str, message: String| {
+            errs.push(FieldError {
+                field: field.into(),
+                message,
+            })
+        };
+        let s = &self.select;
+        if s == &Selector::default() {
+            err(
+                "select",
+                "name at least one criterion (device_ids, site, group, model, hostname, dna_tier, network_license, virtual_account); \"model\": \"*\" selects every device".into(),
+            );
+        }
+        for (field, v) in [("select.model", &s.model), ("select.hostname", &s.hostname)] {
+            if let Some(p) = v
+                && (p.is_empty() || !pattern_ok(p))
+            {
+                err(
+                    field,
+                    format!("{p:?} is not a name or a prefix ending in *"),
+                );
+            }
+        }
+        if let Some(t) = &s.dna_tier
+            && t != "none"
+            && let Err(e) = t.parse::<DnaTier>()
+        {
+            err("select.dna_tier", format!("{e}, or none"));
+        }
+        if let Some(t) = &s.network_license
+            && let Err(e) = t.parse::<NetworkLicense>()
+        {
+            err("select.network_license", e.to_string());
+        }
+        let t = &self.target;
+        let network = match t
+            .network_license
+            .as_deref()
+            .map(str::parse::<NetworkLicense>)
+        {
+            Some(Err(e)) => {
+                err("target.network_license", e.to_string());
+                None
+            }
+            Some(Ok(n)) => Some(n),
+            None => None,
+        };
+        let dna = match t.dna_tier.as_deref() {
+            Some("none") => Some(None),
+            Some(d) => match d.parse::<DnaTier>() {
+                Ok(d) => Some(Some(d)),
+                Err(e) => {
+                    err("target.dna_tier", format!("{e}, or none"));
+                    None
+                }
+            },
+            None => None,
+        };
+        if let Some(va) = &t.virtual_account
+            && va.trim().is_empty()
+        {
+            err("target.virtual_account", "empty".into());
+        }
+        if t.dna_license.is_some() && !matches!(dna, Some(Some(_))) {
+            err(
+                "target.dna_license",
+                "a DNA license can only be named together with a target dna_tier".into(),
+            );
+        }
+        if t == &Target::default() {
+            err(
+                "target",
+                "name what to change: network_license, dna_tier or virtual_account".into(),
+            );
+        }
+        if errs.is_empty() {
+            Ok(ParsedTarget {
+                network,
+                dna,
+                virtual_account: t.virtual_account.clone(),
+                dna_license: t.dna_license.clone(),
+            })
+        } else {
+            Err(errs)
+        }
+    }
+
+    /// Identifies the request for idempotency: the same key with another body is refused.
+    pub fn hash(&self) -> String {
+        let text = serde_json::to_string(self).unwrap_or_default();
+        hex::encode(Sha256::digest(text.as_bytes()))
+    }
+}
+
+/// A device as the planner sees it: the facts the rules need and what it holds now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceView {
+    pub id: Uuid,
+    pub hostname: String,
+    pub model: String,
+    pub software_version: String,
+    pub state: String,
+    pub current: Levels,
+}
+
+/// The levels a device holds, its virtual account and the pools (license names) it draws from.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+pub struct Levels {
+    pub smart_account: String,
+    pub virtual_account: String,
+    pub network_license: String,
+    pub dna_tier: Option<String>,
+    pub network_pool: Option<String>,
+    pub dna_pool: Option<String>,
+}
+
+/// (smart account, virtual account, license)
+pub type PoolKey = (String, String, String);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Change {
+    pub device_id: Uuid,
+    pub hostname: String,
+    pub from: Levels,
+    pub to: Levels,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Rejection {
+    pub device_id: Uuid,
+    pub hostname: String,
+    #[schema(value_type = Vec<Object>)]
+    pub violations: Vec<Violation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PoolImpact {
+    pub smart_account: String,
+    pub virtual_account: String,
+    pub license: String,
+    /// Purchased, as CSSM last listed it; absent if CSSM lists no such pool.
+    pub quantity: Option<i64>,
+    /// Devices holding it in Tally's ledger before the change.
+    pub held_before: i64,
+    pub draws: i64,
+    pub releases: i64,
+    pub held_after: i64,
+    pub available_after: Option<i64>,
+    pub overcommitted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Plan {
+    pub mode: Mode,
+    /// True when a job with this request would be accepted.
+    pub executable: bool,
+    /// SHA-256 over the changes; pass it as `expect_fingerprint` to make sure a job does
+    /// exactly what this dry-run showed.
+    pub fingerprint: String,
+    pub selected: usize,
+    pub unchanged: usize,
+    pub changes: Vec<Change>,
+    pub rejected: Vec<Rejection>,
+    pub pools: Vec<PoolImpact>,
+}
+
+pub struct PlanInput<'a> {
+    pub rules: &'a Rules,
+    pub devices: &'a [DeviceView],
+    /// Purchased quantity per pool, as synced from CSSM.
+    pub quantity: &'a HashMap<PoolKey, i64>,
+    /// Devices holding each pool in the ledger now.
+    pub held: &'a HashMap<PoolKey, i64>,
+    pub target: &'a ParsedTarget,
+    pub mode: Mode,
+}
+
+struct Candidate {
+    change: Change,
+    draws: Vec<PoolKey>,
+    releases: Vec<PoolKey>,
+}
+
+fn key(sa: &str, va: &str, license: &str) -> PoolKey {
+    (sa.to_owned(), va.to_owned(), license.to_owned())
+}
+
+pub fn plan(input: &PlanInput<'_>) -> Plan {
+    let t = input.target;
+    let mut unchanged = 0;
+    let mut rejected = Vec::new();
+    let mut candidates = Vec::new();
+    for d in input.devices {
+        let cur = &d.current;
+        let mut violations = Vec::new();
+        let network = match t.network {
+            Some(n) => Some(n),
+            None => cur.network_license.parse::<NetworkLicense>().ok(),
+        };
+        let dna = match t.dna {
+            Some(d) => Ok(d),
+            None => cur
+                .dna_tier
+                .as_deref()
+                .map(str::parse::<DnaTier>)
+                .transpose(),
+        };
+        let (Some(network), Ok(dna)) = (network, dna) else {
+            rejected.push(Rejection {
+                device_id: d.id,
+                hostname: d.hostname.clone(),
+                violations: vec![Violation::new(
+                    "unknown-level",
+                    "inventory",
+                    format!(
+                        "the device's current levels ({} / {}) are not known levels; fix it in inventory",
+                        cur.network_license,
+                        cur.dna_tier.as_deref().unwrap_or("none")
+                    ),
+                )],
+            });
+            continue;
+        };
+        let va = t
+            .virtual_account
+            .clone()
+            .unwrap_or_else(|| cur.virtual_account.clone());
+        if d.state != "active" {
+            violations.push(Violation::new(
+                "device-busy",
+                "one job per device",
+                format!(
+                    "the device is {} by an earlier job; wait for it or cancel it",
+                    d.state.replace('_', " ")
+                ),
+            ));
+        }
+        let facts = DeviceFacts {
+            model: &d.model,
+            software_version: &d.software_version,
+        };
+        let wanted = Wanted {
+            network,
+            dna,
+            dna_license: t.dna_license.as_deref(),
+        };
+        let holdings = match input.rules.check(facts, wanted) {
+            Ok(h) => Some(h),
+            Err(v) => {
+                violations.extend(v);
+                None
+            }
+        };
+        let to = Levels {
+            smart_account: cur.smart_account.clone(),
+            virtual_account: va,
+            network_license: network.to_string(),
+            dna_tier: dna.map(|d| d.to_string()),
+            network_pool: holdings.map(|h| h.network.name.clone()),
+            dna_pool: holdings.and_then(|h| h.dna.map(|l| l.name.clone())),
+        };
+        if violations.is_empty() && &to == cur {
+            unchanged += 1;
+            continue;
+        }
+        if !violations.is_empty() {
+            rejected.push(Rejection {
+                device_id: d.id,
+                hostname: d.hostname.clone(),
+                violations,
+            });
+            continue;
+        }
+        // A pool is drawn when the device holds a license it did not hold before (another
+        // license or another virtual account), and the old one is released.
+        let mut draws = Vec::new();
+        let mut releases = Vec::new();
+        for (old, new) in [
+            (&cur.network_pool, &to.network_pool),
+            (&cur.dna_pool, &to.dna_pool),
+        ] {
+            let old_key = old
+                .as_ref()
+                .map(|l| key(&cur.smart_account, &cur.virtual_account, l));
+            let new_key = new
+                .as_ref()
+                .map(|l| key(&to.smart_account, &to.virtual_account, l));
+            if old_key != new_key {
+                draws.extend(new_key);
+                releases.extend(old_key);
+            }
+        }
+        let unknown: Vec<Violation> = draws
+            .iter()
+            .filter(|k| !input.quantity.contains_key(*k))
+            .map(|(_, va, l)| {
+                Violation::new(
+                    "pool-unknown",
+                    format!("pool {l} in {va}"),
+                    format!(
+                        "CSSM lists no {l} licenses in virtual account {va}; deposit them there or sync the pools"
+                    ),
+                )
+            })
+            .collect();
+        if !unknown.is_empty() {
+            rejected.push(Rejection {
+                device_id: d.id,
+                hostname: d.hostname.clone(),
+                violations: unknown,
+            });
+            continue;
+        }
+        candidates.push(Candidate {
+            change: Change {
+                device_id: d.id,
+                hostname: d.hostname.clone(),
+                from: cur.clone(),
+                to,
+            },
+            draws,
+            releases,
+        });
+    }
+
+    // Admit devices in order while every pool they draw on has room; a device's release makes
+    // room for later ones, so repeat until nothing more fits.
+    let mut running: HashMap<PoolKey, i64> = input.held.clone();
+    let mut admitted = vec![false; candidates.len()];
+    loop {
+        let mut progress = false;
+        for (i, c) in candidates.iter().enumerate() {
+            if admitted[i] {
+                continue;
+            }
+            let fits = c.draws.iter().all(|k| {
+                running.get(k).copied().unwrap_or(0) < input.quantity.get(k).copied().unwrap_or(0)
+            });
+            if fits {
+                for k in &c.draws {
+                    *running.entry(k.clone()).or_default() += 1;
+                }
+                for k in &c.releases {
+                    *running.entry(k.clone()).or_default() -= 1;
+                }
+                admitted[i] = true;
+                progress = true;
+            }
+        }
+        if !progress {
+            break;
+        }
+    }
+    let mut impact: BTreeMap<PoolKey, (i64, i64)> = BTreeMap::new();
+    let mut changes = Vec::new();
+    for (c, ok) in candidates.into_iter().zip(admitted) {
+        if ok {
+            for k in &c.draws {
+                impact.entry(k.clone()).or_default().0 += 1;
+            }
+            for k in &c.releases {
+                impact.entry(k.clone()).or_default().1 += 1;
+            }
+            changes.push(c.change);
+            continue;
+        }
+        let violations = c
+            .draws
+            .iter()
+            .filter(|k| {
+                running.get(*k).copied().unwrap_or(0) >= input.quantity.get(*k).copied().unwrap_or(0)
+            })
+            .map(|k| {
+                let (_, va, l) = k;
+                let q = input.quantity.get(k).copied().unwrap_or(0);
+                let held = input.held.get(k).copied().unwrap_or(0);
+                Violation::new(
+                    "pool-overcommit",
+                    format!("pool {l} in {va}"),
+                    format!(
+                        "{q} purchased, {held} held before this request; no license left for this device"
+                    ),
+                )
+            })
+            .collect();
+        rejected.push(Rejection {
+            device_id: c.change.device_id,
+            hostname: c.change.hostname,
+            violations,
+        });
+    }
+    // Also show the pools a request touches without changing their count.
+    let pools = impact
+        .into_iter()
+        .map(|(k, (draws, releases))| {
+            let quantity = input.quantity.get(&k).copied();
+            let held_before = input.held.get(&k).copied().unwrap_or(0);
+            let held_after = held_before + draws - releases;
+            PoolImpact {
+                smart_account: k.0,
+                virtual_account: k.1,
+                license: k.2,
+                quantity,
+                held_before,
+                draws,
+                releases,
+                held_after,
+                available_after: quantity.map(|q| q - held_after),
+                overcommitted: quantity.is_none_or(|q| held_after > q),
+            }
+        })
+        .collect();
+    rejected.sort_by(|a, b| (&a.hostname, a.device_id).cmp(&(&b.hostname, b.device_id)));
+    let executable = match input.mode {
+        Mode::AllOrNothing => rejected.is_empty(),
+        Mode::BestEffort => true,
+    };
+    Plan {
+        mode: input.mode,
+        executable,
+        fingerprint: fingerprint(&changes),
+        selected: input.devices.len(),
+        unchanged,
+        changes,
+        rejected,
+        pools,
+    }
+}
+
+/// SHA-256 over each change's device and target levels, in order.
+pub fn fingerprint(changes: &[Change]) -> String {
+    let mut h = Sha256::new();
+    for c in changes {
+        h.update(c.device_id.as_bytes());
+        for v in [
+            Some(&c.to.virtual_account),
+            Some(&c.to.network_license),
+            c.to.dna_tier.as_ref(),
+            c.to.network_pool.as_ref(),
+            c.to.dna_pool.as_ref(),
+        ] {
+            h.update(v.map_or("-", String::as_str).as_bytes());
+            h.update([0]);
+        }
+    }
+    hex::encode(h.finalize())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const SA: &str = "acme";
+
+    fn device(i: u32, model: &str, dna: Option<&str>, va: &str) -> DeviceView {
+        let rules = Rules::defaults();
+        let dna_pool = dna.map(|d| {
+            rules
+                .license_for(model, tally_domain::rules::Level::Dna(d.parse().unwrap()))
+                .unwrap()
+                .name
+                .clone()
+        });
+        let network_pool = rules
+            .license_for(
+                model,
+                tally_domain::rules::Level::Network(NetworkLicense::NetworkAdvantage),
+            )
+            .map(|l| l.name.clone());
+        DeviceView {
+            id: Uuid::from_u128(u128::from(i)),
+            hostname: format!("sw-{i:05}"),
+            model: model.into(),
+            software_version: "17.9.4a".into(),
+            state: "active".into(),
+            current: Levels {
+                smart_account: SA.into(),
+                virtual_account: va.into(),
+                network_license: "network-advantage".into(),
+                dna_tier: dna.map(str::to_owned),
+                network_pool,
+                dna_pool,
+            },
+        }
+    }
+
+    fn held_of(devices: &[DeviceView]) -> HashMap<PoolKey, i64> {
+        let mut held = HashMap::new();
+        for d in devices {
+            for p in [&d.current.network_pool, &d.current.dna_pool]
+                .into_iter()
+                .flatten()
+            {
+                *held
+                    .entry(key(SA, &d.current.virtual_account, p))
+                    .or_insert(0) += 1;
+            }
+        }
+        held
+    }
+
+    fn target(dna: &str) -> ParsedTarget {
+        ParsedTarget {
+            network: None,
+            dna: Some(dna.parse().ok()),
+            virtual_account: None,
+            dna_license: None,
+        }
+    }
+
+    fn run(
+        devices: &[DeviceView],
+        quantity: &HashMap<PoolKey, i64>,
+        t: &ParsedTarget,
+        mode: Mode,
+    ) -> Plan {
+        let rules = Rules::defaults();
+        let held = held_of(devices);
+        plan(&PlanInput {
+            rules: &rules,
+            devices,
+            quantity,
+            held: &held,
+            target: t,
+            mode,
+        })
+    }
+
+    fn adv48() -> PoolKey {
+        key(SA, "Campus", "C9300 DNA Advantage, 48-port, 3Y")
+    }
+
+    #[test]
+    fn overcommit_is_refused_and_best_effort_takes_what_fits() {
+        let devices: Vec<_> = (0..10)
+            .map(|i| device(i, "C9300-48P", Some("dna-essentials"), "Campus"))
+            .collect();
+        let quantity = HashMap::from([(adv48(), 6)]);
+        let aon = run(
+            &devices,
+            &quantity,
+            &target("dna-advantage"),
+            Mode::AllOrNothing,
+        );
+        assert!(!aon.executable);
+        assert_eq!(aon.rejected.len(), 4);
+        assert_eq!(aon.rejected[0].violations[0].code, "pool-overcommit");
+        let be = run(
+            &devices,
+            &quantity,
+            &target("dna-advantage"),
+            Mode::BestEffort,
+        );
+        assert!(be.executable);
+        assert_eq!(be.changes.len(), 6);
+        let p = be
+            .pools
+            .iter()
+            .find(|p| p.license.contains("Advantage, 48"))
+            .unwrap();
+        assert_eq!((p.held_before, p.draws, p.held_after), (0, 6, 6));
+        assert_eq!(p.available_after, Some(0));
+        assert!(!p.overcommitted);
+        let released = be
+            .pools
+            .iter()
+            .find(|p| p.license.contains("Essentials, 48"))
+            .unwrap();
+        assert_eq!(released.releases, 6);
+    }
+
+    #[test]
+    fn fingerprint_follows_the_changes() {
+        let devices: Vec<_> = (0..4)
+            .map(|i| device(i, "C9300-48P", Some("dna-essentials"), "Campus"))
+            .collect();
+        let t = target("dna-advantage");
+        let a = run(
+            &devices,
+            &HashMap::from([(adv48(), 4)]),
+            &t,
+            Mode::BestEffort,
+        );
+        let b = run(
+            &devices,
+            &HashMap::from([(adv48(), 4)]),
+            &t,
+            Mode::BestEffort,
+        );
+        let c = run(
+            &devices,
+            &HashMap::from([(adv48(), 3)]),
+            &t,
+            Mode::BestEffort,
+        );
+        assert_eq!(a.fingerprint, b.fingerprint);
+        assert_ne!(a.fingerprint, c.fingerprint);
+    }
+
+    #[test]
+    fn wrong_model_license_is_refused_with_the_rule() {
+        let devices = vec![device(1, "C9300-48P", Some("dna-essentials"), "Campus")];
+        let quantity = HashMap::from([(adv48(), 10)]);
+        let mut t = target("dna-advantage");
+        t.dna_license = Some("C9300 DNA Advantage, 24-port, 3Y".into());
+        let p = run(&devices, &quantity, &t, Mode::AllOrNothing);
+        assert!(!p.executable);
+        let v = &p.rejected[0].violations[0];
+        assert_eq!(v.code, "license-model");
+        assert!(v.rule.contains("C9300-24*"));
+    }
+
+    #[test]
+    fn unknown_pool_and_busy_device_are_named() {
+        let mut devices = vec![
+            device(1, "C9300-48P", Some("dna-essentials"), "Campus"),
+            device(2, "C9300-48P", Some("dna-essentials"), "Campus"),
+        ];
+        devices[1].state = "pending_reload".into();
+        let p = run(
+            &devices,
+            &HashMap::new(),
+            &target("dna-advantage"),
+            Mode::BestEffort,
+        );
+        assert_eq!(p.changes.len(), 0);
+        assert_eq!(p.rejected[0].violations[0].code, "pool-unknown");
+        assert_eq!(p.rejected[1].violations[0].code, "device-busy");
+    }
+
+    #[test]
+    fn moving_virtual_account_draws_there_and_releases_here() {
+        let devices = vec![device(1, "C9300-48P", Some("dna-advantage"), "Campus")];
+        let branch = key(SA, "Branch", "C9300 DNA Advantage, 48-port, 3Y");
+        let branch_net = key(SA, "Branch", "C9300 Network Advantage, 48-port");
+        let quantity = HashMap::from([(branch, 1), (branch_net, 1)]);
+        let t = ParsedTarget {
+            network: None,
+            dna: None,
+            virtual_account: Some("Branch".into()),
+            dna_license: None,
+        };
+        let p = run(&devices, &quantity, &t, Mode::AllOrNothing);
+        assert!(p.executable, "{:?}", p.rejected);
+        assert_eq!(p.changes[0].to.virtual_account, "Branch");
+        let draws: i64 = p.pools.iter().map(|p| p.draws).sum();
+        let releases: i64 = p.pools.iter().map(|p| p.releases).sum();
+        assert_eq!((draws, releases), (2, 2));
+    }
+
+    #[test]
+    fn request_validation_names_fields() {
+        let r = PlanRequest {
+            select: Selector::default(),
+            target: Target {
+                dna_tier: Some("dna-gold".into()),
+                dna_license: None,
+                ..Target::default()
+            },
+            mode: Mode::BestEffort,
+            expect_fingerprint: None,
+        };
+        let e = r.validate().unwrap_err();
+        let fields: Vec<&str> = e.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(fields, ["select", "target.dna_tier"]);
+    }
+
+    proptest! {
+        /// Whatever the fleet and the pools, an executed plan never leaves a pool it draws on
+        /// above its quantity, and every device is either changed, unchanged or rejected.
+        #[test]
+        fn plans_never_overcommit(
+            tiers in proptest::collection::vec(0usize..4, 1..60),
+            q_adv in 0i64..30, q_ess in 0i64..30, q_pre in 0i64..30,
+            want in 0usize..4,
+        ) {
+            let names = [None, Some("dna-essentials"), Some("dna-advantage"), Some("dna-premier")];
+            let devices: Vec<_> = tiers.iter().enumerate()
+                .map(|(i, t)| device(i as u32, "C9300-48P", names[*t], "Campus")).collect();
+            let quantity = HashMap::from([
+                (adv48(), q_adv),
+                (key(SA, "Campus", "C9300 DNA Essentials, 48-port, 3Y"), q_ess),
+                (key(SA, "Campus", "C9300 DNA Premier, 48-port, 3Y"), q_pre),
+                (key(SA, "Campus", "C9300 Network Advantage, 48-port"), 1000),
+            ]);
+            let t = target(names[want].unwrap_or("none"));
+            let p = run(&devices, &quantity, &t, Mode::BestEffort);
+            prop_assert_eq!(p.changes.len() + p.unchanged + p.rejected.len(), devices.len());
+            for pool in &p.pools {
+                if pool.draws > 0 {
+                    prop_assert!(pool.held_after <= pool.quantity.unwrap(), "{:?}", pool);
+                }
+            }
+        }
+    }
+}
