@@ -173,7 +173,9 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .into_iter()
         .map(|mut d| {
             if let Some(o) = d.as_object_mut() {
-                o.remove("index");
+                for k in tally_sim::SIM_ONLY_FIELDS {
+                    o.remove(k);
+                }
             }
             d
         })

@@ -1,11 +1,16 @@
 //! Device fleet simulator: N simulated IOS-XE devices in one process, each with its own base URL
 //! `http://<bind>/d/<index>` serving Cisco's device-side API under `<base>/smartlic-service`
-//! (slp-reference section 2), plus `<base>/sim/*` and fleet-level `/sim/*` endpoints for tests.
+//! (slp-reference section 2), the RESTCONF boot-level resource under `<base>/restconf/data/...`
+//! (see [`crate::restconf`]), plus `<base>/sim/*` and fleet-level `/sim/*` endpoints for tests.
 //!
 //! Static device attributes (model, serial, tiers, site, ...) are computed from `(seed, index)` on
 //! demand; only the mutable licensing state is stored, so 100,000 devices fit in a few MiB.
+//!
+//! A device runs one boot level and may be configured for another: a PUT of the boot level takes
+//! effect (in RUM reports and status) only after `POST .../sim/reload`, as on a real device.
 
 use crate::common::{SimError, basic_credentials, io_err, mix, now_secs};
+use crate::restconf::{Level, RestconfError, YANG_JSON, level_json, parse_level};
 use actix_web::{
     App, HttpRequest, HttpResponse, HttpServer,
     dev::{Server, ServerHandle},
@@ -70,7 +75,7 @@ impl Default for FleetConfig {
     }
 }
 
-/// Fault injected into a device's `GET /all-reports` (and `/days`).
+/// Fault injected into a device's `GET /all-reports` (and `/days`) and its boot-level resource.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Fault {
@@ -80,11 +85,13 @@ pub enum Fault {
     MalformedEnvelope,
     /// Report objects without their `signature`.
     MissingSignature,
-    /// HTTP 500.
+    /// HTTP 500 (report listings and the boot-level resource).
     #[serde(rename = "http_500")]
     Http500,
-    /// Sleeps 30 s before answering.
+    /// Sleeps 30 s before answering report listings.
     Slow,
+    /// Boot-level PUT/PATCH answers 409 `lock-denied`, as a device whose configuration is locked.
+    BootLevelRefused,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,18 +124,20 @@ impl Family {
     }
 }
 
-/// Static attributes of a device, computed from `(seed, index)`.
+/// Static attributes of a device, computed from `(seed, index)`; the tiers are the boot level the
+/// device starts with.
 #[derive(Debug, Clone)]
-struct Profile {
+pub(crate) struct Profile {
     family: Family,
-    model: &'static str,
+    pub(crate) model: &'static str,
     pid: &'static str,
     software_version: &'static str,
-    network_license: NetworkLicense,
-    dna_tier: Option<DnaTier>,
+    pub(crate) network_license: NetworkLicense,
+    pub(crate) dna_tier: Option<DnaTier>,
     is_cube: bool,
     site: String,
-    va: usize,
+    /// Index into the fleet's virtual accounts.
+    pub(crate) va: usize,
     serial: String,
 }
 
@@ -153,7 +162,7 @@ fn serial(seed: u64, index: usize) -> String {
     format!("FCW{}", String::from_utf8_lossy(&chars))
 }
 
-fn profile(seed: u64, index: usize, n_vas: usize) -> Profile {
+pub(crate) fn profile(seed: u64, index: usize, n_vas: usize) -> Profile {
     let r = h(seed, index, 1);
     let pick = (r % 100) as u32;
     let sub = (r >> 8) % 1000;
@@ -222,6 +231,14 @@ fn profile(seed: u64, index: usize, n_vas: usize) -> Profile {
 }
 
 impl Profile {
+    fn level(&self) -> Level {
+        (self.network_license, self.dna_tier)
+    }
+    fn with_level(mut self, (network, dna): Level) -> Self {
+        self.network_license = network;
+        self.dna_tier = dna;
+        self
+    }
     fn udi(&self) -> Result<Udi, SimError> {
         Udi::new(self.pid, self.serial.clone()).map_err(|e| SimError::Internal(e.to_string()))
     }
@@ -290,6 +307,19 @@ struct DeviceState {
     imports: u32,
     reports_generated: u32,
     fault: Fault,
+    /// Boot level the device runs; `None`: its profile's level.
+    running_level: Option<Level>,
+    /// Boot level of the next reload; kept only while it differs from the running one.
+    configured_level: Option<Level>,
+}
+
+impl DeviceState {
+    fn running(&self, p: &Profile) -> Level {
+        self.running_level.unwrap_or(p.level())
+    }
+    fn configured(&self, p: &Profile) -> Level {
+        self.configured_level.unwrap_or(self.running(p))
+    }
 }
 
 /// Shared state of a running fleet.
@@ -300,6 +330,7 @@ pub struct FleetState {
     cssm_public_key: Vec<u8>,
     imports: AtomicU64,
     import_failures: AtomicU64,
+    boot_level_requests: AtomicU64,
 }
 
 /// One row of `GET /sim/devices`.
@@ -320,9 +351,24 @@ pub struct DeviceInfo {
     pub is_cube: bool,
     pub username: String,
     pub password: String,
+    /// Boot level after the next reload (`network_license`/`dna_tier` are the running level).
+    pub configured_network_license: String,
+    pub configured_dna_tier: Option<String>,
+    /// The configured level differs from the running one.
+    pub pending_reload: bool,
 }
 
-const CSV_HEADER: &str = "index,hostname,udi_pid,serial,model,software_version,base_url,site,smart_account,virtual_account,network_license,dna_tier,is_cube,username,password";
+/// Fields of [`DeviceInfo`] that describe the simulation, not a device to manage: drop them
+/// before importing the rows into an inventory.
+pub const SIM_ONLY_FIELDS: [&str; 4] = [
+    "index",
+    "configured_network_license",
+    "configured_dna_tier",
+    "pending_reload",
+];
+
+// New columns go at the end: importers read by header name, older ones by position.
+const CSV_HEADER: &str = "index,hostname,udi_pid,serial,model,software_version,base_url,site,smart_account,virtual_account,network_license,dna_tier,is_cube,username,password,configured_network_license,configured_dna_tier,pending_reload";
 
 fn lock(m: &Mutex<DeviceState>) -> std::sync::MutexGuard<'_, DeviceState> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -349,6 +395,8 @@ impl FleetState {
                     imports: 0,
                     reports_generated: 0,
                     fault: Fault::None,
+                    running_level: None,
+                    configured_level: None,
                 })
             })
             .collect();
@@ -359,6 +407,7 @@ impl FleetState {
             cssm_public_key,
             imports: AtomicU64::new(0),
             import_failures: AtomicU64::new(0),
+            boot_level_requests: AtomicU64::new(0),
         })
     }
 
@@ -426,6 +475,11 @@ impl FleetState {
     /// Row of `GET /sim/devices` for device `index`.
     pub fn info(&self, index: usize) -> Result<DeviceInfo, SimError> {
         let p = self.profile(index)?;
+        let (running, configured) = {
+            let d = lock(self.device(index)?);
+            (d.running(&p), d.configured(&p))
+        };
+        let p = p.with_level(running);
         Ok(DeviceInfo {
             index,
             hostname: p.hostname(index),
@@ -447,6 +501,39 @@ impl FleetState {
             is_cube: p.is_cube,
             username: self.cfg.username.clone(),
             password: self.cfg.password.clone(),
+            configured_network_license: configured.0.as_str().to_owned(),
+            configured_dna_tier: configured.1.map(|t| t.as_str().to_owned()),
+            pending_reload: running != configured,
+        })
+    }
+
+    /// Configured boot level of device `index` (what its next reload runs; [`Self::info`] shows
+    /// the running one).
+    pub fn configured_level(
+        &self,
+        index: usize,
+    ) -> Result<(NetworkLicense, Option<DnaTier>), SimError> {
+        let p = self.profile(index)?;
+        Ok(lock(self.device(index)?).configured(&p))
+    }
+
+    fn set_configured_level(&self, index: usize, level: Level) -> Result<(), SimError> {
+        let p = self.profile(index)?;
+        let mut d = lock(self.device(index)?);
+        d.configured_level = (level != d.running(&p)).then_some(level);
+        Ok(())
+    }
+
+    /// Reloads device `index`: its configured boot level becomes the running one. Returns whether
+    /// the running level changed.
+    pub fn reload(&self, index: usize) -> Result<bool, SimError> {
+        let mut d = lock(self.device(index)?);
+        Ok(match d.configured_level.take() {
+            Some(level) => {
+                d.running_level = Some(level);
+                true
+            }
+            None => false,
         })
     }
 
@@ -458,6 +545,8 @@ impl FleetState {
             .map_err(|e| SimError::Internal(e.to_string()))?;
         let now = now_secs();
         let mut d = lock(self.device(index)?);
+        let running = d.running(&p);
+        let p = p.with_level(running);
         let start = d.window_start.min(now);
         let tags = p.entitlement_tags();
         for tag in &tags {
@@ -568,6 +657,9 @@ impl FleetState {
             "imports": d.imports,
             "reports_generated": d.reports_generated,
             "fault": d.fault,
+            "configured_network_license": info.configured_network_license,
+            "configured_dna_tier": info.configured_dna_tier,
+            "pending_reload": info.pending_reload,
         }))
     }
 
@@ -575,12 +667,14 @@ impl FleetState {
     pub fn summary(&self) -> serde_json::Value {
         let mut acked_devices = 0usize;
         let mut unacked = 0usize;
+        let mut pending_reload = 0usize;
         for m in &self.devices {
             let d = lock(m);
             if d.last_ack_valid {
                 acked_devices += 1;
             }
             unacked += d.reports.iter().filter(|r| !r.acked).count();
+            pending_reload += usize::from(d.configured_level.is_some());
         }
         serde_json::json!({
             "devices": self.devices.len(),
@@ -588,6 +682,8 @@ impl FleetState {
             "unacked_reports": unacked,
             "imports": self.imports.load(Ordering::Relaxed),
             "import_failures": self.import_failures.load(Ordering::Relaxed),
+            "pending_reload": pending_reload,
+            "boot_level_requests": self.boot_level_requests.load(Ordering::Relaxed),
         })
     }
 }
@@ -745,7 +841,7 @@ async fn reports_response(
         Ok(build_report(&p, &udi, &signer, 0, &tag, now - DAY, now)?.into_boxed_str())
     };
     let texts: Vec<String> = match fault {
-        Fault::None => texts.iter().map(|t| t.to_string()).collect(),
+        Fault::None | Fault::BootLevelRefused => texts.iter().map(|t| t.to_string()).collect(),
         Fault::Http500 => {
             return Ok(HttpResponse::InternalServerError()
                 .json(serde_json::json!({"status": "FAILURE", "error": "internal error"})));
@@ -868,7 +964,7 @@ async fn devices(st: Data, q: web::Query<DevicesQuery>) -> Result<HttpResponse, 
             for i in 0..st2.len() {
                 let d = st2.info(i)?;
                 out.push_str(&format!(
-                    "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                    "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
                     d.index,
                     d.hostname,
                     d.udi_pid,
@@ -883,7 +979,10 @@ async fn devices(st: Data, q: web::Query<DevicesQuery>) -> Result<HttpResponse, 
                     d.dna_tier.unwrap_or_default(),
                     d.is_cube,
                     d.username,
-                    d.password
+                    d.password,
+                    d.configured_network_license,
+                    d.configured_dna_tier.unwrap_or_default(),
+                    d.pending_reload
                 ));
             }
             Ok(out)
@@ -909,6 +1008,109 @@ async fn summary(st: Data) -> HttpResponse {
     HttpResponse::Ok().json(st.summary())
 }
 
+/// Device index for a RESTCONF call: credentials checked, `http_500` fault applied.
+fn restconf_device(req: &HttpRequest, st: &FleetState) -> Result<(usize, Fault), RestconfError> {
+    st.boot_level_requests.fetch_add(1, Ordering::Relaxed);
+    let i = authed(req, st)?;
+    let fault = lock(st.device(i)?).fault;
+    if fault == Fault::Http500 {
+        return Err(RestconfError::operation_failed());
+    }
+    Ok((i, fault))
+}
+
+async fn get_boot_level(req: HttpRequest, st: Data) -> Result<HttpResponse, RestconfError> {
+    let (i, _) = restconf_device(&req, &st)?;
+    let level = st.configured_level(i)?;
+    Ok(HttpResponse::Ok()
+        .content_type(YANG_JSON)
+        .body(level_json(level).to_string()))
+}
+
+/// PUT replaces the level, PATCH merges into it (RFC 8040); either only configures it: the device
+/// runs the new level after its next reload.
+async fn set_boot_level(
+    req: HttpRequest,
+    st: Data,
+    body: web::Bytes,
+) -> Result<HttpResponse, RestconfError> {
+    let (i, fault) = restconf_device(&req, &st)?;
+    let ct = req
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if ct.split(';').next().map(str::trim) != Some(YANG_JSON) {
+        return Err(RestconfError::unsupported_media_type(ct));
+    }
+    let merge_into = if req.method() == actix_web::http::Method::PATCH {
+        Some(st.configured_level(i)?)
+    } else {
+        None
+    };
+    let level = parse_level(&body, merge_into)?;
+    if fault == Fault::BootLevelRefused {
+        return Err(RestconfError::lock_denied());
+    }
+    st.set_configured_level(i, level)?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn reload_device(req: HttpRequest, st: Data) -> Result<HttpResponse, SimError> {
+    let i = index_of(&req, &st)?;
+    let changed = st.reload(i)?;
+    Ok(HttpResponse::Ok().json(
+        serde_json::json!({"status": "SUCCESS", "reloaded": 1, "changed": usize::from(changed)}),
+    ))
+}
+
+/// Which devices `POST /sim/reload` reloads: all, one site's, or the listed ones.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReloadReq {
+    site: Option<String>,
+    indexes: Option<Vec<usize>>,
+}
+
+async fn reload_fleet(st: Data, body: web::Bytes) -> Result<HttpResponse, SimError> {
+    let sel: ReloadReq = if body.iter().all(u8::is_ascii_whitespace) {
+        ReloadReq::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            SimError::BadRequest(format!("expected {{\"site\"}} or {{\"indexes\"}}: {e}"))
+        })?
+    };
+    let st2 = st.clone();
+    let (reloaded, changed) = web::block(move || -> Result<(usize, usize), SimError> {
+        let indexes: Vec<usize> = match (sel.site, sel.indexes) {
+            (Some(_), Some(_)) => {
+                return Err(SimError::BadRequest(
+                    "give site or indexes, not both".into(),
+                ));
+            }
+            (None, Some(list)) => {
+                if let Some(bad) = list.iter().find(|i| **i >= st2.len()) {
+                    return Err(SimError::NotFound(format!("no device {bad}")));
+                }
+                list
+            }
+            (Some(site), None) => (0..st2.len())
+                .filter(|i| st2.profile(*i).is_ok_and(|p| p.site == site))
+                .collect(),
+            (None, None) => (0..st2.len()).collect(),
+        };
+        let mut changed = 0;
+        for i in &indexes {
+            changed += usize::from(st2.reload(*i)?);
+        }
+        Ok((indexes.len(), changed))
+    })
+    .await
+    .map_err(|e| SimError::Internal(e.to_string()))??;
+    Ok(HttpResponse::Ok()
+        .json(serde_json::json!({"status": "SUCCESS", "reloaded": reloaded, "changed": changed})))
+}
+
 fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/d/{index}")
@@ -925,11 +1127,19 @@ fn routes(cfg: &mut web::ServiceConfig) {
                     .app_data(web::PayloadConfig::new(MAX_IMPORT_BYTES))
                     .route(web::post().to(import)),
             )
+            .service(
+                web::resource("/restconf/data/Cisco-IOS-XE-native:native/license/boot/level")
+                    .route(web::get().to(get_boot_level))
+                    .route(web::put().to(set_boot_level))
+                    .route(web::patch().to(set_boot_level)),
+            )
             .route("/sim/status", web::get().to(status))
-            .route("/sim/fault", web::post().to(fault)),
+            .route("/sim/fault", web::post().to(fault))
+            .route("/sim/reload", web::post().to(reload_device)),
     )
     .route("/sim/devices", web::get().to(devices))
-    .route("/sim/summary", web::get().to(summary));
+    .route("/sim/summary", web::get().to(summary))
+    .route("/sim/reload", web::post().to(reload_fleet));
 }
 
 fn build(cfg: FleetConfig) -> std::io::Result<(SocketAddr, Server, Arc<FleetState>)> {

@@ -1,6 +1,7 @@
 //! Integration tests over real HTTP on 127.0.0.1 ephemeral ports.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use reqwest::Method;
 use serde_json::{Value, value::RawValue};
 use std::collections::{HashMap, HashSet};
 use tally_domain::{
@@ -32,6 +33,17 @@ struct Usage<'a> {
 fn texts(body: &str) -> Vec<String> {
     let u: Usage = serde_json::from_str(body).unwrap();
     u.usage.iter().map(|r| r.get().to_owned()).collect()
+}
+
+async fn get_json<T: serde::de::DeserializeOwned>(
+    c: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+) -> T {
+    c.get(url).send().await.unwrap().json().await.unwrap()
+}
+
+async fn get_text(c: &reqwest::Client, url: impl reqwest::IntoUrl) -> String {
+    c.get(url).send().await.unwrap().text().await.unwrap()
 }
 
 fn ack_for(body: &AckBody) -> String {
@@ -207,14 +219,7 @@ async fn close_list_reports_and_import_ack() {
     let r: Value = r.json().await.unwrap();
     assert_eq!(r["status"], "SUCCESS");
 
-    let status: Value = c
-        .get(format!("{}/sim/status", st.device_url(dev)))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let status: Value = get_json(&c, format!("{}/sim/status", st.device_url(dev))).await;
     assert_eq!(status["last_ack_valid"], true);
     assert_eq!(status["acked_reports"], expected);
     assert_eq!(status["unacked_reports"], expected);
@@ -261,14 +266,7 @@ async fn close_list_reports_and_import_ack() {
     assert_eq!(r.status(), 200);
     assert!(texts(&get("/all-reports").await).is_empty());
 
-    let summary: Value = c
-        .get(format!("{}/sim/summary", st.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let summary: Value = get_json(&c, format!("{}/sim/summary", st.base_url())).await;
     assert_eq!(summary["devices"], 5);
     assert_eq!(summary["acked_devices"], 1);
     assert_eq!(summary["imports"], 2);
@@ -349,6 +347,16 @@ async fn refuses_tampered_and_foreign_acks() {
     handle.stop(false).await;
 }
 
+async fn set_fault(c: &reqwest::Client, base: &str, kind: &str) {
+    let r = c
+        .post(format!("{base}/sim/fault"))
+        .json(&serde_json::json!({ "kind": kind }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_injection() {
     let (_addr, handle, st) = start_fleet(cfg(2)).await.unwrap();
@@ -359,35 +367,22 @@ async fn fault_injection() {
         .send()
         .await
         .unwrap();
-    let set = |kind: &'static str| {
-        let c = c.clone();
-        let url = format!("{base}/sim/fault");
-        async move {
-            let r = c
-                .post(url)
-                .json(&serde_json::json!({ "kind": kind }))
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(r.status(), 200);
-        }
-    };
     let all = || {
         c.get(format!("{base}/smartlic-service/all-reports"))
             .basic_auth("admin", Some("cisco-sim"))
             .send()
     };
-    set("http_500").await;
+    set_fault(&c, &base, "http_500").await;
     assert_eq!(all().await.unwrap().status(), 500);
-    set("malformed_envelope").await;
+    set_fault(&c, &base, "malformed_envelope").await;
     let text = all().await.unwrap().text().await.unwrap();
     assert!(serde_json::from_str::<Value>(&text).is_err());
-    set("missing_signature").await;
+    set_fault(&c, &base, "missing_signature").await;
     let v: Value = all().await.unwrap().json().await.unwrap();
     let first = v["usage"][0].to_string();
     assert!(v["usage"][0].get("payload").is_some());
     assert!(inspect_report(&first).is_err());
-    set("none").await;
+    set_fault(&c, &base, "none").await;
     let v = texts(&all().await.unwrap().text().await.unwrap());
     inspect_report(&v[0]).unwrap();
     handle.stop(false).await;
@@ -397,14 +392,7 @@ async fn fault_injection() {
 async fn device_list_is_a_realistic_unique_mix() {
     let (_addr, handle, st) = start_fleet(cfg(5000)).await.unwrap();
     let c = client();
-    let devices: Vec<Value> = c
-        .get(format!("{}/sim/devices", st.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let devices: Vec<Value> = get_json(&c, format!("{}/sim/devices", st.base_url())).await;
     assert_eq!(devices.len(), 5000);
     let udis: HashSet<(String, String)> = devices
         .iter()
@@ -459,18 +447,11 @@ async fn device_list_is_a_realistic_unique_mix() {
     assert_eq!(devices[7]["base_url"], st.device_url(7));
     assert_eq!(devices[7]["username"], "admin");
 
-    let csv = c
-        .get(format!("{}/sim/devices?format=csv", st.base_url()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let csv = get_text(&c, format!("{}/sim/devices?format=csv", st.base_url())).await;
     let mut lines = csv.lines();
     assert_eq!(
         lines.next().unwrap(),
-        "index,hostname,udi_pid,serial,model,software_version,base_url,site,smart_account,virtual_account,network_license,dna_tier,is_cube,username,password"
+        "index,hostname,udi_pid,serial,model,software_version,base_url,site,smart_account,virtual_account,network_license,dna_tier,is_cube,username,password,configured_network_license,configured_dna_tier,pending_reload"
     );
     assert_eq!(lines.count(), 5000);
 
@@ -499,5 +480,377 @@ async fn holds_100k_devices() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert!(!st.unacked_reports(dev).unwrap().is_empty());
+    handle.stop(false).await;
+}
+
+const LEVEL_PATH: &str = "restconf/data/Cisco-IOS-XE-native:native/license/boot/level";
+const YANG: &str = "application/yang-data+json";
+
+fn level_body(network: &str, addon: Option<&str>) -> String {
+    let case = match addon {
+        Some(a) => serde_json::json!({ "addon": a }),
+        None => serde_json::json!({}),
+    };
+    serde_json::json!({ "Cisco-IOS-XE-native:level": { network: case } }).to_string()
+}
+
+/// PUT or PATCH of the boot level.
+async fn configure(
+    c: &reqwest::Client,
+    base: &str,
+    method: Method,
+    network: &str,
+    addon: Option<&str>,
+) -> reqwest::Response {
+    send_level(c, base, method, level_body(network, addon)).await
+}
+
+async fn send_level(
+    c: &reqwest::Client,
+    base: &str,
+    method: Method,
+    body: String,
+) -> reqwest::Response {
+    c.request(method, format!("{base}/{LEVEL_PATH}"))
+        .basic_auth("admin", Some("cisco-sim"))
+        .header("content-type", YANG)
+        .header("accept", YANG)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn get_level(c: &reqwest::Client, base: &str) -> Value {
+    let r = c
+        .get(format!("{base}/{LEVEL_PATH}"))
+        .basic_auth("admin", Some("cisco-sim"))
+        .header("accept", YANG)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], YANG);
+    r.json().await.unwrap()
+}
+
+/// Closes device `base`'s reports; returns the entitlement tags of all its unacknowledged ones,
+/// oldest first.
+async fn close_and_list_tags(c: &reqwest::Client, base: &str) -> Vec<String> {
+    let auth = |r: reqwest::RequestBuilder| r.basic_auth("admin", Some("cisco-sim"));
+    let r = auth(c.post(format!("{base}/smartlic-service/close-reports")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body = auth(c.get(format!("{base}/smartlic-service/all-reports")))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    texts(&body)
+        .iter()
+        .map(|t| inspect_report(t).unwrap().entitlement_tag)
+        .collect()
+}
+
+/// `POST <url>` (a reload hook) with an optional JSON body: status and answer.
+async fn reload(c: &reqwest::Client, url: &str, body: Option<Value>) -> (u16, Value) {
+    let mut r = c.post(url);
+    if let Some(b) = body {
+        r = r.json(&b);
+    }
+    let r = r.send().await.unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
+fn restconf_message(v: &Value) -> String {
+    v["ietf-restconf:errors"]["error"][0]["error-message"]
+        .as_str()
+        .unwrap()
+        .to_owned()
+}
+
+/// First switch (its tags name the family) whose level is not the one we will configure.
+fn switch_not_at(st: &tally_sim::FleetState, network: &str, dna: &str) -> usize {
+    (0..st.len())
+        .find(|i| {
+            let d = st.info(*i).unwrap();
+            d.model.starts_with("C9300")
+                && (d.network_license != network || d.dna_tier.as_deref() != Some(dna))
+        })
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boot_level_takes_effect_at_reload() {
+    let (_addr, handle, st) = start_fleet(cfg(20)).await.unwrap();
+    let c = client();
+    let dev = switch_not_at(&st, "network-advantage", "dna-premier");
+    let base = st.device_url(dev);
+    let before = st.info(dev).unwrap();
+
+    // GET shows the level the device boots with.
+    let v = get_level(&c, &base).await;
+    let case = &v["Cisco-IOS-XE-native:level"][&before.network_license];
+    assert!(case.is_object(), "{v}");
+    assert_eq!(
+        case.get("addon").and_then(Value::as_str),
+        before.dna_tier.as_deref()
+    );
+
+    // PUT configures; GET reads it back.
+    let r = configure(
+        &c,
+        &base,
+        Method::PUT,
+        "network-advantage",
+        Some("dna-premier"),
+    )
+    .await;
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        get_level(&c, &base).await,
+        serde_json::json!({"Cisco-IOS-XE-native:level": {"network-advantage": {"addon": "dna-premier"}}})
+    );
+
+    // Until the reload, the device runs (and reports) the old level.
+    let info = st.info(dev).unwrap();
+    assert_eq!(info.network_license, before.network_license);
+    assert_eq!(info.dna_tier, before.dna_tier);
+    assert_eq!(info.configured_network_license, "network-advantage");
+    assert_eq!(info.configured_dna_tier.as_deref(), Some("dna-premier"));
+    assert!(info.pending_reload);
+    assert_eq!(st.summary()["pending_reload"], 1);
+    let tags = close_and_list_tags(&c, &base).await;
+    assert!(tags.iter().all(|t| !t.contains("DNA_Premier")), "{tags:?}");
+    let status: Value = get_json(&c, format!("{base}/sim/status")).await;
+    assert_eq!(status["network_license"], before.network_license.as_str());
+    assert_eq!(status["configured_dna_tier"], "dna-premier");
+    assert_eq!(status["pending_reload"], true);
+    let csv = get_text(&c, format!("{}/sim/devices?format=csv", st.base_url())).await;
+    let row = csv.lines().nth(dev + 1).unwrap();
+    assert!(
+        row.ends_with(",network-advantage,dna-premier,true"),
+        "{row}"
+    );
+
+    // Reload: the new level runs, and the next report proves it.
+    let (_, r) = reload(&c, &format!("{base}/sim/reload"), None).await;
+    assert_eq!(r["reloaded"], 1);
+    assert_eq!(r["changed"], 1);
+    let info = st.info(dev).unwrap();
+    assert_eq!(info.network_license, "network-advantage");
+    assert_eq!(info.dna_tier.as_deref(), Some("dna-premier"));
+    assert!(!info.pending_reload);
+    assert_eq!(st.summary()["pending_reload"], 0);
+    let all = texts(
+        &c.get(format!("{base}/smartlic-service/all-reports"))
+            .basic_auth("admin", Some("cisco-sim"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    );
+    let old = all.len();
+    let tags = close_and_list_tags(&c, &base).await;
+    let new_tags = &tags[old..];
+    assert_eq!(new_tags.len(), 2, "{new_tags:?}");
+    assert!(
+        new_tags[0].contains("C9300_Network_Advantage"),
+        "{new_tags:?}"
+    );
+    assert!(new_tags[1].contains("C9300_DNA_Premier"), "{new_tags:?}");
+
+    // A second reload changes nothing.
+    let (_, r) = reload(&c, &format!("{base}/sim/reload"), None).await;
+    assert_eq!(r["changed"], 0);
+    handle.stop(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boot_level_is_validated_like_a_device() {
+    let (_addr, handle, st) = start_fleet(cfg(3)).await.unwrap();
+    let c = client();
+    let base = st.device_url(1);
+    let before = get_level(&c, &base).await;
+
+    for (body, needle) in [
+        (
+            level_body("network-advantage", Some("dna-gold")),
+            "dna-gold",
+        ),
+        (level_body("network-premium", None), "network-premium"),
+        (
+            level_body("network-essentials", Some("dna-advantage")),
+            "not allowed with network-essentials",
+        ),
+        (
+            level_body("network-essentials", Some("dna-premier")),
+            "not allowed with network-essentials",
+        ),
+    ] {
+        let r = send_level(&c, &base, Method::PUT, body.clone()).await;
+        assert_eq!(r.status(), 400, "{body}");
+        assert_eq!(r.headers()["content-type"], YANG);
+        let v: Value = r.json().await.unwrap();
+        let e = &v["ietf-restconf:errors"]["error"][0];
+        assert_eq!(e["error-type"], "application");
+        assert_eq!(e["error-tag"], "invalid-value");
+        assert!(restconf_message(&v).contains(needle), "{v}");
+    }
+    assert_eq!(
+        get_level(&c, &base).await,
+        before,
+        "refused PUTs change nothing"
+    );
+
+    // Wrong credentials and a non-RESTCONF media type.
+    let r = c
+        .put(format!("{base}/{LEVEL_PATH}"))
+        .basic_auth("admin", Some("wrong"))
+        .header("content-type", YANG)
+        .body(level_body("network-advantage", None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c.get(format!("{base}/{LEVEL_PATH}")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    let r = c
+        .put(format!("{base}/{LEVEL_PATH}"))
+        .basic_auth("admin", Some("cisco-sim"))
+        .header("content-type", "text/plain")
+        .body(level_body("network-advantage", None))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 415);
+
+    // PATCH merges: same network case without addon keeps the addon; another case drops it.
+    use tally_domain::{DnaTier::DnaAdvantage, NetworkLicense::*};
+    for (method, network, addon, want) in [
+        (
+            Method::PUT,
+            "network-advantage",
+            Some("dna-advantage"),
+            (NetworkAdvantage, Some(DnaAdvantage)),
+        ),
+        (
+            Method::PATCH,
+            "network-advantage",
+            None,
+            (NetworkAdvantage, Some(DnaAdvantage)),
+        ),
+        (
+            Method::PATCH,
+            "network-essentials",
+            None,
+            (NetworkEssentials, None),
+        ),
+    ] {
+        let r = configure(&c, &base, method, network, addon).await;
+        assert_eq!(r.status(), 204);
+        assert_eq!(st.configured_level(1).unwrap(), want);
+    }
+    handle.stop(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boot_level_faults() {
+    let (_addr, handle, st) = start_fleet(cfg(2)).await.unwrap();
+    let c = client();
+    let base = st.device_url(0);
+    let before = st.configured_level(0).unwrap();
+    set_fault(&c, &base, "boot_level_refused").await;
+    let r = configure(
+        &c,
+        &base,
+        Method::PUT,
+        "network-advantage",
+        Some("dna-essentials"),
+    )
+    .await;
+    assert_eq!(r.status(), 409);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["ietf-restconf:errors"]["error"][0]["error-tag"],
+        "lock-denied"
+    );
+    assert!(restconf_message(&v).contains("locked"), "{v}");
+    assert_eq!(st.configured_level(0).unwrap(), before);
+    get_level(&c, &base).await;
+
+    set_fault(&c, &base, "http_500").await;
+    let r = c
+        .get(format!("{base}/{LEVEL_PATH}"))
+        .basic_auth("admin", Some("cisco-sim"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 500);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(
+        v["ietf-restconf:errors"]["error"][0]["error-tag"],
+        "operation-failed"
+    );
+    let r = configure(&c, &base, Method::PUT, "network-advantage", None).await;
+    assert_eq!(r.status(), 500);
+    handle.stop(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fleet_reload_by_site_or_indexes() {
+    let (_addr, handle, st) = start_fleet(cfg(40)).await.unwrap();
+    let c = client();
+    let target = |i: usize| {
+        let d = st.info(i).unwrap();
+        if d.dna_tier.as_deref() == Some("dna-essentials") {
+            ("network-advantage", "dna-advantage")
+        } else {
+            ("network-advantage", "dna-essentials")
+        }
+    };
+    for i in 0..st.len() {
+        let (n, a) = target(i);
+        let r = configure(&c, &st.device_url(i), Method::PUT, n, Some(a)).await;
+        assert_eq!(r.status(), 204);
+    }
+    assert_eq!(st.summary()["pending_reload"], 40);
+    let url = format!("{}/sim/reload", st.base_url());
+    let reload = |body: Option<Value>| reload(&c, &url, body);
+    let (s, v) = reload(Some(serde_json::json!({"indexes": [3, 5]}))).await;
+    assert_eq!(
+        (s, v["reloaded"].clone(), v["changed"].clone()),
+        (200, 2.into(), 2.into())
+    );
+    assert!(!st.info(3).unwrap().pending_reload && st.info(4).unwrap().pending_reload);
+
+    let hq: Vec<usize> = (0..st.len())
+        .filter(|i| st.info(*i).unwrap().site == "hq")
+        .collect();
+    assert!(!hq.is_empty() && hq.len() < 40);
+    let (_, v) = reload(Some(serde_json::json!({"site": "hq"}))).await;
+    assert_eq!(v["reloaded"], hq.len());
+    for i in &hq {
+        let d = st.info(*i).unwrap();
+        assert!(!d.pending_reload);
+        assert_eq!(d.network_license, "network-advantage");
+        assert_eq!(d.dna_tier, d.configured_dna_tier);
+    }
+
+    let (s, _) = reload(Some(serde_json::json!({"indexes": [99]}))).await;
+    assert_eq!(s, 404);
+    let (s, _) = reload(Some(serde_json::json!({"site": "hq", "indexes": [1]}))).await;
+    assert_eq!(s, 400);
+
+    let (_, v) = reload(None).await;
+    assert_eq!(v["reloaded"], 40);
+    assert_eq!(st.summary()["pending_reload"], 0);
+    assert!((0..40).all(|i| !st.info(i).unwrap().pending_reload));
     handle.stop(false).await;
 }

@@ -232,7 +232,7 @@ impl Fleet {
         }
     }
 
-    /// The fleet's devices as inventory import rows (`index` removed).
+    /// The fleet's devices as inventory import rows (simulator-only fields removed).
     pub async fn inventory_rows(&self) -> Vec<Value> {
         let devices = get_json(&self.http, &format!("{}/sim/devices", self.base)).await;
         let rows: Vec<Value> = devices
@@ -241,7 +241,16 @@ impl Fleet {
             .iter()
             .cloned()
             .map(|mut d| {
-                d.as_object_mut().expect("device object").remove("index");
+                let o = d.as_object_mut().expect("device object");
+                // tally_sim::SIM_ONLY_FIELDS (e2e drives the binary and does not link the sim).
+                for k in [
+                    "index",
+                    "configured_network_license",
+                    "configured_dna_tier",
+                    "pending_reload",
+                ] {
+                    o.remove(k);
+                }
                 d
             })
             .collect();
