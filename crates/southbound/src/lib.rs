@@ -1,10 +1,15 @@
 //! Client for Cisco's device-side licensing REST API (`/smartlic-service`, HTTP Basic auth):
-//! close-reports, all-reports (kept as the exact text of each report object) and import.
+//! close-reports, all-reports (kept as the exact text of each report object) and import; and for
+//! the IOS-XE RESTCONF boot-level resource (read and configure the license boot level).
 
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use std::time::Duration;
+use std::{future::Future, time::Duration};
+use tally_domain::{DnaTier, NetworkLicense};
+
+mod restconf;
+pub use restconf::{BOOT_LEVEL_PATH, BootLevel};
 
 /// Largest all-reports answer read from one device.
 pub const MAX_RESPONSE_BYTES: usize = 16 * 1024 * 1024;
@@ -24,6 +29,15 @@ pub enum SouthboundError {
     /// The answer is not the documented JSON; `body` is kept for quarantine.
     #[error("device answer is malformed: {reason}")]
     Malformed { reason: String, body: Vec<u8> },
+    /// A RESTCONF call answered with an error status; `message` is the device's own
+    /// `error-message` (why it refused), `tag` its `error-tag` (e.g. `invalid-value`).
+    #[error("device {url} answered HTTP {status} ({tag}): {message}")]
+    Refused {
+        url: String,
+        status: u16,
+        tag: String,
+        message: String,
+    },
 }
 
 impl SouthboundError {
@@ -32,7 +46,9 @@ impl SouthboundError {
         match self {
             Self::Unreachable(_) | Self::Timeout => true,
             // 408: the device's HTTP server gave up waiting (busy); 429: rate limited.
-            Self::Status { status, .. } => *status >= 500 || *status == 429 || *status == 408,
+            Self::Status { status, .. } | Self::Refused { status, .. } => {
+                *status >= 500 || *status == 429 || *status == 408
+            }
             _ => false,
         }
     }
@@ -77,17 +93,15 @@ impl DeviceClient {
         )
     }
 
-    async fn send(
-        &self,
-        t: &Target<'_>,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<String>,
-    ) -> Result<Vec<u8>, SouthboundError> {
+    /// Runs `once` until it succeeds, fails for good, or transient failures used up the retries.
+    async fn retrying<T, F, Fut>(&self, once: F) -> Result<T, SouthboundError>
+    where
+        F: Fn() -> Fut,
+        Fut: Future<Output = Result<T, SouthboundError>>,
+    {
         let mut attempt = 0;
         loop {
-            let result = self.send_once(t, method.clone(), path, body.clone()).await;
-            match result {
+            match once().await {
                 Err(e) if e.is_transient() && attempt < self.retries => {
                     attempt += 1;
                     tokio::time::sleep(Duration::from_millis(100 * 4u64.pow(attempt - 1))).await;
@@ -95,6 +109,17 @@ impl DeviceClient {
                 other => return other,
             }
         }
+    }
+
+    async fn send(
+        &self,
+        t: &Target<'_>,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<String>,
+    ) -> Result<Vec<u8>, SouthboundError> {
+        self.retrying(|| self.send_once(t, method.clone(), path, body.clone()))
+            .await
     }
 
     async fn send_once(
@@ -112,40 +137,74 @@ impl DeviceClient {
         if let Some(b) = body {
             req = req.header("content-type", "text/plain").body(b);
         }
-        let resp = req.send().await.map_err(|e| {
-            if e.is_timeout() {
-                SouthboundError::Timeout
-            } else {
-                SouthboundError::Unreachable(e.to_string())
-            }
-        })?;
-        let status = resp.status();
-        if resp
-            .content_length()
-            .is_some_and(|l| l as usize > MAX_RESPONSE_BYTES)
-        {
-            return Err(SouthboundError::TooLarge);
-        }
-        let bytes = resp.bytes().await.map_err(|e| {
-            if e.is_timeout() {
-                SouthboundError::Timeout
-            } else {
-                SouthboundError::Unreachable(e.to_string())
-            }
-        })?;
-        if bytes.len() > MAX_RESPONSE_BYTES {
-            return Err(SouthboundError::TooLarge);
-        }
-        if status.as_u16() == 401 {
+        let (status, bytes) = exchange(req).await?;
+        if status == 401 {
             return Err(SouthboundError::Unauthorized);
         }
-        if !status.is_success() {
+        if !(200..300).contains(&status) {
             return Err(SouthboundError::Status {
-                status: status.as_u16(),
+                status,
                 body: String::from_utf8_lossy(&bytes).chars().take(300).collect(),
             });
         }
-        Ok(bytes.to_vec())
+        Ok(bytes)
+    }
+
+    /// `GET <base>/restconf/data/Cisco-IOS-XE-native:native/license/boot/level`: the configured
+    /// boot level (the one the device runs after its next reload).
+    pub async fn boot_level(
+        &self,
+        base_url: &str,
+        user: &str,
+        pass: &str,
+    ) -> Result<BootLevel, SouthboundError> {
+        let url = restconf::url(base_url);
+        let body = self
+            .retrying(|| self.restconf_once(&url, user, pass, reqwest::Method::GET, None))
+            .await?;
+        restconf::parse_level(&url, body)
+    }
+
+    /// `PUT` of the boot level: configures `network` with the `dna` add-on (none: no add-on). The
+    /// device runs it after its next reload; a refusal carries the device's reason.
+    pub async fn set_boot_level(
+        &self,
+        base_url: &str,
+        user: &str,
+        pass: &str,
+        network: NetworkLicense,
+        dna: Option<DnaTier>,
+    ) -> Result<(), SouthboundError> {
+        let url = restconf::url(base_url);
+        let body = restconf::level_body(BootLevel { network, dna });
+        self.retrying(|| {
+            self.restconf_once(&url, user, pass, reqwest::Method::PUT, Some(body.clone()))
+        })
+        .await
+        .map(|_| ())
+    }
+
+    async fn restconf_once(
+        &self,
+        url: &str,
+        user: &str,
+        pass: &str,
+        method: reqwest::Method,
+        body: Option<String>,
+    ) -> Result<Vec<u8>, SouthboundError> {
+        let mut req = self
+            .http
+            .request(method, url)
+            .basic_auth(user, Some(pass))
+            .header("accept", restconf::YANG_JSON);
+        if let Some(b) = body {
+            req = req.header("content-type", restconf::YANG_JSON).body(b);
+        }
+        let (status, bytes) = exchange(req).await?;
+        if !(200..300).contains(&status) {
+            return Err(restconf::refused(url, status, &bytes));
+        }
+        Ok(bytes)
     }
 
     /// `POST /close-reports`: closes open reports so they can be collected.
@@ -178,6 +237,30 @@ impl DeviceClient {
         .await
         .map(|_| ())
     }
+}
+
+/// Sends `req` and reads the answer, at most [`MAX_RESPONSE_BYTES`] of it.
+async fn exchange(req: reqwest::RequestBuilder) -> Result<(u16, Vec<u8>), SouthboundError> {
+    let transport = |e: reqwest::Error| {
+        if e.is_timeout() {
+            SouthboundError::Timeout
+        } else {
+            SouthboundError::Unreachable(e.to_string())
+        }
+    };
+    let resp = req.send().await.map_err(transport)?;
+    let status = resp.status().as_u16();
+    if resp
+        .content_length()
+        .is_some_and(|l| l as usize > MAX_RESPONSE_BYTES)
+    {
+        return Err(SouthboundError::TooLarge);
+    }
+    let bytes = resp.bytes().await.map_err(transport)?;
+    if bytes.len() > MAX_RESPONSE_BYTES {
+        return Err(SouthboundError::TooLarge);
+    }
+    Ok((status, bytes.to_vec()))
 }
 
 /// Splits an all-reports answer `{"usage":[...]}` into the raw text of each report object.
