@@ -47,6 +47,8 @@ pub struct DeviceFilter {
     pub model: Option<String>,
     pub smart_account: Option<String>,
     pub virtual_account: Option<String>,
+    /// Devices in this group.
+    pub group: Option<String>,
     /// Substring of hostname or serial number.
     pub q: Option<String>,
     /// 1 to 1000, default 100.
@@ -77,6 +79,10 @@ macro_rules! filtered {
         }
         if let Some(v) = &f.virtual_account {
             q = q.filter(devices::virtual_account.eq(v.clone()));
+        }
+        if let Some(v) = &f.group {
+            // `@>` so that the GIN index on groups serves the filter.
+            q = q.filter(devices::groups.contains(vec![v.clone()]));
         }
         if let Some(v) = &f.q {
             let pat = format!("%{}%", v.replace('%', "\\%").replace('_', "\\_"));
@@ -221,10 +227,16 @@ pub fn parse_import(content_type: &str, body: &[u8]) -> Result<Vec<ValidDevice>,
         let mut rdr = csv::ReaderBuilder::new()
             .trim(csv::Trim::All)
             .from_reader(body);
-        let headers = rdr
+        let mut headers = rdr
             .headers()
             .map_err(|e| Problem::bad_request("invalid-csv", format!("header row: {e}")))?
             .clone();
+        // A CSV field holds no list: `groups` is `;`-separated names, taken out of the row
+        // before the rest is read as a DeviceInput.
+        let groups_col = headers.iter().position(|h| h == "groups");
+        if let Some(g) = groups_col {
+            headers = without(&headers, g);
+        }
         for (i, rec) in rdr.records().enumerate() {
             if i >= MAX_IMPORT_ROWS {
                 return Err(Problem::bad_request(
@@ -234,8 +246,15 @@ pub fn parse_import(content_type: &str, body: &[u8]) -> Result<Vec<ValidDevice>,
             }
             let row = i + 2; // line number: the header is line 1
             let input = rec.map_err(|e| e.to_string()).and_then(|r| {
-                r.deserialize::<DeviceInput>(Some(&headers))
-                    .map_err(|e| e.to_string())
+                let (r, groups) = match groups_col {
+                    Some(g) => (without(&r, g), split_groups(r.get(g).unwrap_or(""))),
+                    None => (r, Vec::new()),
+                };
+                let mut d = r
+                    .deserialize::<DeviceInput>(Some(&headers))
+                    .map_err(|e| e.to_string())?;
+                d.groups = groups;
+                Ok(d)
             });
             push(row, input, &mut errors);
         }
@@ -299,6 +318,24 @@ pub fn parse_import(content_type: &str, body: &[u8]) -> Result<Vec<ValidDevice>,
     Ok(good.into_iter().map(|(_, v)| v).collect())
 }
 
+/// The record without field `i`.
+fn without(r: &csv::StringRecord, i: usize) -> csv::StringRecord {
+    r.iter()
+        .enumerate()
+        .filter(|(j, _)| *j != i)
+        .map(|(_, f)| f)
+        .collect()
+}
+
+/// A CSV `groups` field: names separated by `;`, empty for none. Empty names are kept so that
+/// validation names them.
+fn split_groups(field: &str) -> Vec<String> {
+    if field.trim().is_empty() {
+        return Vec::new();
+    }
+    field.split(';').map(|g| g.trim().to_owned()).collect()
+}
+
 trait WithDetail {
     fn with_detail(self, d: String) -> Self;
 }
@@ -310,8 +347,9 @@ impl WithDetail for Problem {
 }
 
 /// Bulk import (all or nothing): CSV (`text/csv`, header row) or JSON array. Devices are matched
-/// by UDI: new ones created, known ones updated.
-#[utoipa::path(tag = "inventory", request_body(content = Vec<DeviceInput>, description = "JSON array, or CSV with the same column names"), responses((status = 200, body = ImportResult), (status = 422, body = Problem)))]
+/// by UDI: new ones created, known ones updated. In CSV, the optional `groups` column holds group
+/// names separated by `;`.
+#[utoipa::path(tag = "inventory", request_body(content = Vec<DeviceInput>, description = "JSON array, or CSV with the same column names (`groups`: names separated by `;`)"), responses((status = 200, body = ImportResult), (status = 422, body = Problem)))]
 #[post("/devices/import")]
 async fn import_devices(
     inv: web::Data<Inventory>,
@@ -437,6 +475,41 @@ mod tests {
             p.errors
         );
         assert_eq!(p.status, 422);
+    }
+
+    #[test]
+    fn csv_groups_column_is_optional_and_split_on_semicolons() {
+        let body = "udi_pid,serial,groups,hostname,base_url,smart_account,virtual_account,username,password\n\
+                    C9300-48P,A1,access; wan,sw1,https://10.0.0.1,acme,Campus,admin,pw\n\
+                    C9300-48P,A2,,sw2,https://10.0.0.2,acme,Campus,admin,pw\n";
+        let got = parse_import("text/csv", body.as_bytes()).unwrap();
+        assert_eq!(got[0].groups, ["access", "wan"]);
+        assert!(got[1].groups.is_empty());
+        assert_eq!(got[1].hostname, "sw2", "columns after groups still line up");
+
+        let bad = "udi_pid,serial,hostname,base_url,smart_account,virtual_account,username,password,groups\n\
+                   C9300-48P,A1,sw1,https://10.0.0.1,acme,Campus,admin,pw,access;;wan/1\n";
+        let p = parse_import("text/csv", bad.as_bytes()).unwrap_err();
+        let fields: Vec<_> = p.errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            ["row 2: groups[1]", "row 2: groups[2]"],
+            "{:?}",
+            p.errors
+        );
+    }
+
+    #[test]
+    fn csv_unknown_columns_are_refused_by_name() {
+        // The fleet simulator's CSV: its own `index` column is not a device field (as before
+        // groups existed); without it the file imports.
+        let sim = "hostname,udi_pid,serial,model,software_version,base_url,site,smart_account,virtual_account,network_license,dna_tier,is_cube,username,password\n\
+                   sw0,C9300-48P,FCW0,C9300-48P,17.9.4a,http://127.0.0.1:1/d/0,hq,acme,Campus,network-advantage,,false,admin,cisco-sim\n";
+        assert_eq!(parse_import("text/csv", sim.as_bytes()).unwrap().len(), 1);
+        let with_index = format!("index,{}", sim.replacen('\n', "\n0,", 1));
+        let p = parse_import("text/csv", with_index.as_bytes()).unwrap_err();
+        assert_eq!(p.errors[0].field, "row 2");
+        assert!(p.errors[0].message.contains("index"), "{:?}", p.errors);
     }
 
     #[test]

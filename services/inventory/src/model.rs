@@ -9,7 +9,7 @@ use tally_domain::{DnaTier, NetworkLicense, Udi};
 use tally_platform::FieldError;
 use uuid::Uuid;
 
-#[derive(Debug, Clone, Queryable, Selectable)]
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
 #[diesel(table_name = devices)]
 pub struct DeviceRow {
     pub id: Uuid,
@@ -30,6 +30,7 @@ pub struct DeviceRow {
     pub revision: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    pub groups: Vec<String>,
 }
 
 #[derive(Debug, Clone, Insertable, AsChangeset)]
@@ -51,6 +52,7 @@ pub struct NewDevice {
     pub network_license: String,
     #[diesel(treat_none_as_null = true)]
     pub dna_tier: Option<String>,
+    pub groups: Vec<String>,
 }
 
 /// A device as the API shows it. The southbound password is never returned.
@@ -70,6 +72,8 @@ pub struct Device {
     pub is_cube: bool,
     pub network_license: String,
     pub dna_tier: Option<String>,
+    /// Operator-defined group names, in the order given.
+    pub groups: Vec<String>,
     pub revision: i64,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -92,6 +96,7 @@ impl From<DeviceRow> for Device {
             is_cube: r.is_cube,
             network_license: r.network_license,
             dna_tier: r.dna_tier,
+            groups: r.groups,
             revision: r.revision,
             created_at: r.created_at,
             updated_at: r.updated_at,
@@ -130,6 +135,11 @@ pub struct DeviceInput {
     /// `dna-essentials`, `dna-advantage`, `dna-premier`, or empty for none.
     #[serde(default)]
     pub dna_tier: Option<String>,
+    /// Group names for selecting devices in bulk (e.g. `access`, `wan`): at most 32, each 1 to 64
+    /// of `A-Z a-z 0-9 . _ -`, no duplicates. Omitted means none. In CSV: one `groups` column,
+    /// names separated by `;`.
+    #[serde(default)]
+    pub groups: Vec<String>,
 }
 
 /// Validated input: every field checked, password still in clear (sealed by the caller).
@@ -148,6 +158,53 @@ pub struct ValidDevice {
     pub is_cube: bool,
     pub network_license: NetworkLicense,
     pub dna_tier: Option<DnaTier>,
+    pub groups: Vec<String>,
+}
+
+/// Most groups one device may be in.
+pub const MAX_GROUPS: usize = 32;
+/// Longest group name.
+pub const MAX_GROUP_LEN: usize = 64;
+
+/// Checks group names, naming each bad one as `groups[i]`.
+fn groups(errors: &mut Vec<FieldError>, input: &[String]) -> Vec<String> {
+    if input.len() > MAX_GROUPS {
+        errors.push(FieldError {
+            field: "groups".into(),
+            message: format!(
+                "holds {} names, at most {MAX_GROUPS} are allowed",
+                input.len()
+            ),
+        });
+        return Vec::new();
+    }
+    let mut out: Vec<String> = Vec::with_capacity(input.len());
+    for (i, g) in input.iter().enumerate() {
+        let g = g.trim();
+        let problem = if g.is_empty() || g.chars().count() > MAX_GROUP_LEN {
+            Some(format!("must be 1 to {MAX_GROUP_LEN} characters"))
+        } else if let Some(c) = g
+            .chars()
+            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+        {
+            Some(format!(
+                "{c:?} is not allowed: use A-Z, a-z, 0-9, '.', '_' or '-'"
+            ))
+        } else {
+            input[..i]
+                .iter()
+                .position(|o| o.trim() == g)
+                .map(|j| format!("{g:?} is already groups[{j}]"))
+        };
+        match problem {
+            Some(message) => errors.push(FieldError {
+                field: format!("groups[{i}]"),
+                message,
+            }),
+            None => out.push(g.to_owned()),
+        }
+    }
+    out
 }
 
 fn text(errors: &mut Vec<FieldError>, field: &str, v: &str, max: usize) -> String {
@@ -243,6 +300,7 @@ impl DeviceInput {
                 }
             },
         };
+        let groups = groups(&mut errors, &self.groups);
         let udi = match udi {
             Ok(u) => Some(u),
             Err(e) => {
@@ -276,6 +334,7 @@ impl DeviceInput {
                 is_cube: self.is_cube.unwrap_or(false),
                 network_license,
                 dna_tier,
+                groups,
             }),
             _ => Err(errors),
         }
@@ -319,5 +378,36 @@ mod tests {
         let fields: Vec<_> = errs.iter().map(|e| e.field.as_str()).collect();
         assert_eq!(fields, ["serial", "base_url", "password", "dna_tier"]);
         assert!(good().validate(false).is_ok());
+    }
+
+    #[test]
+    fn checks_group_names() {
+        let mut d = good();
+        d.groups = vec![" access".into(), "wan-1.b_c".into()];
+        assert_eq!(d.validate(true).unwrap().groups, ["access", "wan-1.b_c"]);
+
+        d.groups = vec![
+            "access".into(),
+            "".into(),
+            "voice lan".into(),
+            "x".repeat(65),
+            "access".into(),
+        ];
+        let errs = d.validate(true).unwrap_err();
+        let got: Vec<_> = errs
+            .iter()
+            .map(|e| (e.field.as_str(), e.message.as_str()))
+            .collect();
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert_eq!(got[0].0, "groups[1]");
+        assert_eq!(got[1].0, "groups[2]");
+        assert!(got[1].1.contains("' '"), "{got:?}");
+        assert_eq!(got[2].0, "groups[3]");
+        assert_eq!(got[3], ("groups[4]", "\"access\" is already groups[0]"));
+
+        d.groups = (0..33).map(|i| format!("g{i}")).collect();
+        assert_eq!(d.validate(true).unwrap_err()[0].field, "groups");
+        d.groups.pop();
+        assert_eq!(d.validate(true).unwrap().groups.len(), 32);
     }
 }

@@ -18,6 +18,7 @@ diesel::table! {
         revision -> Int8,
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
+        groups -> Array<Text>,
     }
 }
 

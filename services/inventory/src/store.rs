@@ -41,7 +41,7 @@ pub fn to_event(r: &DeviceRow) -> proto::Device {
         network_license: r.network_license.clone(),
         dna_tier: r.dna_tier.clone().unwrap_or_default(),
         revision: r.revision,
-        groups: vec![],
+        groups: r.groups.clone(),
     }
 }
 
@@ -62,6 +62,7 @@ fn new_device(v: &ValidDevice, id: Uuid, password_sealed: String) -> NewDevice {
         is_cube: v.is_cube,
         network_license: v.network_license.as_str().to_owned(),
         dna_tier: v.dna_tier.map(|t| t.as_str().to_owned()),
+        groups: v.groups.clone(),
     }
 }
 
@@ -130,6 +131,7 @@ pub async fn upsert_all(
                         devices::is_cube.eq(excluded(devices::is_cube)),
                         devices::network_license.eq(excluded(devices::network_license)),
                         devices::dna_tier.eq(excluded(devices::dna_tier)),
+                        devices::groups.eq(excluded(devices::groups)),
                         devices::revision.eq(devices::revision + 1),
                         devices::updated_at.eq(diesel::dsl::now),
                     ))

@@ -1,6 +1,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
-//! Inventory HTTP API against a real database: CRUD, filters, pagination, bulk import (all or
-//! nothing) and the DevicesUpserted events written to the outbox.
+//! Inventory HTTP API against a real database: CRUD, filters, groups, pagination, bulk import
+//! (all or nothing) and the DevicesUpserted events written to the outbox.
 
 use actix_web::{App, http::StatusCode, middleware, test, web};
 use diesel::sql_types::{BigInt, Bytea, Text};
@@ -23,6 +23,15 @@ struct Ctx {
     secrets: SecretBox,
 }
 
+impl Ctx {
+    fn inv(&self) -> Inventory {
+        Inventory {
+            pool: self.pool.clone(),
+            secrets: self.secrets.clone(),
+        }
+    }
+}
+
 async fn ctx() -> Ctx {
     let db = TestDb::new().await.unwrap();
     let pool = tally_store::pool(&db.url, 8).unwrap();
@@ -36,10 +45,7 @@ async fn ctx() -> Ctx {
 /// The app as `tally serve` assembles it, with only the inventory routes.
 macro_rules! app {
     ($ctx:expr) => {{
-        let inv = web::Data::new(Inventory {
-            pool: $ctx.pool.clone(),
-            secrets: $ctx.secrets.clone(),
-        });
+        let inv = web::Data::new($ctx.inv());
         let tokens = web::Data::new(ApiTokens::parse(&format!("operator:{OPERATOR}")).unwrap());
         let (app, _api) = App::new()
             .into_utoipa_app()
@@ -86,6 +92,11 @@ async fn count(pool: &tally_store::Pool, sql: &str) -> i64 {
         .unwrap()
 }
 
+/// Rows in `table`.
+async fn rows(pool: &tally_store::Pool, table: &str) -> i64 {
+    count(pool, &format!("SELECT count(*) FROM {table}")).await
+}
+
 #[derive(diesel::QueryableByName)]
 struct OutRow {
     #[diesel(sql_type = Text)]
@@ -100,6 +111,29 @@ async fn outbox(pool: &tally_store::Pool) -> Vec<OutRow> {
         .load(&mut c)
         .await
         .unwrap()
+}
+
+/// The fields a problem names, in order.
+fn error_fields(p: &Value) -> Vec<&str> {
+    p["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect()
+}
+
+/// A device page's total and its serials, in order.
+fn page(v: &Value) -> (i64, Vec<String>) {
+    (
+        v["total"].as_i64().unwrap(),
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["serial"].as_str().unwrap().to_owned())
+            .collect(),
+    )
 }
 
 fn device(serial: &str, site: &str, pid: &str) -> Value {
@@ -168,10 +202,7 @@ async fn create_get_and_duplicate() {
     assert_eq!(ct, "application/problem+json");
     assert_eq!(p["code"], "duplicate-udi");
     assert!(p["detail"].as_str().unwrap().contains("FCW0001"), "{p}");
-    assert_eq!(
-        count(&ctx.pool, "SELECT count(*) FROM inventory.devices").await,
-        1
-    );
+    assert_eq!(rows(&ctx.pool, "inventory.devices").await, 1);
     // One event for the one create; the refused duplicate rolled back its event too.
     let out = outbox(&ctx.pool).await;
     assert_eq!(out.len(), 1);
@@ -209,17 +240,9 @@ async fn validation_names_fields() {
     );
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(p["code"], "validation-failed");
-    let fields: Vec<&str> = p["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
+    let fields = error_fields(&p);
     assert_eq!(fields, ["serial", "base_url"], "{p}");
-    assert_eq!(
-        count(&ctx.pool, "SELECT count(*) FROM inventory.devices").await,
-        0
-    );
+    assert_eq!(rows(&ctx.pool, "inventory.devices").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,17 +268,6 @@ async fn list_filters_and_pages() {
     assert_eq!(status, StatusCode::OK, "{r}");
     assert_eq!(r, json!({"total": 15, "created": 15, "updated": 0}));
 
-    let page = |v: &Value| -> (i64, Vec<String>) {
-        (
-            v["total"].as_i64().unwrap(),
-            v["items"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|d| d["serial"].as_str().unwrap().to_owned())
-                .collect(),
-        )
-    };
     let (_, _, v, _) = send!(app, test::TestRequest::get().uri("/api/v1/devices?site=hq"));
     let (total, serials) = page(&v);
     assert_eq!(total, 10);
@@ -358,12 +370,7 @@ async fn csv_import_with_a_bad_row_changes_nothing() {
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
     assert_eq!(ct, "application/problem+json");
     assert_eq!(p["code"], "validation-failed");
-    let fields: Vec<&str> = p["errors"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|e| e["field"].as_str().unwrap())
-        .collect();
+    let fields = error_fields(&p);
     assert_eq!(fields, ["row 43: serial", "row 43: base_url"], "{p}");
     assert!(
         p["detail"]
@@ -371,18 +378,9 @@ async fn csv_import_with_a_bad_row_changes_nothing() {
             .unwrap()
             .contains("nothing was changed")
     );
-    assert_eq!(
-        count(&ctx.pool, "SELECT count(*) FROM inventory.devices").await,
-        0
-    );
-    assert_eq!(
-        count(&ctx.pool, "SELECT count(*) FROM inventory.outbox").await,
-        0
-    );
-    assert_eq!(
-        count(&ctx.pool, "SELECT count(*) FROM inventory.sites").await,
-        0
-    );
+    assert_eq!(rows(&ctx.pool, "inventory.devices").await, 0);
+    assert_eq!(rows(&ctx.pool, "inventory.outbox").await, 0);
+    assert_eq!(rows(&ctx.pool, "inventory.sites").await, 0);
 
     // The same UDI twice in one file is refused too.
     let mut body = csv_rows(3, &[]);
@@ -396,10 +394,7 @@ async fn csv_import_with_a_bad_row_changes_nothing() {
     );
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
     assert_eq!(p["errors"][0]["field"], "row 5: serial", "{p}");
-    assert_eq!(
-        count(&ctx.pool, "SELECT count(*) FROM inventory.devices").await,
-        0
-    );
+    assert_eq!(rows(&ctx.pool, "inventory.devices").await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,14 +413,8 @@ async fn csv_import_of_2000_rows_and_reimport() {
     assert_eq!(status, StatusCode::OK, "{r}");
     assert_eq!(r, json!({"total": 2000, "created": 2000, "updated": 0}));
     eprintln!("import of 2000 rows: {:?}", t.elapsed());
-    assert_eq!(
-        count(&ctx.pool, "SELECT count(*) FROM inventory.devices").await,
-        2000
-    );
-    assert_eq!(
-        count(&ctx.pool, "SELECT count(*) FROM inventory.sites").await,
-        4
-    );
+    assert_eq!(rows(&ctx.pool, "inventory.devices").await, 2000);
+    assert_eq!(rows(&ctx.pool, "inventory.sites").await, 4);
 
     // One DevicesUpserted per 1000 devices, carrying sealed (never clear) passwords.
     let out = outbox(&ctx.pool).await;
@@ -456,10 +445,7 @@ async fn csv_import_of_2000_rows_and_reimport() {
         .await
         .unwrap();
     assert_eq!(n, 2);
-    assert_eq!(
-        count(&ctx.pool, "SELECT count(*) FROM inventory.outbox").await,
-        0
-    );
+    assert_eq!(rows(&ctx.pool, "inventory.outbox").await, 0);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let consumer = tokio::spawn(tally_bus::consumer::run(
         bus.clone(),
@@ -498,10 +484,7 @@ async fn csv_import_of_2000_rows_and_reimport() {
     );
     assert_eq!(status, StatusCode::OK, "{r}");
     assert_eq!(r, json!({"total": 2000, "created": 0, "updated": 2000}));
-    assert_eq!(
-        count(&ctx.pool, "SELECT count(*) FROM inventory.devices").await,
-        2000
-    );
+    assert_eq!(rows(&ctx.pool, "inventory.devices").await, 2000);
     assert_eq!(
         count(
             &ctx.pool,
@@ -510,10 +493,7 @@ async fn csv_import_of_2000_rows_and_reimport() {
         .await,
         2000
     );
-    assert_eq!(
-        count(&ctx.pool, "SELECT count(*) FROM inventory.outbox").await,
-        2
-    );
+    assert_eq!(rows(&ctx.pool, "inventory.outbox").await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -572,8 +552,128 @@ async fn bad_bodies_are_problems() {
     );
     assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
     assert_eq!(p["errors"][0]["field"], "row 2");
-    assert_eq!(
-        count(&ctx.pool, "SELECT count(*) FROM inventory.devices").await,
-        0
+    assert_eq!(rows(&ctx.pool, "inventory.devices").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn groups_create_filter_and_import() {
+    let ctx = ctx().await;
+    let app = app!(ctx);
+    let mut d = device("GRP0001", "hq", "C9300-48P");
+    d["groups"] = json!(["access", "voice"]);
+    let (status, _, created, _) = send!(
+        app,
+        test::TestRequest::post().uri("/api/v1/devices").set_json(d)
     );
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    assert_eq!(created["groups"], json!(["access", "voice"]));
+    let id = created["id"].as_str().unwrap().to_owned();
+    // Other services learn the groups from the event.
+    let out = outbox(&ctx.pool).await;
+    let ev = proto::DevicesUpserted::decode(out[0].payload.as_slice()).unwrap();
+    assert_eq!(ev.devices[0].groups, ["access", "voice"]);
+
+    // A bad name: 422 naming it, nothing written.
+    let mut bad = device("GRP0002", "hq", "C9300-48P");
+    bad["groups"] = json!(["wan", "wan 2"]);
+    let (status, ct, p, _) = send!(
+        app,
+        test::TestRequest::post()
+            .uri("/api/v1/devices")
+            .set_json(bad)
+    );
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    assert_eq!(ct, "application/problem+json");
+    assert_eq!(error_fields(&p), ["groups[1]"], "{p}");
+    assert_eq!(rows(&ctx.pool, "inventory.devices").await, 1);
+    assert_eq!(rows(&ctx.pool, "inventory.outbox").await, 1);
+
+    // JSON import: `groups` as an array, omitted for none.
+    let mut items = Vec::new();
+    for i in 0..3 {
+        let mut d = device(&format!("WAN{i:04}"), "hq", "ISR4331");
+        d["groups"] = json!(["wan"]);
+        items.push(d);
+    }
+    for i in 0..2 {
+        let mut d = device(&format!("BR{i:04}"), "branch", "C9200-24P");
+        d["groups"] = json!(["access", "wan"]);
+        items.push(d);
+    }
+    items.push(device("NONE0001", "branch", "C9200-24P"));
+    let (status, _, r, _) = send!(
+        app,
+        test::TestRequest::post()
+            .uri("/api/v1/devices/import")
+            .set_json(Value::Array(items))
+    );
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(r["created"], 6);
+
+    // CSV import: an optional `groups` column, names separated by `;`.
+    let csv = "udi_pid,serial,hostname,base_url,site,smart_account,virtual_account,username,password,groups\n\
+               C9200-24P,CSV0001,csv1,https://10.2.0.1,branch,acme,Campus,admin,pw,access;voice\n\
+               C9200-24P,CSV0002,csv2,https://10.2.0.2,branch,acme,Campus,admin,pw,\n";
+    let (status, _, r, _) = send!(
+        app,
+        test::TestRequest::post()
+            .uri("/api/v1/devices/import")
+            .insert_header(("content-type", "text/csv"))
+            .set_payload(csv)
+    );
+    assert_eq!(status, StatusCode::OK, "{r}");
+    assert_eq!(r["created"], 2);
+
+    // A bad name in a CSV import refuses the whole file, naming row and name.
+    let bad_csv = csv
+        .replace("CSV000", "BAD000")
+        .replace("access;voice", "access;voice/2");
+    let (status, _, p, _) = send!(
+        app,
+        test::TestRequest::post()
+            .uri("/api/v1/devices/import")
+            .insert_header(("content-type", "text/csv"))
+            .set_payload(bad_csv)
+    );
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{p}");
+    assert_eq!(error_fields(&p), ["row 2: groups[1]"], "{p}");
+    assert_eq!(rows(&ctx.pool, "inventory.devices").await, 9);
+    assert_eq!(rows(&ctx.pool, "inventory.outbox").await, 3);
+
+    // Filter by group, alone and with the other filters (ordered by hostname).
+    let list = async |query: &str| {
+        let (status, _, v, _) = send!(
+            app,
+            test::TestRequest::get().uri(&format!("/api/v1/devices?{query}"))
+        );
+        assert_eq!(status, StatusCode::OK, "{v}");
+        page(&v)
+    };
+    assert_eq!(
+        list("group=access").await,
+        (
+            4,
+            ["CSV0001", "BR0000", "BR0001", "GRP0001"]
+                .map(String::from)
+                .to_vec()
+        )
+    );
+    assert_eq!(list("group=access&site=branch").await.0, 3);
+    assert_eq!(list("group=wan&model=ISR4331").await.0, 3);
+    assert_eq!(list("group=wan").await.0, 5);
+    assert_eq!(list("group=voice&q=csv").await.1, ["CSV0001"]);
+    assert_eq!(list("group=nope").await.0, 0);
+
+    // Replacing a device replaces its groups.
+    let mut d = device("GRP0001", "hq", "C9300-48P");
+    d["groups"] = json!(["wan"]);
+    let (status, _, v, _) = send!(
+        app,
+        test::TestRequest::put()
+            .uri(&format!("/api/v1/devices/{id}"))
+            .set_json(d)
+    );
+    assert_eq!(status, StatusCode::OK, "{v}");
+    assert_eq!(v["groups"], json!(["wan"]));
+    assert_eq!(list("group=access").await.0, 3);
 }

@@ -1,0 +1,2 @@
+DROP INDEX inventory.devices_groups;
+ALTER TABLE inventory.devices DROP COLUMN groups;
