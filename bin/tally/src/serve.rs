@@ -205,14 +205,17 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     let mut tasks = tokio::task::JoinSet::new();
 
     if has(t, Target::Inventory) {
-        svc.inventory = Some(web::Data::new(tally_inventory::Inventory {
+        let inv = tally_inventory::Inventory {
             pool: pool.clone(),
             secrets: secrets.clone(),
-        }));
-        let (b, p) = (bus.clone(), pool.clone());
+        };
+        svc.inventory = Some(web::Data::new(inv.clone()));
+        // Its outbox relay and the consumer of tier-assignment's license changes.
+        let b = bus.clone();
         tasks.spawn(async move {
-            tally_bus::relay::run(b, p, tally_store::outbox::Schema::Inventory).await;
-            Ok(())
+            tally_inventory::run(inv, b)
+                .await
+                .map_err(anyhow::Error::from)
         });
     }
     if has(t, Target::RumAggregator) {

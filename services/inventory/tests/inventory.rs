@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Inventory HTTP API against a real database: CRUD, filters, groups, pagination, bulk import
-//! (all or nothing) and the DevicesUpserted events written to the outbox.
+//! (all or nothing) and the DevicesUpserted events written to the outbox; license changes from
+//! tier-assignment consumed from a real NATS.
 
 use actix_web::{App, http::StatusCode, middleware, test, web};
 use diesel::sql_types::{BigInt, Bytea, Text};
@@ -676,4 +677,179 @@ async fn groups_create_filter_and_import() {
     assert_eq!(status, StatusCode::OK, "{v}");
     assert_eq!(v["groups"], json!(["wan"]));
     assert_eq!(list("group=access").await.0, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn license_changes_are_recorded_once() {
+    use tally_bus::{Event, consumer::Delivery, consumer::HandlerError};
+    use tally_store::outbox::Schema;
+    let ctx = ctx().await;
+    let app = app!(ctx);
+    let (status, _, r, _) = send!(
+        app,
+        test::TestRequest::post()
+            .uri("/api/v1/devices/import")
+            .set_json(json!([
+                device("LIC0001", "hq", "C9300-48P"),
+                device("LIC0002", "hq", "C9300-48P")
+            ]))
+    );
+    assert_eq!(status, StatusCode::OK, "{r}");
+    let (_, _, listed, _) = send!(app, test::TestRequest::get().uri("/api/v1/devices"));
+    let ids: Vec<String> = listed["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["id"].as_str().unwrap().to_owned())
+        .collect();
+    let mut c = ctx.pool.get().await.unwrap();
+    diesel::sql_query("DELETE FROM inventory.outbox")
+        .execute(&mut c)
+        .await
+        .unwrap();
+
+    let lic = |id: &str, nl: &str, dna: &str, va: &str| proto::DeviceLicense {
+        device_id: id.to_owned(),
+        network_license: nl.to_owned(),
+        dna_tier: dna.to_owned(),
+        virtual_account: va.to_owned(),
+        job_id: "job-1".to_owned(),
+    };
+    let ev = proto::DeviceLicensesChanged {
+        devices: vec![
+            // Moved to another virtual account, DNA subscription dropped.
+            lic(&ids[0], "network-advantage", "", "Voice"),
+            // An empty virtual account keeps the stored one.
+            lic(&ids[1], "network-advantage", "dna-premier", ""),
+            // Deleted since the job started: skipped.
+            lic(
+                &uuid::Uuid::new_v4().to_string(),
+                "network-advantage",
+                "",
+                "x",
+            ),
+        ],
+    };
+    // Sent the way tier-assignment sends it: its outbox, then the relay.
+    let bus = tally_bus::testing::bus().await.unwrap();
+    tally_bus::emit(&mut c, Schema::Tiers, &ev).await.unwrap();
+    let n = tally_bus::relay::relay_once(&bus, &ctx.pool, Schema::Tiers)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let inv = ctx.inv();
+    let consumer = tokio::spawn(tally_bus::consumer::run(
+        bus.clone(),
+        tally_inventory::DURABLE,
+        &[proto::DeviceLicensesChanged::SUBJECT],
+        move |d: Delivery| {
+            let (inv, tx) = (inv.clone(), tx.clone());
+            async move {
+                let r = tally_inventory::handle(&inv, d.clone()).await;
+                tx.send((d, format!("{r:?}"))).unwrap();
+                r
+            }
+        },
+    ));
+    let (delivery, result) = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+        .await
+        .expect("license change on the bus")
+        .unwrap();
+    consumer.abort();
+    assert_eq!(result, "Ok(())");
+
+    let get = async |id: &str| {
+        let (status, _, v, _) = send!(
+            app,
+            test::TestRequest::get().uri(&format!("/api/v1/devices/{id}"))
+        );
+        assert_eq!(status, StatusCode::OK, "{v}");
+        v
+    };
+    let a = get(&ids[0]).await;
+    assert_eq!(
+        (
+            &a["network_license"],
+            &a["dna_tier"],
+            &a["virtual_account"],
+            &a["revision"]
+        ),
+        (
+            &json!("network-advantage"),
+            &Value::Null,
+            &json!("Voice"),
+            &json!(2)
+        )
+    );
+    let b = get(&ids[1]).await;
+    assert_eq!(
+        (
+            &b["network_license"],
+            &b["dna_tier"],
+            &b["virtual_account"],
+            &b["revision"]
+        ),
+        (
+            &json!("network-advantage"),
+            &json!("dna-premier"),
+            &json!("Campus"),
+            &json!(2)
+        )
+    );
+    // Exactly one DevicesUpserted, carrying both devices as stored now.
+    let out = outbox(&ctx.pool).await;
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].subject, proto::DevicesUpserted::SUBJECT);
+    let up = proto::DevicesUpserted::decode(out[0].payload.as_slice()).unwrap();
+    let mut got: Vec<_> = up
+        .devices
+        .iter()
+        .map(|d| {
+            (
+                d.device_id.as_str(),
+                d.dna_tier.as_str(),
+                d.virtual_account.as_str(),
+                d.revision,
+            )
+        })
+        .collect();
+    got.sort();
+    let mut want = vec![
+        (ids[0].as_str(), "", "Voice", 2),
+        (ids[1].as_str(), "dna-premier", "Campus", 2),
+    ];
+    want.sort();
+    assert_eq!(got, want);
+
+    // Redelivered (a crash before the ack): nothing changes.
+    tally_inventory::handle(&ctx.inv(), delivery.clone())
+        .await
+        .unwrap();
+    assert_eq!(get(&ids[0]).await["revision"], 2);
+    assert_eq!(rows(&ctx.pool, "inventory.outbox").await, 1);
+
+    // A level that is not one can never be applied: poison, nothing written.
+    let bad = proto::DeviceLicensesChanged {
+        devices: vec![lic(&ids[0], "network-advantage", "dna-gold", "Voice")],
+    };
+    let r = tally_inventory::handle(
+        &ctx.inv(),
+        Delivery {
+            msg_id: "bad-1".to_owned(),
+            subject: delivery.subject.clone(),
+            payload: bad.encode_to_vec().into(),
+        },
+    )
+    .await;
+    match r {
+        Err(HandlerError::Poison(m)) => {
+            assert!(m.contains("dna_tier") && m.contains("dna-gold"), "{m}")
+        }
+        other => panic!("expected poison, got {other:?}"),
+    }
+    assert_eq!(get(&ids[0]).await["revision"], 2);
+    assert_eq!(rows(&ctx.pool, "inventory.outbox").await, 1);
+    assert_eq!(rows(&ctx.pool, "inventory.inbox").await, 1);
 }
