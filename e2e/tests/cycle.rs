@@ -17,7 +17,7 @@ async fn online_cycle_1000_devices() {
     let t0 = Instant::now();
     let tag = random_hex();
     let fleet = Fleet::start(&tag, DEVICES).await;
-    let cssm = Cssm::start(&tag, 300).await;
+    let cssm = Cssm::start(&tag, 300, &fleet).await;
     let mut tally = Tally::start(&tag, Uplink::Online(&cssm)).await;
     tally.import_fleet(&fleet).await;
 
@@ -60,7 +60,7 @@ async fn offline_cycle_ends_in_same_state() {
     let tag = random_hex();
     let fleet = Fleet::start(&tag, DEVICES).await;
     // Only the offline endpoint of the CSSM simulator is used: it plays the CSSM portal.
-    let cssm = Cssm::start(&tag, 300).await;
+    let cssm = Cssm::start(&tag, 300, &fleet).await;
     let mut tally = Tally::start(&tag, Uplink::Offline).await;
     assert_eq!(tally.get("/uplink/status").await["mode"], "offline");
     tally.import_fleet(&fleet).await;
@@ -155,7 +155,7 @@ async fn kill_9_mid_cycle_loses_nothing_and_uploads_nothing_twice() {
     let t0 = Instant::now();
     let tag = random_hex();
     let fleet = Fleet::start(&tag, DEVICES).await;
-    let cssm = Cssm::start(&tag, 1500).await;
+    let cssm = Cssm::start(&tag, 1500, &fleet).await;
     let mut tally = Tally::start(&tag, Uplink::Online(&cssm)).await;
     tally.import_fleet(&fleet).await;
 

@@ -299,16 +299,20 @@ type Started = (
 async fn start_in_process(args: &DemoArgs) -> anyhow::Result<Started> {
     let n = args.devices;
     let db = recreate_db(&args.admin_db, &args.database).await?;
-    let (fleet_addr, _fleet, _) = tally_sim::start_fleet(tally_sim::FleetConfig {
+    let fleet_cfg = tally_sim::FleetConfig {
         devices: n,
         bind: args.fleet_listen,
         ..Default::default()
-    })
-    .await
-    .with_context(|| format!("starting the fleet simulator on {}", args.fleet_listen))?;
+    };
+    // CSSM holds the licenses this very fleet uses, so Tally's view and CSSM's agree.
+    let pools = tally_sim::fleet_pools(&fleet_cfg, &tally_domain::rules::Rules::defaults(), 20);
+    let (fleet_addr, _fleet, _) = tally_sim::start_fleet(fleet_cfg)
+        .await
+        .with_context(|| format!("starting the fleet simulator on {}", args.fleet_listen))?;
     let cssm_cfg = tally_sim::CssmConfig {
         bind: args.cssm_listen,
         processing_delay: Duration::from_millis(1000),
+        pools,
         ..Default::default()
     };
     let (client_id, client_secret) = (cssm_cfg.client_id.clone(), cssm_cfg.client_secret.clone());

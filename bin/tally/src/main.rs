@@ -73,6 +73,15 @@ enum SimCommand {
         device_secret: String,
         #[arg(long, env = "TALLY_SIM_CSSM_SECRET", default_value = "tally-sim-cssm")]
         cssm_secret: String,
+        /// License pools that match `tally sim fleet --devices N` (with the same seed), so Tally's
+        /// view and CSSM's agree; without it, fixed sample pools.
+        #[arg(long)]
+        fleet_devices: Option<usize>,
+        #[arg(long, default_value_t = 1)]
+        fleet_seed: u64,
+        /// Pool quantity above what the fleet uses, in percent (plus 5 licenses).
+        #[arg(long, default_value_t = 20)]
+        pool_headroom_pct: u32,
     },
 }
 
@@ -124,14 +133,29 @@ fn main() -> anyhow::Result<()> {
                 processing_delay_ms,
                 device_secret,
                 cssm_secret,
+                fleet_devices,
+                fleet_seed,
+                pool_headroom_pct,
             }) => {
-                let cfg = tally_sim::CssmConfig {
+                let mut cfg = tally_sim::CssmConfig {
                     bind: listen,
                     processing_delay: Duration::from_millis(processing_delay_ms),
                     device_secret: device_secret.into_bytes(),
                     cssm_secret: cssm_secret.into_bytes(),
                     ..Default::default()
                 };
+                if let Some(devices) = fleet_devices {
+                    let fleet = tally_sim::FleetConfig {
+                        devices,
+                        seed: fleet_seed,
+                        ..Default::default()
+                    };
+                    cfg.pools = tally_sim::fleet_pools(
+                        &fleet,
+                        &tally_domain::rules::Rules::defaults(),
+                        pool_headroom_pct,
+                    );
+                }
                 tracing::info!(%listen, "CSSM simulator starting");
                 Ok(tally_sim::run_cssm(cfg).await?)
             }

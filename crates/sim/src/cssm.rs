@@ -1,8 +1,10 @@
 //! CSSM simulator (slp-reference section 4): OAuth2 client credentials, `reportusage` with
 //! signature and duplicate checks, `poll` returning signed ACKs after a processing delay, the
-//! licenses listing, and the offline usage bundle exchange.
+//! licenses listing, and the offline usage bundle exchange. Test hooks under `/sim/*` read and
+//! change the license pools, so drift and overcommit can be staged.
 
 use crate::common::{SimError, basic_credentials, bearer_token, io_err, now_secs};
+use crate::fleet::{FleetConfig, profile};
 use actix_web::{
     App, HttpRequest, HttpResponse, HttpServer,
     dev::{Server, ServerHandle},
@@ -13,10 +15,10 @@ use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, value::RawValue};
 use std::{
-    collections::{HashMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     net::SocketAddr,
     sync::{
-        Arc, Mutex,
+        Arc, Mutex, RwLock,
         atomic::{AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -25,6 +27,7 @@ use tally_domain::{
     Udi,
     ack::{AckBody, build_ack_document},
     bundle::{AckBundle, DeviceFile, UsageBundle},
+    rules::{Level, Rules},
     rum::{inspect_report, parse_envelope},
     sign::{Signer, verify_b64},
 };
@@ -75,6 +78,7 @@ pub struct CssmConfig {
     pub cssm_secret: Vec<u8>,
     pub smart_account: SmartAccount,
     pub virtual_accounts: Vec<VirtualAccount>,
+    /// Pools at start; `/sim/licenses` changes them afterwards (see [`CssmState::pools`]).
     pub pools: Vec<LicensePool>,
 }
 
@@ -117,6 +121,49 @@ pub fn default_pools(vas: &[VirtualAccount]) -> Vec<LicensePool> {
         }
     }
     out
+}
+
+/// Pools that match a simulated fleet: per virtual account and license (found with
+/// `rules.license_for` for each device's model and starting network license and DNA tier),
+/// `in_use` is the number of devices and `quantity` adds `headroom_pct` percent plus 5.
+/// DNA licenses are 3-year terms, network licenses perpetual. Devices of a model no rule fits
+/// hold no license.
+pub fn fleet_pools(fleet: &FleetConfig, rules: &Rules, headroom_pct: u32) -> Vec<LicensePool> {
+    // (virtual account, index of the license rule) -> devices; ordered like the VAs and rules.
+    let mut counts: BTreeMap<(usize, usize), i64> = BTreeMap::new();
+    let n_vas = fleet.virtual_accounts.len();
+    for i in 0..fleet.devices {
+        let p = profile(fleet.seed, i, n_vas);
+        let levels = [
+            Some(Level::Network(p.network_license)),
+            p.dna_tier.map(Level::Dna),
+        ];
+        for level in levels.into_iter().flatten() {
+            let rule = rules
+                .license_for(p.model, level)
+                .and_then(|r| rules.license_named(&r.name));
+            if let Some((k, _)) = rule {
+                *counts.entry((p.va, k)).or_default() += 1;
+            }
+        }
+    }
+    counts
+        .into_iter()
+        .filter_map(|((va, k), n)| {
+            let rule = rules.licenses.get(k)?;
+            let term = rule.level.is_dna();
+            Some(LicensePool {
+                license: rule.name.clone(),
+                virtual_account: fleet.virtual_accounts.get(va).cloned().unwrap_or_default(),
+                quantity: n + n * i64::from(headroom_pct) / 100 + 5,
+                in_use: n,
+                license_type: if term { "TERM" } else { "PERPETUAL" }.into(),
+                start_date: if term { "2025-01-01" } else { "2024-06-01" }.into(),
+                end_date: term.then(|| "2028-01-01".into()),
+                subscription_id: term.then(|| format!("Sub{}-{k:03}", va + 1)),
+            })
+        })
+        .collect()
 }
 
 impl Default for CssmConfig {
@@ -194,6 +241,7 @@ struct Poll {
 /// Shared state of a running CSSM simulator.
 pub struct CssmState {
     cfg: CssmConfig,
+    pools: RwLock<Vec<LicensePool>>,
     ack_signer: Signer,
     tokens: DashMap<String, Instant>,
     device_keys: DashMap<Udi, Arc<[u8]>>,
@@ -218,6 +266,29 @@ struct Entry {
     usage: Vec<Box<RawValue>>,
 }
 
+/// One change of `PATCH /sim/licenses`: the pool by virtual account and license, new counts.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolChange {
+    pub virtual_account: String,
+    pub license: String,
+    #[serde(default)]
+    pub in_use: Option<i64>,
+    #[serde(default)]
+    pub quantity: Option<i64>,
+}
+
+/// Counts may exceed each other (overcommit is what tests stage) but never go negative.
+fn check_counts(p: &LicensePool) -> Result<(), SimError> {
+    if p.in_use < 0 || p.quantity < 0 {
+        return Err(SimError::BadRequest(format!(
+            "pool {:?} of {:?}: quantity and in_use must not be negative",
+            p.license, p.virtual_account
+        )));
+    }
+    Ok(())
+}
+
 /// Why a report was refused.
 #[derive(Debug, Clone, Serialize)]
 struct Invalid {
@@ -231,6 +302,7 @@ impl CssmState {
         let ack_signer = Signer::derive(&cfg.cssm_secret, "cssm-ack")
             .map_err(|e| SimError::Internal(e.to_string()))?;
         Ok(Self {
+            pools: RwLock::new(cfg.pools.clone()),
             cfg,
             ack_signer,
             tokens: DashMap::new(),
@@ -243,6 +315,52 @@ impl CssmState {
 
     pub fn config(&self) -> &CssmConfig {
         &self.cfg
+    }
+
+    /// The license pools as they are now.
+    pub fn pools(&self) -> Vec<LicensePool> {
+        self.pools.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Replaces every pool (`PUT /sim/licenses`).
+    pub fn replace_pools(&self, pools: Vec<LicensePool>) -> Result<(), SimError> {
+        let mut seen = HashSet::new();
+        for p in &pools {
+            check_counts(p)?;
+            if !seen.insert((&p.virtual_account, &p.license)) {
+                return Err(SimError::BadRequest(format!(
+                    "pool {:?} of {:?} is listed twice",
+                    p.license, p.virtual_account
+                )));
+            }
+        }
+        *self.pools.write().unwrap_or_else(|e| e.into_inner()) = pools;
+        Ok(())
+    }
+
+    /// Changes `in_use`/`quantity` of named pools, all or none (`PATCH /sim/licenses`); returns
+    /// the changed pools.
+    pub fn patch_pools(&self, changes: &[PoolChange]) -> Result<Vec<LicensePool>, SimError> {
+        let mut pools = self.pools.write().unwrap_or_else(|e| e.into_inner());
+        let mut next = pools.clone();
+        let mut changed = Vec::with_capacity(changes.len());
+        for c in changes {
+            let p = next
+                .iter_mut()
+                .find(|p| p.virtual_account == c.virtual_account && p.license == c.license)
+                .ok_or_else(|| {
+                    SimError::NotFound(format!(
+                        "no pool {:?} in virtual account {:?}",
+                        c.license, c.virtual_account
+                    ))
+                })?;
+            p.in_use = c.in_use.unwrap_or(p.in_use);
+            p.quantity = c.quantity.unwrap_or(p.quantity);
+            check_counts(p)?;
+            changed.push(p.clone());
+        }
+        *pools = next;
+        Ok(changed)
     }
 
     pub fn stats(&self) -> StatsSnapshot {
@@ -685,9 +803,8 @@ async fn licenses(
             }
         }
     };
-    let matching: Vec<&LicensePool> = st
-        .cfg
-        .pools
+    let pools = st.pools.read().unwrap_or_else(|e| e.into_inner());
+    let matching: Vec<&LicensePool> = pools
         .iter()
         .filter(|p| {
             q.virtual_accounts.is_empty() || q.virtual_accounts.contains(&p.virtual_account)
@@ -734,6 +851,21 @@ async fn offline_usage(st: St, body: web::Bytes) -> Result<HttpResponse, SimErro
         .body(out))
 }
 
+async fn get_pools(st: St) -> HttpResponse {
+    HttpResponse::Ok().json(st.pools())
+}
+
+async fn put_pools(st: St, body: web::Json<Vec<LicensePool>>) -> Result<HttpResponse, SimError> {
+    let n = body.len();
+    st.replace_pools(body.into_inner())?;
+    Ok(HttpResponse::Ok().json(json!({"status": "SUCCESS", "pools": n})))
+}
+
+async fn patch_pools(st: St, body: web::Json<Vec<PoolChange>>) -> Result<HttpResponse, SimError> {
+    let changed = st.patch_pools(&body)?;
+    Ok(HttpResponse::Ok().json(json!({"status": "SUCCESS", "changed": changed})))
+}
+
 async fn stats(st: St) -> HttpResponse {
     HttpResponse::Ok().json(st.stats())
 }
@@ -759,6 +891,12 @@ fn routes(cfg: &mut web::ServiceConfig) {
             web::resource("/sim/offline/usage")
                 .app_data(web::PayloadConfig::new(MAX_BUNDLE_BYTES))
                 .route(web::post().to(offline_usage)),
+        )
+        .service(
+            web::resource("/sim/licenses")
+                .route(web::get().to(get_pools))
+                .route(web::put().to(put_pools))
+                .route(web::patch().to(patch_pools)),
         )
         .route("/sim/stats", web::get().to(stats))
         .route("/sim/reset-stats", web::post().to(reset_stats));

@@ -190,16 +190,20 @@ pub(crate) fn profile(seed: u64, index: usize, n_vas: usize) -> Profile {
     let r2 = h(seed, index, 2);
     let is_cube = router && r2 & 1 == 0;
     let software_version = VERSIONS[((r2 >> 4) % 4) as usize];
-    let network_license = if (r2 >> 8) % 5 < 3 {
-        NetworkLicense::NetworkAdvantage
-    } else {
-        NetworkLicense::NetworkEssentials
-    };
     let dna_tier = match (r2 >> 16) % 10 {
         0..=2 if router => None,
         0..=3 => Some(DnaTier::DnaEssentials),
         4..=7 => Some(DnaTier::DnaAdvantage),
         _ => Some(DnaTier::DnaPremier),
+    };
+    // The license YANG allows only dna-essentials on network-essentials: a device never boots
+    // into another pairing.
+    let network_license = if (r2 >> 8) % 5 < 3
+        || matches!(dna_tier, Some(DnaTier::DnaAdvantage | DnaTier::DnaPremier))
+    {
+        NetworkLicense::NetworkAdvantage
+    } else {
+        NetworkLicense::NetworkEssentials
     };
     let s = (r2 >> 24) % 4;
     let site = if s == 0 {

@@ -11,8 +11,8 @@ pub mod restconf;
 
 pub use common::SimError;
 pub use cssm::{
-    CssmConfig, CssmState, LicensePool, SmartAccount, StatsSnapshot, VirtualAccount, run_cssm,
-    start_cssm,
+    CssmConfig, CssmState, LicensePool, PoolChange, SmartAccount, StatsSnapshot, VirtualAccount,
+    fleet_pools, run_cssm, start_cssm,
 };
 pub use fleet::{
     DeviceInfo, Fault, FleetConfig, FleetState, SIM_ONLY_FIELDS, run_fleet, start_fleet,

@@ -492,3 +492,204 @@ async fn offline_bundle_round_trip() {
     assert!(v["error"].as_str().unwrap().contains("archive"), "{v}");
     ch.stop(false).await;
 }
+
+/// Licenses API page of every pool (one VA or all), as `(virtualAccount, license) -> entry`.
+async fn licenses_api(
+    c: &reqwest::Client,
+    base: &str,
+    tok: &str,
+) -> std::collections::HashMap<(String, String), Value> {
+    let v: Value = c
+        .post(format!("{base}{API}/v1/accounts/acme.example/licenses"))
+        .bearer_auth(tok)
+        .json(&json!({"limit": 1000}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["licenses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| {
+            let key = (
+                l["virtualAccount"].as_str().unwrap().to_owned(),
+                l["license"].as_str().unwrap().to_owned(),
+            );
+            (key, l.clone())
+        })
+        .collect()
+}
+
+#[test]
+fn fleet_pools_count_the_fleets_tiers_per_va() {
+    use std::collections::HashMap;
+    use tally_domain::rules::{Level, Rules};
+    let cfg = FleetConfig {
+        devices: 3000,
+        seed: 7,
+        ..FleetConfig::default()
+    };
+    let rules = Rules::defaults();
+    let pools = tally_sim::fleet_pools(&cfg, &rules, 20);
+
+    // What the fleet itself lists, per (VA, license for model and tier).
+    let fleet = FleetState::new(cfg.clone()).unwrap();
+    let mut want: HashMap<(String, String), i64> = HashMap::new();
+    let mut per_va_devices: HashMap<String, i64> = HashMap::new();
+    let mut per_va_dna: HashMap<String, i64> = HashMap::new();
+    for i in 0..fleet.len() {
+        let d = fleet.info(i).unwrap();
+        *per_va_devices.entry(d.virtual_account.clone()).or_default() += 1;
+        let mut levels = vec![Level::Network(d.network_license.parse().unwrap())];
+        if let Some(t) = &d.dna_tier {
+            levels.push(Level::Dna(t.parse().unwrap()));
+            *per_va_dna.entry(d.virtual_account.clone()).or_default() += 1;
+        }
+        for level in levels {
+            let lic = rules.license_for(&d.model, level).unwrap();
+            *want
+                .entry((d.virtual_account.clone(), lic.name.clone()))
+                .or_default() += 1;
+        }
+    }
+    let got: HashMap<(String, String), i64> = pools
+        .iter()
+        .map(|p| ((p.virtual_account.clone(), p.license.clone()), p.in_use))
+        .collect();
+    assert_eq!(got.len(), pools.len(), "one pool per (VA, license)");
+    assert_eq!(got, want);
+
+    // Per VA: every device holds one network license, and DNA ones only those with a tier.
+    for va in ["Campus", "Branch", "Voice"] {
+        let sum = |dna: bool| -> i64 {
+            pools
+                .iter()
+                .filter(|p| p.virtual_account == va)
+                .filter(|p| rules.license_named(&p.license).unwrap().1.level.is_dna() == dna)
+                .map(|p| p.in_use)
+                .sum()
+        };
+        assert!(per_va_devices[va] > 0, "{va}");
+        assert_eq!(sum(false), per_va_devices[va], "{va}");
+        assert_eq!(sum(true), per_va_dna[va], "{va}");
+    }
+    for p in &pools {
+        assert_eq!(p.quantity, p.in_use + p.in_use * 20 / 100 + 5, "{p:?}");
+        let dna = rules.license_named(&p.license).unwrap().1.level.is_dna();
+        assert_eq!(p.license_type, if dna { "TERM" } else { "PERPETUAL" });
+        assert_eq!(p.end_date.is_some(), dna, "{p:?}");
+        assert_eq!(p.subscription_id.is_some(), dna, "{p:?}");
+    }
+    // Deterministic, and the headroom applies.
+    assert_eq!(tally_sim::fleet_pools(&cfg, &rules, 20), pools);
+    let bare = tally_sim::fleet_pools(&cfg, &rules, 0);
+    assert!(bare.iter().all(|p| p.quantity == p.in_use + 5));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn license_pools_can_be_changed_for_tests() {
+    let fleet_cfg = FleetConfig {
+        devices: 200,
+        seed: 7,
+        ..FleetConfig::default()
+    };
+    let pools = tally_sim::fleet_pools(&fleet_cfg, &tally_domain::rules::Rules::defaults(), 20);
+    let (addr, handle, st) = start_cssm(CssmConfig {
+        pools: pools.clone(),
+        ..cssm_cfg()
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{addr}");
+    let c = client();
+    let tok = token(&c, &base).await;
+    let sim_pools = |c: reqwest::Client, base: String| async move {
+        c.get(format!("{base}/sim/licenses"))
+            .send()
+            .await
+            .unwrap()
+            .json::<Vec<tally_sim::LicensePool>>()
+            .await
+            .unwrap()
+    };
+    assert_eq!(sim_pools(c.clone(), base.clone()).await, pools);
+    let api = licenses_api(&c, &base, &tok).await;
+    assert_eq!(api.len(), pools.len());
+    let p0 = &pools[0];
+    let key = (p0.virtual_account.clone(), p0.license.clone());
+    assert_eq!(api[&key]["inUse"], p0.in_use);
+
+    // Overcommit one pool: the licenses API shows it.
+    let r = c
+        .patch(format!("{base}/sim/licenses"))
+        .json(
+            &json!([{"virtual_account": p0.virtual_account, "license": p0.license,
+                        "in_use": p0.quantity + 3}]),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let api = licenses_api(&c, &base, &tok).await;
+    assert_eq!(api[&key]["inUse"], p0.quantity + 3);
+    assert_eq!(api[&key]["quantity"], p0.quantity);
+    assert_eq!(api[&key]["available"], -3);
+    assert_eq!(api[&key]["status"], "Out of Compliance");
+    assert_eq!(st.pools()[0].in_use, p0.quantity + 3);
+
+    // Drift in quantity too; an unknown pool changes nothing at all.
+    let r = c
+        .patch(format!("{base}/sim/licenses"))
+        .json(&json!([
+            {"virtual_account": p0.virtual_account, "license": p0.license, "quantity": 1},
+            {"virtual_account": "Campus", "license": "No Such License"}
+        ]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("No Such License"));
+    assert_eq!(
+        licenses_api(&c, &base, &tok).await[&key]["quantity"],
+        p0.quantity
+    );
+    let r = c
+        .patch(format!("{base}/sim/licenses"))
+        .json(
+            &json!([{"virtual_account": p0.virtual_account, "license": p0.license,
+                        "quantity": -1}]),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Replace every pool.
+    let one = vec![tally_sim::LicensePool {
+        quantity: 2,
+        in_use: 1,
+        ..p0.clone()
+    }];
+    let r = c
+        .put(format!("{base}/sim/licenses"))
+        .json(&one)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let api = licenses_api(&c, &base, &tok).await;
+    assert_eq!(api.len(), 1);
+    assert_eq!(api[&key]["quantity"], 2);
+    assert_eq!(sim_pools(c.clone(), base.clone()).await, one);
+    let r = c
+        .put(format!("{base}/sim/licenses"))
+        .json(&[one[0].clone(), one[0].clone()])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    handle.stop(false).await;
+}

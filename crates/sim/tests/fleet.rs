@@ -438,6 +438,19 @@ async fn device_list_is_a_realistic_unique_mix() {
             .all(|d| d["virtual_account"] == "Voice")
     );
     assert!(devices.iter().any(|d| d["dna_tier"].is_null()));
+    // Devices boot only into pairings the license YANG allows.
+    assert!(
+        devices
+            .iter()
+            .any(|d| d["network_license"] == "network-essentials")
+    );
+    assert!(
+        devices
+            .iter()
+            .all(|d| d["network_license"] == "network-advantage"
+                || d["dna_tier"].is_null()
+                || d["dna_tier"] == "dna-essentials")
+    );
     for tier in ["dna-essentials", "dna-advantage", "dna-premier"] {
         assert!(devices.iter().any(|d| d["dna_tier"] == tier));
     }

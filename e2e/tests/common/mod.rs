@@ -271,7 +271,8 @@ pub struct Cssm {
 }
 
 impl Cssm {
-    pub async fn start(tag: &str, processing_delay_ms: u64) -> Self {
+    /// Its license pools match `fleet` (same size, default seed), as Tally will see it.
+    pub async fn start(tag: &str, processing_delay_ms: u64, fleet: &Fleet) -> Self {
         let addr = format!("127.0.0.1:{}", free_port());
         let args = [
             "sim",
@@ -280,6 +281,8 @@ impl Cssm {
             &addr,
             "--processing-delay-ms",
             &processing_delay_ms.to_string(),
+            "--fleet-devices",
+            &fleet.devices.to_string(),
         ]
         .map(String::from);
         let mut proc = Proc::spawn("cssm", tag, &args, &[]);

@@ -31,7 +31,7 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(get_job)
         .service(job_items)
         .service(cancel_job)
-        .service(list_devices)
+        .service(list_ledger)
         .service(history);
 }
 
@@ -581,7 +581,7 @@ pub struct LedgerFilter {
 /// The license ledger: what each device holds, and whether it waits for a reload.
 #[utoipa::path(tag = "tiers", params(LedgerFilter), responses((status = 200, body = Vec<LedgerDevice>)))]
 #[get("/tiers/devices")]
-async fn list_devices(
+async fn list_ledger(
     t: web::Data<Tiers>,
     req: HttpRequest,
     f: web::Query<LedgerFilter>,

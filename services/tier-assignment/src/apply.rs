@@ -57,6 +57,9 @@ impl Work {
     }
 }
 
+/// A push and how it went.
+type Outcome = (Work, Result<(), String>);
+
 fn level_text(network: &str, dna: Option<&str>) -> String {
     match dna {
         Some(d) => format!("{network} addon {d}"),
@@ -114,7 +117,7 @@ pub async fn apply_slice(t: &Tiers) -> Result<usize, tally_store::StoreError> {
             if work.is_empty() {
                 return Ok(0);
             }
-            let outcomes: Vec<(Work, Result<(), String>)> = futures::stream::iter(work)
+            let outcomes: Vec<Outcome> = futures::stream::iter(work)
                 .map(|w| async move {
                     let r = push(t, &w).await;
                     (w, r)
@@ -123,7 +126,7 @@ pub async fn apply_slice(t: &Tiers) -> Result<usize, tally_store::StoreError> {
                 .collect()
                 .await;
             let n = outcomes.len();
-            let mut by_job: BTreeMap<Uuid, Vec<(Work, Result<(), String>)>> = BTreeMap::new();
+            let mut by_job: BTreeMap<Uuid, Vec<Outcome>> = BTreeMap::new();
             for o in outcomes {
                 by_job.entry(o.0.job_id).or_default().push(o);
             }
@@ -148,7 +151,7 @@ struct Sets {
 async fn commit_outcomes(
     c: &mut AsyncPgConnection,
     job: Uuid,
-    items: Vec<(Work, Result<(), String>)>,
+    items: Vec<Outcome>,
 ) -> Result<(), diesel::result::Error> {
     #[derive(QueryableByName)]
     struct J {
@@ -175,11 +178,9 @@ async fn commit_outcomes(
             (true, Err(e)) => s.revert_failed.push((w, e)),
         }
     }
-    let first_error = s
-        .failed
-        .iter()
-        .next()
-        .map(|(w, e)| format!("device {}: {e}", w.device_id));
+    // Called as a slice method: diesel's `RunQueryDsl::first` would shadow it.
+    let first_error =
+        <[(Work, String)]>::first(&s.failed).map(|(w, e)| format!("device {}: {e}", w.device_id));
 
     let configured: Vec<&Work> = s.applied.iter().chain(&s.to_revert).collect();
     set_items(c, job, &ids(&s.applied), "applied", None).await?;

@@ -160,6 +160,7 @@ pub async fn compute(
     }))
 }
 
+#[derive(Debug)]
 pub struct Created {
     pub job: Job,
     /// False when the idempotency key named an existing job, which is returned instead.

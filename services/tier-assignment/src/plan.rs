@@ -57,6 +57,7 @@ pub struct Target {
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
+#[schema(as = TierJobMode)]
 pub enum Mode {
     /// Refused unless every selected device passes the rules and fits the pools.
     #[default]

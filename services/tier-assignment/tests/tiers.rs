@@ -1,0 +1,662 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Tier jobs against real Postgres and NATS, the fleet simulator (RESTCONF boot level) and the
+//! CSSM simulator (licenses API).
+
+use diesel::sql_types::{BigInt, Text};
+use diesel_async::RunQueryDsl;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tally_bus::proto;
+use tally_domain::DnaTier;
+use tally_platform::{Problem, SecretBox};
+use tally_sim::fleet::{Fault, FleetConfig, FleetState};
+use tally_store::testdb::TestDb;
+use tally_tier_assignment::{
+    Config, Tiers, apply,
+    jobs::{self, JobError},
+    plan::{Mode, PlanRequest, Selector, Target},
+    pools, projection, store,
+};
+use uuid::Uuid;
+
+const SA: &str = "acme.example";
+
+struct Ctx {
+    _db: TestDb,
+    t: Tiers,
+    fleet: Arc<FleetState>,
+    n: usize,
+}
+
+fn device_id(i: usize) -> Uuid {
+    Uuid::from_u128(i as u128 + 1)
+}
+
+/// A fleet of `n` simulated devices, projected into the ledger as inventory would publish them.
+async fn ctx(n: usize, cssm: Option<Arc<tally_cssm::CssmClient>>) -> Ctx {
+    tally_platform::init_crypto();
+    let db = TestDb::new().await.unwrap();
+    let pool = tally_store::pool(&db.url, 12).unwrap();
+    let bus = tally_bus::testing::bus().await.unwrap();
+    let secrets = SecretBox::from_secret("tier-tests-secret-key");
+    let (_, _, fleet) = tally_sim::start_fleet(FleetConfig {
+        devices: n,
+        ..FleetConfig::default()
+    })
+    .await
+    .unwrap();
+    let t = Tiers::new(
+        pool,
+        bus,
+        secrets.clone(),
+        cssm,
+        Config {
+            slice: 64,
+            ..Config::default()
+        },
+    )
+    .unwrap();
+    let mut ev = proto::DevicesUpserted::default();
+    for i in 0..n {
+        let d = fleet.info(i).unwrap();
+        ev.devices.push(proto::Device {
+            device_id: device_id(i).to_string(),
+            udi_pid: d.udi_pid,
+            udi_serial: d.serial,
+            hostname: d.hostname,
+            model: d.model,
+            software_version: d.software_version,
+            base_url: d.base_url,
+            site: d.site,
+            smart_account: d.smart_account,
+            virtual_account: d.virtual_account,
+            username: d.username,
+            password_sealed: secrets.seal(&d.password).unwrap(),
+            is_cube: d.is_cube,
+            network_license: d.network_license,
+            dna_tier: d.dna_tier.unwrap_or_default(),
+            revision: 1,
+            groups: vec![],
+        });
+    }
+    projection::upsert(&t, "devices-1", ev).await.unwrap();
+    Ctx {
+        _db: db,
+        t,
+        fleet,
+        n,
+    }
+}
+
+/// Gives every pool the ledger holds `room(license)` licenses to spare, as CSSM would list them.
+async fn set_pools(t: &Tiers, room: impl Fn(&str) -> i64) -> Vec<tally_cssm::License> {
+    let mut c = t.pool.get().await.unwrap();
+    let held = store::held(&mut c).await.unwrap();
+    let mut licenses: Vec<tally_cssm::License> = held
+        .iter()
+        .map(|((_, va, l), n)| license(va, l, n + room(l), *n))
+        .collect();
+    // Pools of every default license, so a tier nobody holds yet can be drawn.
+    for l in tally_domain::rules::Rules::defaults().licenses {
+        for va in ["Campus", "Branch", "Voice"] {
+            if !held.contains_key(&(SA.to_owned(), va.to_owned(), l.name.clone())) {
+                licenses.push(license(va, &l.name, room(&l.name), 0));
+            }
+        }
+    }
+    pools::store_pools(&mut c, SA, &licenses).await.unwrap();
+    licenses
+}
+
+fn license(va: &str, name: &str, quantity: i64, in_use: i64) -> tally_cssm::License {
+    tally_cssm::License {
+        license: name.to_owned(),
+        virtual_account: va.to_owned(),
+        quantity,
+        in_use,
+        available: quantity - in_use,
+        status: "In Compliance".into(),
+        license_details: vec![],
+    }
+}
+
+fn request(select: Selector, dna: &str, mode: Mode) -> PlanRequest {
+    PlanRequest {
+        select,
+        target: Target {
+            network_license: Some("network-advantage".into()),
+            dna_tier: Some(dna.into()),
+            ..Target::default()
+        },
+        mode,
+        expect_fingerprint: None,
+    }
+}
+
+fn by_model(model: &str) -> Selector {
+    Selector {
+        model: Some(model.into()),
+        ..Selector::default()
+    }
+}
+
+async fn create(
+    t: &Tiers,
+    req: &PlanRequest,
+    key: Option<&str>,
+) -> Result<jobs::Created, JobError> {
+    let target = req.validate().unwrap();
+    jobs::create(t, req, &target, key, "tester").await
+}
+
+async fn dry_run(t: &Tiers, req: &PlanRequest) -> tally_tier_assignment::plan::Plan {
+    let target = req.validate().unwrap();
+    let mut c = t.pool.get().await.unwrap();
+    jobs::compute(&mut c, req, &target).await.unwrap()
+}
+
+/// Runs the apply worker until nothing is left.
+async fn drain(t: &Tiers) {
+    while apply::apply_slice(t).await.unwrap() > 0 {}
+}
+
+async fn count(t: &Tiers, sql: &str) -> i64 {
+    let mut c = t.pool.get().await.unwrap();
+    diesel::select(diesel::dsl::sql::<BigInt>(&format!("({sql})")))
+        .get_result::<i64>(&mut c)
+        .await
+        .unwrap()
+}
+
+async fn job(t: &Tiers, id: Uuid) -> jobs::Job {
+    let mut c = t.pool.get().await.unwrap();
+    jobs::get(&mut c, id).await.unwrap().unwrap()
+}
+
+#[derive(diesel::QueryableByName, Debug, PartialEq, Eq, Clone)]
+struct Ledger {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    id: Uuid,
+    #[diesel(sql_type = Text)]
+    network_license: String,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+    dna_tier: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<Text>)]
+    dna_pool: Option<String>,
+    #[diesel(sql_type = Text)]
+    virtual_account: String,
+    #[diesel(sql_type = Text)]
+    state: String,
+}
+
+async fn ledger(t: &Tiers) -> HashMap<Uuid, Ledger> {
+    let mut c = t.pool.get().await.unwrap();
+    let rows: Vec<Ledger> = diesel::sql_query(
+        "SELECT id, network_license, dna_tier, dna_pool, virtual_account, state FROM tiers.devices",
+    )
+    .load(&mut c)
+    .await
+    .unwrap();
+    rows.into_iter().map(|r| (r.id, r)).collect()
+}
+
+fn index_of(id: Uuid) -> usize {
+    (id.as_u128() - 1) as usize
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overcommit_is_refused_and_nothing_changes() {
+    let cx = ctx(300, None).await;
+    // Two spare DNA Advantage licenses per pool: not enough for every 48-port C9300.
+    set_pools(&cx.t, |l| if l.contains("DNA Advantage") { 2 } else { 500 }).await;
+    let before = ledger(&cx.t).await;
+    let req = request(by_model("C9300-48*"), "dna-advantage", Mode::AllOrNothing);
+    let err = create(&cx.t, &req, Some("k1")).await.unwrap_err();
+    let JobError::Refused(plan) = &err else {
+        panic!("{err}")
+    };
+    assert!(!plan.rejected.is_empty());
+    let v = &plan.rejected[0].violations[0];
+    assert_eq!(v.code, "pool-overcommit");
+    assert!(v.rule.contains("DNA Advantage, 48-port"), "{v:?}");
+    let problem = Problem::from(err);
+    assert_eq!(problem.status, 409);
+    assert_eq!(problem.code, "plan-refused");
+    assert!(problem.errors[0].message.contains("pool-overcommit"));
+    assert_eq!(count(&cx.t, "SELECT count(*) FROM tiers.jobs").await, 0);
+    assert_eq!(
+        count(&cx.t, "SELECT count(*) FROM tiers.job_items").await,
+        0
+    );
+    assert_eq!(ledger(&cx.t).await, before);
+    assert_eq!(count(&cx.t, "SELECT count(*) FROM tiers.outbox").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn incompatible_model_is_refused_naming_the_rule() {
+    let cx = ctx(200, None).await;
+    set_pools(&cx.t, |_| 500).await;
+    let mut req = request(by_model("C9300-48P"), "dna-advantage", Mode::AllOrNothing);
+    req.target.dna_license = Some("C9300 DNA Advantage, 24-port, 3Y".into());
+    let plan = dry_run(&cx.t, &req).await;
+    assert!(!plan.executable);
+    assert!(plan.changes.is_empty());
+    for r in &plan.rejected {
+        assert_eq!(r.violations[0].code, "license-model");
+        assert!(
+            r.violations[0].rule.contains("models [\"C9300-24*\"]"),
+            "{:?}",
+            r.violations
+        );
+        assert!(r.violations[0].message.contains("C9300-48P"));
+    }
+    let Problem { status, errors, .. } =
+        Problem::from(create(&cx.t, &req, None).await.unwrap_err());
+    assert_eq!(status, 409);
+    assert!(
+        errors[0].message.contains("rule: licenses["),
+        "{:?}",
+        errors[0]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dry_run_is_exactly_what_the_job_does() {
+    let cx = ctx(300, None).await;
+    set_pools(&cx.t, |_| 500).await;
+    let sel = Selector {
+        site: Some("hq".into()),
+        ..Selector::default()
+    };
+    let mut req = request(sel, "dna-premier", Mode::BestEffort);
+    let plan = dry_run(&cx.t, &req).await;
+    assert!(plan.changes.len() > 10, "{}", plan.changes.len());
+    req.expect_fingerprint = Some(plan.fingerprint.clone());
+    let created = create(&cx.t, &req, Some("dry-run-equal")).await.unwrap();
+    assert!(created.created);
+    let j = created.job;
+    assert_eq!(j.fingerprint, plan.fingerprint);
+    assert_eq!(
+        j.devices_total as usize,
+        plan.changes.len() + plan.rejected.len()
+    );
+    drain(&cx.t).await;
+    let j = job(&cx.t, j.id).await;
+    assert_eq!(
+        j.state,
+        if plan.rejected.is_empty() {
+            "done"
+        } else {
+            "partial"
+        }
+    );
+    assert_eq!(j.applied as usize, plan.changes.len());
+    let l = ledger(&cx.t).await;
+    for ch in &plan.changes {
+        let i = index_of(ch.device_id);
+        let (net, dna) = cx.fleet.configured_level(i).unwrap();
+        assert_eq!(net.as_str(), ch.to.network_license);
+        assert_eq!(dna.map(DnaTier::as_str), ch.to.dna_tier.as_deref());
+        let row = &l[&ch.device_id];
+        assert_eq!(row.dna_tier, ch.to.dna_tier);
+        assert_eq!(row.dna_pool, ch.to.dna_pool);
+        assert_eq!(row.state, "pending_reload");
+    }
+    // A second dry-run now finds nothing left to change.
+    req.expect_fingerprint = None;
+    let again = dry_run(&cx.t, &req).await;
+    assert!(again.changes.is_empty());
+    assert!(
+        again
+            .rejected
+            .iter()
+            .all(|r| r.violations[0].code == "device-busy")
+    );
+    // The job's events are in the outbox: created and one per slice.
+    assert!(
+        count(
+            &cx.t,
+            "SELECT count(*) FROM tiers.outbox WHERE subject = 'tiers.job.changed'"
+        )
+        .await
+            >= 2
+    );
+    assert!(
+        count(
+            &cx.t,
+            "SELECT count(*) FROM tiers.outbox WHERE subject = 'tiers.devices.licensed'"
+        )
+        .await
+            >= 1
+    );
+}
+
+/// Indexes of the devices a selector picks, in job order.
+async fn selected(t: &Tiers, req: &PlanRequest) -> Vec<usize> {
+    dry_run(t, req)
+        .await
+        .changes
+        .iter()
+        .map(|c| index_of(c.device_id))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn best_effort_reports_each_failed_device() {
+    let cx = ctx(200, None).await;
+    set_pools(&cx.t, |_| 500).await;
+    let req = request(by_model("C9300-24P"), "dna-premier", Mode::BestEffort);
+    let idx = selected(&cx.t, &req).await;
+    assert!(idx.len() >= 4);
+    let broken = [idx[1], idx[3]];
+    for i in broken {
+        cx.fleet.set_fault(i, Fault::BootLevelRefused).unwrap();
+    }
+    let before = ledger(&cx.t).await;
+    let j = create(&cx.t, &req, None).await.unwrap().job;
+    drain(&cx.t).await;
+    let j = job(&cx.t, j.id).await;
+    assert_eq!(j.state, "partial");
+    assert_eq!(j.failed, 2);
+    assert_eq!(j.applied as usize, idx.len() - 2);
+    let mut c = cx.t.pool.get().await.unwrap();
+    #[derive(diesel::QueryableByName)]
+    struct Failed {
+        #[diesel(sql_type = diesel::sql_types::Uuid)]
+        device_id: Uuid,
+        #[diesel(sql_type = Text)]
+        error: String,
+    }
+    let failed: Vec<Failed> = diesel::sql_query(
+        "SELECT device_id, error FROM tiers.job_items WHERE job_id = $1 AND state = 'failed' ORDER BY seq",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(j.id)
+    .load(&mut c)
+    .await
+    .unwrap();
+    assert_eq!(
+        failed
+            .iter()
+            .map(|f| index_of(f.device_id))
+            .collect::<Vec<_>>(),
+        broken
+    );
+    for f in &failed {
+        assert!(f.error.contains("409"), "{}", f.error);
+    }
+    let after = ledger(&cx.t).await;
+    for i in broken {
+        // The failed devices hold what they held before, and were never reconfigured.
+        assert_eq!(after[&device_id(i)], before[&device_id(i)]);
+        assert!(!cx.fleet.info(i).unwrap().pending_reload);
+    }
+    assert_eq!(after[&device_id(idx[0])].state, "pending_reload");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_or_nothing_configures_everything_back_when_one_device_fails() {
+    let cx = ctx(200, None).await;
+    set_pools(&cx.t, |_| 500).await;
+    let req = request(by_model("C9300-24P"), "dna-premier", Mode::AllOrNothing);
+    let idx = selected(&cx.t, &req).await;
+    let last = *idx.last().unwrap();
+    cx.fleet.set_fault(last, Fault::BootLevelRefused).unwrap();
+    let before = ledger(&cx.t).await;
+    let original: Vec<_> = idx
+        .iter()
+        .map(|&i| cx.fleet.configured_level(i).unwrap())
+        .collect();
+    let j = create(&cx.t, &req, None).await.unwrap().job;
+    drain(&cx.t).await;
+    let j = job(&cx.t, j.id).await;
+    assert_eq!(j.state, "rolled_back", "{j:?}");
+    assert_eq!(j.failed, 1);
+    assert_eq!(j.reverted, j.applied);
+    assert!(j.error.unwrap().contains("409"));
+    for (k, &i) in idx.iter().enumerate() {
+        assert_eq!(
+            cx.fleet.configured_level(i).unwrap(),
+            original[k],
+            "device {i}"
+        );
+    }
+    assert_eq!(ledger(&cx.t).await, before);
+    let reverted = count(
+        &cx.t,
+        &format!(
+            "SELECT count(*) FROM tiers.history WHERE job_id = '{}' AND event = 'reverted'",
+            j.id
+        ),
+    )
+    .await;
+    assert_eq!(reverted, i64::from(j.reverted));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retry_with_the_same_key_returns_the_same_job() {
+    let cx = ctx(100, None).await;
+    set_pools(&cx.t, |_| 500).await;
+    let req = request(by_model("C9200-*"), "dna-advantage", Mode::BestEffort);
+    let a = create(&cx.t, &req, Some("retry-1")).await.unwrap();
+    let b = create(&cx.t, &req, Some("retry-1")).await.unwrap();
+    assert!(a.created && !b.created);
+    assert_eq!(a.job.id, b.job.id);
+    let other = request(by_model("C9200-*"), "dna-premier", Mode::BestEffort);
+    let e = create(&cx.t, &other, Some("retry-1")).await.unwrap_err();
+    assert!(matches!(e, JobError::KeyReused(_)), "{e}");
+    assert_eq!(Problem::from(e).code, "idempotency-key-reused");
+    assert_eq!(count(&cx.t, "SELECT count(*) FROM tiers.jobs").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_jobs_never_overcommit_a_pool() {
+    let cx = ctx(400, None).await;
+    const ROOM: i64 = 5;
+    set_pools(&cx.t, |l| {
+        if l == "C9300 DNA Premier, 48-port, 3Y" {
+            ROOM
+        } else {
+            500
+        }
+    })
+    .await;
+    let req = request(
+        Selector {
+            model: Some("C9300-48*".into()),
+            virtual_account: Some("Branch".into()),
+            ..Selector::default()
+        },
+        "dna-premier",
+        Mode::BestEffort,
+    );
+    let plan = dry_run(&cx.t, &req).await;
+    let wanting: Vec<Uuid> = plan
+        .changes
+        .iter()
+        .map(|c| c.device_id)
+        .chain(plan.rejected.iter().map(|r| r.device_id))
+        .collect();
+    assert!(wanting.len() >= 16, "{}", wanting.len());
+    let key = (
+        SA.to_owned(),
+        "Branch".to_owned(),
+        "C9300 DNA Premier, 48-port, 3Y".to_owned(),
+    );
+    let held_before = {
+        let mut c = cx.t.pool.get().await.unwrap();
+        store::held(&mut c)
+            .await
+            .unwrap()
+            .get(&key)
+            .copied()
+            .unwrap_or(0)
+    };
+    // Eight operators at once, each on their own devices, all drawing on the one pool.
+    let mut tasks = Vec::new();
+    for chunk in wanting.chunks(wanting.len().div_ceil(8)) {
+        let t = cx.t.clone();
+        let mut r = req.clone();
+        r.select = Selector {
+            device_ids: chunk.to_vec(),
+            ..Selector::default()
+        };
+        tasks.push(tokio::spawn(async move {
+            create(&t, &r, None).await.unwrap().job
+        }));
+    }
+    let mut granted = 0;
+    for t in tasks {
+        let j = t.await.unwrap();
+        granted += j.devices_total - j.rejected;
+    }
+    assert_eq!(i64::from(granted), ROOM);
+    let mut c = cx.t.pool.get().await.unwrap();
+    let held = store::held(&mut c).await.unwrap()[&key];
+    assert_eq!(held, held_before + ROOM);
+    assert_eq!(cx.n, 400);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_is_found_when_cssm_counts_otherwise() {
+    // The CSSM simulator lists what the ledger holds, except one pool where CSSM counts 3 more.
+    let probe = ctx(150, None).await;
+    let mut licenses = set_pools(&probe.t, |_| 50).await;
+    let odd = licenses
+        .iter_mut()
+        .find(|l| l.in_use > 0 && l.license.contains("DNA Essentials"))
+        .unwrap();
+    odd.in_use += 3;
+    let odd = (odd.virtual_account.clone(), odd.license.clone());
+    let sim_pools: Vec<tally_sim::cssm::LicensePool> = licenses
+        .iter()
+        .map(|l| tally_sim::cssm::LicensePool {
+            license: l.license.clone(),
+            virtual_account: l.virtual_account.clone(),
+            quantity: l.quantity,
+            in_use: l.in_use,
+            license_type: "TERM".into(),
+            start_date: "2025-01-01".into(),
+            end_date: Some("2028-01-01".into()),
+            subscription_id: Some("Sub1".into()),
+        })
+        .collect();
+    let sim_cfg = tally_sim::cssm::CssmConfig {
+        pools: sim_pools,
+        ..tally_sim::cssm::CssmConfig::default()
+    };
+    let (addr, _, _) = tally_sim::start_cssm(sim_cfg.clone()).await.unwrap();
+    let client = tally_cssm::CssmClient::new(tally_cssm::CssmConfig {
+        api_base: format!("http://{addr}/services/api/smart-accounts-and-licensing/"),
+        token_url: format!("http://{addr}/oauth2/v1/token"),
+        client_id: sim_cfg.client_id.clone(),
+        client_secret: sim_cfg.client_secret.clone(),
+        requesting_system: "tests".into(),
+        timeout: std::time::Duration::from_secs(10),
+    })
+    .unwrap();
+    let cx = ctx(150, Some(Arc::new(client))).await;
+    let s = pools::sync(&cx.t).await.unwrap();
+    assert_eq!(s.smart_accounts, [SA]);
+    assert_eq!(s.pools, licenses.len());
+    assert_eq!(s.drifting, 1);
+    let mut c = cx.t.pool.get().await.unwrap();
+    let drifting: Vec<_> = pools::list(&mut c)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.drift != Some(0))
+        .collect();
+    assert_eq!(drifting.len(), 1);
+    assert_eq!(
+        (
+            drifting[0].virtual_account.clone(),
+            drifting[0].license.clone()
+        ),
+        odd
+    );
+    assert_eq!(drifting[0].drift, Some(-3));
+    assert_eq!(drifting[0].details[0]["subscription_id"], "Sub1");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_next_report_after_reload_confirms_the_change_and_acks_enter_history() {
+    let cx = ctx(100, None).await;
+    set_pools(&cx.t, |_| 500).await;
+    let req = request(by_model("C9300-24P"), "dna-premier", Mode::BestEffort);
+    let idx = selected(&cx.t, &req).await;
+    let j = create(&cx.t, &req, None).await.unwrap().job;
+    drain(&cx.t).await;
+    let reports = |cycle: &str, i: usize| {
+        cx.fleet.close_reports(i).unwrap();
+        proto::ReportsCollected {
+            cycle_id: cycle.into(),
+            reports: cx
+                .fleet
+                .unacked_reports(i)
+                .unwrap()
+                .into_iter()
+                .enumerate()
+                .map(|(k, body)| proto::CollectedReport {
+                    device_id: device_id(i).to_string(),
+                    report_id: k as u64,
+                    body: body.into_bytes(),
+                    ..Default::default()
+                })
+                .collect(),
+        }
+    };
+    // Before the reload the device still runs its old tier: nothing is confirmed.
+    apply::confirm_from_reports(&cx.t, "r1", reports("c1", idx[0]))
+        .await
+        .unwrap();
+    assert_eq!(job(&cx.t, j.id).await.confirmed, 0);
+    cx.fleet.reload(idx[0]).unwrap();
+    apply::confirm_from_reports(&cx.t, "r2", reports("c2", idx[0]))
+        .await
+        .unwrap();
+    // Redelivery of the same message changes nothing.
+    apply::confirm_from_reports(&cx.t, "r2", reports("c2", idx[0]))
+        .await
+        .unwrap();
+    assert_eq!(job(&cx.t, j.id).await.confirmed, 1);
+    let l = ledger(&cx.t).await;
+    assert_eq!(l[&device_id(idx[0])].state, "active");
+    assert_eq!(l[&device_id(idx[1])].state, "pending_reload");
+    apply::record_acks(
+        &cx.t,
+        "a1",
+        proto::AcksImported {
+            cycle_id: "c2".into(),
+            ok: 1,
+            ok_devices: vec![device_id(idx[0]).to_string()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let events = count(
+        &cx.t,
+        &format!(
+            "SELECT count(*) FROM tiers.history WHERE device_id = '{}' AND event IN ('configured', 'confirmed', 'acknowledged')",
+            device_id(idx[0])
+        ),
+    )
+    .await;
+    assert_eq!(events, 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_best_effort_job_leaves_untouched_devices_as_they_were() {
+    let cx = ctx(200, None).await;
+    set_pools(&cx.t, |_| 500).await;
+    let before = ledger(&cx.t).await;
+    let req = request(by_model("C9300-*"), "dna-premier", Mode::BestEffort);
+    let j = create(&cx.t, &req, None).await.unwrap().job;
+    let j = jobs::cancel(&cx.t, j.id).await.unwrap();
+    assert_eq!(j.state, "cancelled");
+    assert_eq!(j.cancelled, j.devices_total - j.rejected);
+    drain(&cx.t).await;
+    assert_eq!(ledger(&cx.t).await, before);
+    let e = jobs::cancel(&cx.t, j.id).await.unwrap_err();
+    assert_eq!(Problem::from(e).code, "job-finished");
+}
