@@ -3,6 +3,7 @@
 
 mod demo;
 mod serve;
+mod tiers;
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -35,6 +36,8 @@ enum Command {
     Openapi,
     /// Bring up Tally with a simulated fleet and CSSM on this machine and run one license cycle.
     Demo(demo::DemoArgs),
+    /// Bulk DNA tier and network license assignment through the REST API (needs a token).
+    Tiers(tiers::TiersArgs),
 }
 
 #[derive(Subcommand)]
@@ -87,12 +90,9 @@ enum SimCommand {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    // The demo talks to a person: only warnings interrupt its progress lines.
-    tally_platform::init_logging(if matches!(cli.command, Command::Demo(_)) {
-        "warn"
-    } else {
-        "info"
-    });
+    // The demo and the tiers CLI talk to a person: only warnings interrupt their output.
+    let quiet = matches!(cli.command, Command::Demo(_) | Command::Tiers(_));
+    tally_platform::init_logging(if quiet { "warn" } else { "info" });
     tally_platform::init_crypto();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -160,6 +160,7 @@ fn main() -> anyhow::Result<()> {
                 Ok(tally_sim::run_cssm(cfg).await?)
             }
             Command::Demo(args) => demo::run(args).await,
+            Command::Tiers(args) => tiers::run(args).await,
             Command::Openapi => {
                 println!("{}", serve::openapi().to_pretty_json()?);
                 Ok(())
