@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Cssm, Fleet, Tally, Uplink, assert_clean_cycle, collection_done, random_hex};
+use common::{Cssm, Fleet, Online, Tally, Uplink, assert_clean_cycle, collection_done, random_hex};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -15,11 +15,11 @@ const DEVICES: usize = 1000;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn online_cycle_1000_devices() {
     let t0 = Instant::now();
-    let tag = random_hex();
-    let fleet = Fleet::start(&tag, DEVICES).await;
-    let cssm = Cssm::start(&tag, 300, &fleet).await;
-    let mut tally = Tally::start(&tag, Uplink::Online(&cssm)).await;
-    tally.import_fleet(&fleet).await;
+    let Online {
+        fleet,
+        cssm,
+        mut tally,
+    } = Online::start(DEVICES, 300).await;
 
     let t_cycle = Instant::now();
     let id = tally.start_cycle().await;
@@ -153,11 +153,11 @@ async fn wait_running_until(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_mid_cycle_loses_nothing_and_uploads_nothing_twice() {
     let t0 = Instant::now();
-    let tag = random_hex();
-    let fleet = Fleet::start(&tag, DEVICES).await;
-    let cssm = Cssm::start(&tag, 1500, &fleet).await;
-    let mut tally = Tally::start(&tag, Uplink::Online(&cssm)).await;
-    tally.import_fleet(&fleet).await;
+    let Online {
+        fleet,
+        cssm,
+        mut tally,
+    } = Online::start(DEVICES, 1500).await;
 
     let t_cycle = Instant::now();
     let id = tally.start_cycle().await;

@@ -513,6 +513,25 @@ impl Tally {
     }
 }
 
+/// The usual stack: a fleet of `devices`, a CSSM whose pools match it (answering polls after
+/// `processing_delay_ms`), and `tally serve` online against that CSSM, with the fleet imported.
+pub struct Online {
+    pub fleet: Fleet,
+    pub cssm: Cssm,
+    pub tally: Tally,
+}
+
+impl Online {
+    pub async fn start(devices: usize, processing_delay_ms: u64) -> Self {
+        let tag = random_hex();
+        let fleet = Fleet::start(&tag, devices).await;
+        let cssm = Cssm::start(&tag, processing_delay_ms, &fleet).await;
+        let tally = Tally::start(&tag, Uplink::Online(&cssm)).await;
+        tally.import_fleet(&fleet).await;
+        Online { fleet, cssm, tally }
+    }
+}
+
 /// True once every device of the cycle has been collected (successfully or not).
 pub fn collection_done(c: &Value) -> bool {
     let col = &c["collection"];
