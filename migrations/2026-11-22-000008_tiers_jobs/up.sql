@@ -50,11 +50,10 @@ CREATE TABLE tiers.devices (
   job_id UUID,
   reported_dna_tier TEXT,
   reported_at TIMESTAMPTZ
-);
+) WITH (fillfactor = 70); -- jobs rewrite ledger rows in bulk: room for in-page (HOT) updates
 CREATE INDEX tiers_devices_site ON tiers.devices (site);
 CREATE INDEX tiers_devices_model ON tiers.devices (model);
 CREATE INDEX tiers_devices_groups ON tiers.devices USING GIN (groups);
-CREATE INDEX tiers_devices_pending ON tiers.devices (state) WHERE state <> 'active';
 
 CREATE TABLE tiers.jobs (
   id UUID PRIMARY KEY,

@@ -71,12 +71,23 @@ fn db(e: diesel::result::Error) -> Problem {
     Problem::internal(e)
 }
 
-fn csv_response<R: Serialize>(rows: &[R]) -> Result<HttpResponse, Problem> {
+/// CSV with a header line, even when there are no rows (the header comes from a default row).
+fn csv_response<R: Serialize + Default>(rows: &[R]) -> Result<HttpResponse, Problem> {
     let mut w = csv::Writer::from_writer(Vec::new());
+    if rows.is_empty() {
+        w.serialize(R::default()).map_err(Problem::internal)?;
+    }
     for r in rows {
         w.serialize(r).map_err(Problem::internal)?;
     }
-    let body = w.into_inner().map_err(Problem::internal)?;
+    let mut body = w.into_inner().map_err(Problem::internal)?;
+    if rows.is_empty() {
+        let end = body
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(body.len(), |i| i + 1);
+        body.truncate(end);
+    }
     Ok(HttpResponse::Ok()
         .content_type("text/csv; charset=utf-8")
         .body(body))
@@ -228,7 +239,7 @@ async fn list_pools(
     pools_response(&req, q.format.as_deref(), pools)
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, Default)]
 struct PoolCsv<'a> {
     smart_account: &'a str,
     virtual_account: &'a str,
@@ -452,7 +463,7 @@ async fn get_job(t: web::Data<Tiers>, id: web::Path<Uuid>) -> Result<web::Json<J
         .ok_or_else(|| Problem::not_found("job", *id))
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema, QueryableByName)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema, QueryableByName)]
 pub struct JobItem {
     #[diesel(sql_type = SqlUuid)]
     pub device_id: Uuid,
@@ -533,7 +544,7 @@ async fn cancel_job(t: web::Data<Tiers>, id: web::Path<Uuid>) -> Result<web::Jso
     Ok(web::Json(jobs::cancel(&t, *id).await?))
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema, QueryableByName)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema, QueryableByName)]
 pub struct LedgerDevice {
     #[diesel(sql_type = SqlUuid)]
     pub id: Uuid,
@@ -615,7 +626,7 @@ async fn list_ledger(
     Ok(HttpResponse::Ok().json(rows))
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema, QueryableByName)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema, QueryableByName)]
 pub struct HistoryEntry {
     #[diesel(sql_type = BigInt)]
     pub id: i64,

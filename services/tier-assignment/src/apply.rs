@@ -370,14 +370,36 @@ pub fn dna_tier_of_tag(tag: &str) -> Option<DnaTier> {
     .map(|(_, tier)| tier)
 }
 
-/// Devices waiting for a reload are confirmed when a report shows the DNA tier the job
-/// configured: the device runs it now.
+/// The network license an entitlement tag names (`...C9300_Network_Advantage,1.0_...`), if any.
+pub fn network_of_tag(tag: &str) -> Option<NetworkLicense> {
+    let t = tag.to_ascii_lowercase();
+    [
+        ("network_advantage", NetworkLicense::NetworkAdvantage),
+        ("network_essentials", NetworkLicense::NetworkEssentials),
+    ]
+    .into_iter()
+    .find(|(token, _)| t.contains(token))
+    .map(|(_, n)| n)
+}
+
+/// (device, the job that configured it, the level it now runs)
+type Confirmed = (Uuid, Option<Uuid>, String);
+
+/// What a device's reports in one collection show it running.
+#[derive(Default)]
+struct Running {
+    dna: HashSet<Option<DnaTier>>,
+    network: HashSet<NetworkLicense>,
+}
+
+/// Devices waiting for a reload are confirmed when their reports show both levels the job
+/// configured: the device runs them now.
 pub async fn confirm_from_reports(
     t: &Tiers,
     msg_id: &str,
     ev: proto::ReportsCollected,
 ) -> Result<(), HandlerError> {
-    let mut seen: HashMap<Uuid, HashSet<Option<DnaTier>>> = HashMap::new();
+    let mut seen: HashMap<Uuid, Running> = HashMap::new();
     for r in &ev.reports {
         let Ok(id) = Uuid::parse_str(&r.device_id) else {
             continue;
@@ -387,9 +409,9 @@ pub async fn confirm_from_reports(
         };
         // Reports were checked when collected; one that does not parse here says nothing.
         if let Ok(info) = rum::inspect_report(text) {
-            seen.entry(id)
-                .or_default()
-                .insert(dna_tier_of_tag(&info.entitlement_tag));
+            let r = seen.entry(id).or_default();
+            r.dna.insert(dna_tier_of_tag(&info.entitlement_tag));
+            r.network.extend(network_of_tag(&info.entitlement_tag));
         }
     }
     if seen.is_empty() {
@@ -405,28 +427,40 @@ pub async fn confirm_from_reports(
         struct Pending {
             #[diesel(sql_type = SqlUuid)]
             id: Uuid,
+            #[diesel(sql_type = Text)]
+            network_license: String,
             #[diesel(sql_type = Nullable<Text>)]
             dna_tier: Option<String>,
             #[diesel(sql_type = Nullable<SqlUuid>)]
             job_id: Option<Uuid>,
         }
         let pending: Vec<Pending> = diesel::sql_query(
-            "SELECT id, dna_tier, job_id FROM tiers.devices \
+            "SELECT id, network_license, dna_tier, job_id FROM tiers.devices \
              WHERE id = ANY($1) AND state = 'pending_reload' FOR UPDATE",
         )
         .bind::<Array<SqlUuid>, _>(&ids)
         .load(c)
         .await?;
-        let mut confirmed: Vec<(Uuid, Option<Uuid>, String)> = Vec::new();
+        let mut confirmed: Vec<Confirmed> = Vec::new();
         for p in pending {
             let want: Option<DnaTier> = p.dna_tier.as_deref().and_then(|d| d.parse().ok());
-            let tiers = seen.get(&p.id).cloned().unwrap_or_default();
-            let shows = match want {
-                Some(w) => tiers.contains(&Some(w)),
-                None => !tiers.iter().any(Option::is_some),
+            let Some(running) = seen.get(&p.id) else {
+                continue;
             };
+            let dna_shows = match want {
+                Some(w) => running.dna.contains(&Some(w)),
+                None => !running.dna.iter().any(Option::is_some),
+            };
+            // A device that reports no network tag says nothing about it; one that does must
+            // run the configured license.
+            let network_shows = p
+                .network_license
+                .parse::<NetworkLicense>()
+                .is_ok_and(|n| running.network.is_empty() || running.network.contains(&n));
+            let shows = dna_shows && network_shows;
             if shows {
-                confirmed.push((p.id, p.job_id, p.dna_tier.unwrap_or_else(|| "none".into())));
+                let level = level_text(&p.network_license, p.dna_tier.as_deref());
+                confirmed.push((p.id, p.job_id, level));
             }
         }
         if confirmed.is_empty() {
@@ -464,20 +498,28 @@ pub async fn confirm_from_reports(
             .await?;
             jobs::emit_changed(c, *job).await?;
         }
-        let kinds = vec!["tier".to_owned(); dev.len()];
-        let empty = vec![String::new(); dev.len()];
-        let to: Vec<String> = confirmed.iter().map(|c| c.2.clone()).collect();
-        insert_history(
-            c,
-            &dev,
-            &kinds,
-            "confirmed",
-            &empty,
-            &to,
-            None,
-            &format!("reported in cycle {}", ev.cycle_id),
-        )
-        .await?;
+        // Each confirmation names the job that configured it.
+        let mut groups: BTreeMap<Option<Uuid>, Vec<&Confirmed>> = BTreeMap::new();
+        for row in &confirmed {
+            groups.entry(row.1).or_default().push(row);
+        }
+        for (job, rows) in groups {
+            let dev: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
+            let kinds = vec!["tier".to_owned(); dev.len()];
+            let empty = vec![String::new(); dev.len()];
+            let to: Vec<String> = rows.iter().map(|r| r.2.clone()).collect();
+            insert_history(
+                c,
+                &dev,
+                &kinds,
+                "confirmed",
+                &empty,
+                &to,
+                job,
+                &format!("reported in cycle {}", ev.cycle_id),
+            )
+            .await?;
+        }
         Ok::<_, HandlerError>(())
     })
     .await

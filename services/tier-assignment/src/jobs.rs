@@ -17,7 +17,7 @@ use uuid::Uuid;
 const COMMIT_LOCK: i64 = 0x7469_6572_735f_6a6f; // "tiers_jo"
 
 /// Rows per multi-row statement when writing a job.
-const CHUNK: usize = 5000;
+const CHUNK: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum JobError {
@@ -272,41 +272,29 @@ async fn write_items(
         let seq: Vec<i32> = (0..chunk.len())
             .map(|i| i32::try_from(n * CHUNK + i).unwrap_or(i32::MAX))
             .collect();
+        // One statement: the items (with the levels each device holds now, read in the same
+        // snapshot) and the ledger rows that now hold the new licenses.
         diesel::sql_query(
-            "INSERT INTO tiers.job_items (job_id, device_id, seq, hostname, state, from_network, \
-             from_dna, from_va, from_network_pool, from_dna_pool, to_network, to_dna, to_va, \
-             to_network_pool, to_dna_pool) \
-             SELECT $1, u.id, u.seq, u.hostname, 'pending', u.fn, u.fd, u.fv, u.fnp, u.fdp, u.tn, \
-             u.td, u.tv, u.tnp, u.tdp FROM unnest($2::uuid[], $3::int4[], $4::text[], $5::text[], \
-             $6::text[], $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], \
-             $13::text[], $14::text[]) \
-             AS u(id, seq, hostname, fn, fd, fv, fnp, fdp, tn, td, tv, tnp, tdp)",
+            "WITH u AS (SELECT * FROM unnest($2::uuid[], $3::int4[], $4::text[], $5::text[], \
+               $6::text[], $7::text[], $8::text[]) AS u(id, seq, n, d, v, np, dp)), \
+             items AS (INSERT INTO tiers.job_items (job_id, device_id, seq, hostname, state, \
+               from_network, from_dna, from_va, from_network_pool, from_dna_pool, to_network, \
+               to_dna, to_va, to_network_pool, to_dna_pool) \
+               SELECT $1, d.id, u.seq, d.hostname, 'pending', d.network_license, d.dna_tier, \
+               d.virtual_account, d.network_pool, d.dna_pool, u.n, u.d, u.v, u.np, u.dp \
+               FROM u JOIN tiers.devices d ON d.id = u.id) \
+             UPDATE tiers.devices d SET network_license = u.n, dna_tier = u.d, virtual_account = u.v, \
+             network_pool = u.np, dna_pool = u.dp, state = 'applying', job_id = $1 \
+             FROM u WHERE d.id = u.id",
         )
         .bind::<SqlUuid, _>(job)
         .bind::<Array<SqlUuid>, _>(&ids)
         .bind::<Array<Int4>, _>(&seq)
-        .bind::<Array<Text>, _>(col(|x| &x.hostname))
-        .bind::<Array<Text>, _>(col(|x| &x.from.network_license))
-        .bind::<Array<Nullable<Text>>, _>(opt(|x| &x.from.dna_tier))
-        .bind::<Array<Text>, _>(col(|x| &x.from.virtual_account))
-        .bind::<Array<Nullable<Text>>, _>(opt(|x| &x.from.network_pool))
-        .bind::<Array<Nullable<Text>>, _>(opt(|x| &x.from.dna_pool))
         .bind::<Array<Text>, _>(col(|x| &x.to.network_license))
         .bind::<Array<Nullable<Text>>, _>(opt(|x| &x.to.dna_tier))
         .bind::<Array<Text>, _>(col(|x| &x.to.virtual_account))
         .bind::<Array<Nullable<Text>>, _>(opt(|x| &x.to.network_pool))
         .bind::<Array<Nullable<Text>>, _>(opt(|x| &x.to.dna_pool))
-        .execute(c)
-        .await?;
-        // The ledger now holds the new licenses: later plans count them against the pools.
-        diesel::sql_query(
-            "UPDATE tiers.devices d SET network_license = i.to_network, dna_tier = i.to_dna, \
-             virtual_account = i.to_va, network_pool = i.to_network_pool, dna_pool = i.to_dna_pool, \
-             state = 'applying', job_id = i.job_id \
-             FROM tiers.job_items i WHERE i.job_id = $1 AND i.device_id = ANY($2) AND d.id = i.device_id",
-        )
-        .bind::<SqlUuid, _>(job)
-        .bind::<Array<SqlUuid>, _>(&ids)
         .execute(c)
         .await?;
     }

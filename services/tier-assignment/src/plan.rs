@@ -333,14 +333,13 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             .virtual_account
             .clone()
             .unwrap_or_else(|| cur.virtual_account.clone());
-        if d.state != "active" {
+        // A device waiting for its reload may be given another level (its configuration is
+        // simply replaced); one whose push is in flight may not.
+        if d.state == "applying" {
             violations.push(Violation::new(
                 "device-busy",
-                "one job per device",
-                format!(
-                    "the device is {} by an earlier job; wait for it or cancel it",
-                    d.state.replace('_', " ")
-                ),
+                "one job per device at a time",
+                "an earlier job is configuring the device right now; wait for it or cancel it",
             ));
         }
         let facts = DeviceFacts {
@@ -725,7 +724,7 @@ mod tests {
             device(1, "C9300-48P", Some("dna-essentials"), "Campus"),
             device(2, "C9300-48P", Some("dna-essentials"), "Campus"),
         ];
-        devices[1].state = "pending_reload".into();
+        devices[1].state = "applying".into();
         let p = run(
             &devices,
             &HashMap::new(),

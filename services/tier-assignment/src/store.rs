@@ -100,14 +100,18 @@ pub async fn select_devices(
 ) -> Result<Vec<DeviceView>, diesel::result::Error> {
     let ids = (!s.device_ids.is_empty()).then(|| s.device_ids.clone());
     let rows: Vec<DeviceRow> = diesel::sql_query(
-        "SELECT id, hostname, model, software_version, state, smart_account, virtual_account, \
-         network_license, dna_tier, network_pool, dna_pool FROM tiers.devices \
-         WHERE NOT deleted AND ($1::uuid[] IS NULL OR id = ANY($1)) \
+        // A device counts as busy while the job that configured it can still undo it.
+        "SELECT d.id, hostname, model, software_version, \
+         CASE WHEN d.state <> 'active' AND j.state IN ('applying', 'rolling_back') \
+           THEN 'applying' ELSE d.state END AS state, \
+         smart_account, virtual_account, network_license, dna_tier, network_pool, dna_pool \
+         FROM tiers.devices d LEFT JOIN tiers.jobs j ON j.id = d.job_id \
+         WHERE NOT deleted AND ($1::uuid[] IS NULL OR d.id = ANY($1)) \
          AND ($2::text IS NULL OR site = $2) AND ($3::text IS NULL OR $3 = ANY(groups)) \
          AND ($4::text IS NULL OR model LIKE $4) AND ($5::text IS NULL OR hostname LIKE $5) \
          AND ($6::text IS NULL OR coalesce(dna_tier, 'none') = $6) \
          AND ($7::text IS NULL OR network_license = $7) \
-         AND ($8::text IS NULL OR virtual_account = $8) ORDER BY hostname, id",
+         AND ($8::text IS NULL OR virtual_account = $8) ORDER BY hostname, d.id",
     )
     .bind::<Nullable<Array<SqlUuid>>, _>(ids)
     .bind::<Nullable<Text>, _>(s.site.clone())

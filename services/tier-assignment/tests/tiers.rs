@@ -305,13 +305,8 @@ async fn dry_run_is_exactly_what_the_job_does() {
     // A second dry-run now finds nothing left to change.
     req.expect_fingerprint = None;
     let again = dry_run(&cx.t, &req).await;
-    assert!(again.changes.is_empty());
-    assert!(
-        again
-            .rejected
-            .iter()
-            .all(|r| r.violations[0].code == "device-busy")
-    );
+    assert!(again.changes.is_empty() && again.rejected.is_empty());
+    assert_eq!(again.unchanged, again.selected);
     // The job's events are in the outbox: created and one per slice.
     assert!(
         count(
@@ -643,6 +638,109 @@ async fn the_next_report_after_reload_confirms_the_change_and_acks_enter_history
     )
     .await;
     assert_eq!(events, 3);
+    let confirmed_for_job = count(
+        &cx.t,
+        &format!(
+            "SELECT count(*) FROM tiers.history WHERE job_id = '{}' AND event = 'confirmed'",
+            j.id
+        ),
+    )
+    .await;
+    assert_eq!(confirmed_for_job, 1);
+}
+
+/// Reports of device `i` from a fresh close, as a collection would carry them.
+fn collected(fleet: &FleetState, cycle: &str, i: usize) -> proto::ReportsCollected {
+    fleet.close_reports(i).unwrap();
+    proto::ReportsCollected {
+        cycle_id: cycle.into(),
+        reports: fleet
+            .unacked_reports(i)
+            .unwrap()
+            .into_iter()
+            .enumerate()
+            .map(|(k, body)| proto::CollectedReport {
+                device_id: device_id(i).to_string(),
+                report_id: k as u64,
+                body: body.into_bytes(),
+                ..Default::default()
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_license_change_is_confirmed_only_by_a_report_that_shows_it() {
+    let cx = ctx(200, None).await;
+    set_pools(&cx.t, |_| 500).await;
+    let req = PlanRequest {
+        select: Selector {
+            network_license: Some("network-essentials".into()),
+            ..Selector::default()
+        },
+        target: Target {
+            network_license: Some("network-advantage".into()),
+            ..Target::default()
+        },
+        mode: Mode::BestEffort,
+        expect_fingerprint: None,
+    };
+    let idx = selected(&cx.t, &req).await;
+    assert!(!idx.is_empty());
+    let j = create(&cx.t, &req, None).await.unwrap().job;
+    drain(&cx.t).await;
+    let i = idx[0];
+    apply::confirm_from_reports(&cx.t, "n1", collected(&cx.fleet, "c1", i))
+        .await
+        .unwrap();
+    assert_eq!(
+        job(&cx.t, j.id).await.confirmed,
+        0,
+        "confirmed before the reload"
+    );
+    cx.fleet.reload(i).unwrap();
+    apply::confirm_from_reports(&cx.t, "n2", collected(&cx.fleet, "c2", i))
+        .await
+        .unwrap();
+    assert_eq!(job(&cx.t, j.id).await.confirmed, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_waiting_for_reload_can_be_given_another_level_once_its_job_ended() {
+    let cx = ctx(150, None).await;
+    set_pools(&cx.t, |_| 500).await;
+    let first = request(by_model("C9300-24P"), "dna-premier", Mode::BestEffort);
+    let mine = selected(&cx.t, &first).await;
+    let a = create(&cx.t, &first, None).await.unwrap().job;
+    // While job A still runs, its devices are busy for other jobs.
+    let second = request(
+        Selector {
+            device_ids: mine.iter().map(|&i| device_id(i)).collect(),
+            ..Selector::default()
+        },
+        "dna-advantage",
+        Mode::BestEffort,
+    );
+    let busy = dry_run(&cx.t, &second).await;
+    assert!(busy.changes.is_empty());
+    assert_eq!(busy.rejected.len(), mine.len());
+    assert!(
+        busy.rejected
+            .iter()
+            .all(|r| r.violations[0].code == "device-busy")
+    );
+    drain(&cx.t).await;
+    assert_eq!(job(&cx.t, a.id).await.state, "done");
+    // A ended; its devices wait for a reload that may never come, and can be changed again.
+    let b = create(&cx.t, &second, None).await.unwrap().job;
+    assert_eq!((b.devices_total as usize, b.rejected), (mine.len(), 0));
+    drain(&cx.t).await;
+    for &i in &mine {
+        assert_eq!(
+            cx.fleet.configured_level(i).unwrap().1,
+            Some(DnaTier::DnaAdvantage)
+        );
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
