@@ -112,28 +112,6 @@ async fn main() {
         expect_fingerprint: None,
     };
     let target = req.validate().unwrap();
-    if std::env::var("BENCH_PARTS").is_ok() {
-        use tally_tier_assignment::store;
-        let s = Instant::now();
-        let d = store::select_devices(&mut c, &req.select).await.unwrap();
-        eprintln!("select {:?}", s.elapsed());
-        let s = Instant::now();
-        store::quantities(&mut c).await.unwrap();
-        let h = store::held(&mut c).await.unwrap();
-        eprintln!("held {:?}", s.elapsed());
-        let s = Instant::now();
-        let q: std::collections::HashMap<_, _> = h.keys().map(|k| (k.clone(), n as i64)).collect();
-        let r = tally_domain::rules::Rules::defaults();
-        let _p = tally_tier_assignment::plan::plan(&tally_tier_assignment::plan::PlanInput {
-            rules: &r,
-            devices: &d,
-            quantity: &q,
-            held: &h,
-            target: &target,
-            mode: req.mode,
-        });
-        eprintln!("plan {:?}", s.elapsed());
-    }
     let mut dry = Vec::new();
     let mut plan = None;
     for _ in 0..3 {

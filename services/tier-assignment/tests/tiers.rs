@@ -581,36 +581,17 @@ async fn the_next_report_after_reload_confirms_the_change_and_acks_enter_history
     let idx = selected(&cx.t, &req).await;
     let j = create(&cx.t, &req, None).await.unwrap().job;
     drain(&cx.t).await;
-    let reports = |cycle: &str, i: usize| {
-        cx.fleet.close_reports(i).unwrap();
-        proto::ReportsCollected {
-            cycle_id: cycle.into(),
-            reports: cx
-                .fleet
-                .unacked_reports(i)
-                .unwrap()
-                .into_iter()
-                .enumerate()
-                .map(|(k, body)| proto::CollectedReport {
-                    device_id: device_id(i).to_string(),
-                    report_id: k as u64,
-                    body: body.into_bytes(),
-                    ..Default::default()
-                })
-                .collect(),
-        }
-    };
     // Before the reload the device still runs its old tier: nothing is confirmed.
-    apply::confirm_from_reports(&cx.t, "r1", reports("c1", idx[0]))
+    apply::confirm_from_reports(&cx.t, "r1", collected(&cx.fleet, "c1", idx[0]))
         .await
         .unwrap();
     assert_eq!(job(&cx.t, j.id).await.confirmed, 0);
     cx.fleet.reload(idx[0]).unwrap();
-    apply::confirm_from_reports(&cx.t, "r2", reports("c2", idx[0]))
+    apply::confirm_from_reports(&cx.t, "r2", collected(&cx.fleet, "c2", idx[0]))
         .await
         .unwrap();
     // Redelivery of the same message changes nothing.
-    apply::confirm_from_reports(&cx.t, "r2", reports("c2", idx[0]))
+    apply::confirm_from_reports(&cx.t, "r2", collected(&cx.fleet, "c2", idx[0]))
         .await
         .unwrap();
     assert_eq!(job(&cx.t, j.id).await.confirmed, 1);
