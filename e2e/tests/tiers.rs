@@ -333,21 +333,15 @@ async fn bulk_assign_dna_advantage_to_a_site_through_the_cli() {
         .map(|r| r["device_id"].as_str())
         .collect();
     assert_eq!(configured.len(), changes.len(), "{}", hist.stdout);
-    // Confirmed rows carry no job id yet (reported as a tier-assignment bug), so they are
-    // looked up per device.
-    let all = csv_rows(
-        &cli_ok(&tally, &["history", "--kind", "tier", "--csv"])
-            .await
-            .stdout,
-    );
-    for dev in &configured {
-        assert!(
-            all.iter().any(|r| r["device_id"] == *dev
-                && r["event"] == "confirmed"
-                && r["to_value"] == "dna-advantage"),
-            "no confirmed row for {dev}"
-        );
-    }
+    // Each device's next report confirmed the level the job configured.
+    let confirmed: HashSet<&str> = rows
+        .iter()
+        .filter(|r| {
+            r["event"] == "confirmed" && r["to_value"] == "network-advantage addon dna-advantage"
+        })
+        .map(|r| r["device_id"].as_str())
+        .collect();
+    assert_eq!(confirmed, configured, "{}", hist.stdout);
 
     // The job's devices as CSV select the same devices again: nothing is left to change.
     let items = cli_ok(&tally, &["items", &job_id, "--csv"]).await;
