@@ -77,9 +77,9 @@ enum SimCommand {
         #[arg(long, env = "TALLY_SIM_CSSM_SECRET", default_value = "tally-sim-cssm")]
         cssm_secret: String,
         /// License pools that match `tally sim fleet --devices N` (with the same seed), so Tally's
-        /// view and CSSM's agree; without it, fixed sample pools.
-        #[arg(long)]
-        fleet_devices: Option<usize>,
+        /// view and CSSM's agree; 0 for the fixed sample pools.
+        #[arg(long, default_value_t = 1000)]
+        fleet_devices: usize,
         #[arg(long, default_value_t = 1)]
         fleet_seed: u64,
         /// Pool quantity above what the fleet uses, in percent (plus 5 licenses).
@@ -144,9 +144,9 @@ fn main() -> anyhow::Result<()> {
                     cssm_secret: cssm_secret.into_bytes(),
                     ..Default::default()
                 };
-                if let Some(devices) = fleet_devices {
+                if fleet_devices > 0 {
                     let fleet = tally_sim::FleetConfig {
-                        devices,
+                        devices: fleet_devices,
                         seed: fleet_seed,
                         ..Default::default()
                     };
