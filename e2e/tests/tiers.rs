@@ -426,6 +426,53 @@ async fn bulk_assign_dna_advantage_to_a_site_through_the_cli() {
         .await;
     assert_eq!(busy.as_array().unwrap().len(), 0);
 
+    // Rules are data: a broken document is refused naming the field; a stricter minimum
+    // software version turns the same plan into software-too-old rejections; reset restores it.
+    let rules_file = std::env::temp_dir().join(format!("tally-e2e-{}-rules.json", tally.namespace));
+    let mut rules: Value =
+        serde_json::from_str(&cli_ok(&tally, &["rules", "get"]).await.stdout).unwrap();
+    rules["licenses"][0]["models"] = serde_json::json!([]);
+    std::fs::write(&rules_file, rules.to_string()).unwrap();
+    let bad = cli(
+        &tally,
+        ADMIN_TOKEN,
+        &["rules", "put", rules_file.to_str().unwrap()],
+    )
+    .await;
+    assert_eq!(bad.code, 2, "{}", bad.context());
+    assert!(
+        bad.stderr.contains("licenses[0].models"),
+        "{}",
+        bad.context()
+    );
+    let mut rules: Value =
+        serde_json::from_str(&cli_ok(&tally, &["rules", "get"]).await.stdout).unwrap();
+    rules["min_software_version"] = "99.1.1".into();
+    std::fs::write(&rules_file, rules.to_string()).unwrap();
+    cli_ok(&tally, &["rules", "put", rules_file.to_str().unwrap()]).await;
+    let mut strict = vec!["plan", "--site", &site2];
+    strict.extend(["--dna-tier", "dna-essentials", "--json"]);
+    let strict = cli(&tally, ADMIN_TOKEN, &strict).await;
+    let strict: Value = serde_json::from_str(&strict.stdout).unwrap();
+    let rejected = strict["rejected"].as_array().unwrap();
+    assert!(!rejected.is_empty(), "{strict:#}");
+    assert!(
+        rejected
+            .iter()
+            .all(|r| r["violations"][0]["code"] == "software-too-old")
+    );
+    assert!(
+        rejected[0]["violations"][0]["rule"]
+            .as_str()
+            .unwrap()
+            .contains("99.1.1")
+    );
+    cli_ok(&tally, &["rules", "reset"]).await;
+    let rules: Value =
+        serde_json::from_str(&cli_ok(&tally, &["rules", "get"]).await.stdout).unwrap();
+    assert_eq!(rules["min_software_version"], "17.3.2");
+    let _ = std::fs::remove_file(&rules_file);
+
     tally.proc.assert_running();
     eprintln!("[e2e] total {:.1} s", t0.elapsed().as_secs_f64());
 }
