@@ -50,6 +50,9 @@ pub struct PoolView {
     pub status: Option<String>,
     /// Devices holding it in Tally's ledger (assigned levels, including jobs in flight).
     pub held: i64,
+    /// Of those, devices configured but not yet reloaded: part of a positive drift that will go
+    /// away once they reload and report.
+    pub awaiting_reload: i64,
     pub available: Option<i64>,
     /// held - CSSM in use: positive when CSSM has not yet seen usage Tally assigned (or devices
     /// report elsewhere), negative when CSSM counts usage Tally does not know of.
@@ -91,10 +94,12 @@ pub async fn list(c: &mut AsyncPgConnection) -> Result<Vec<PoolView>, diesel::re
     .load(c)
     .await?;
     let mut held = store::held(c).await?;
+    let waiting = store::awaiting_reload(c).await?;
     let mut out: BTreeMap<(String, String, String), PoolView> = BTreeMap::new();
     for r in rows {
         let key = (r.smart_account, r.virtual_account, r.license);
         let h = held.remove(&key).unwrap_or(0);
+        let w = waiting.get(&key).copied().unwrap_or(0);
         out.insert(
             key.clone(),
             PoolView {
@@ -106,6 +111,7 @@ pub async fn list(c: &mut AsyncPgConnection) -> Result<Vec<PoolView>, diesel::re
                 cssm_available: Some(r.cssm_available),
                 status: Some(r.status),
                 held: h,
+                awaiting_reload: w,
                 available: Some(r.quantity - h),
                 drift: Some(h - r.cssm_in_use),
                 overcommitted: h > r.quantity,
@@ -115,6 +121,7 @@ pub async fn list(c: &mut AsyncPgConnection) -> Result<Vec<PoolView>, diesel::re
         );
     }
     for (key, h) in held {
+        let w = waiting.get(&key).copied().unwrap_or(0);
         out.insert(
             key.clone(),
             PoolView {
@@ -126,6 +133,7 @@ pub async fn list(c: &mut AsyncPgConnection) -> Result<Vec<PoolView>, diesel::re
                 cssm_available: None,
                 status: None,
                 held: h,
+                awaiting_reload: w,
                 available: None,
                 drift: None,
                 overcommitted: true,

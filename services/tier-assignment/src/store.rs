@@ -190,3 +190,21 @@ pub async fn held(
     .await?;
     Ok(to_map(rows))
 }
+
+/// Devices holding each pool whose new level waits for a reload (CSSM has not seen it in use).
+pub async fn awaiting_reload(
+    c: &mut AsyncPgConnection,
+) -> Result<HashMap<PoolKey, i64>, diesel::result::Error> {
+    let rows = diesel::sql_query(
+        "SELECT smart_account, virtual_account, license, count(*) AS n FROM ( \
+           SELECT smart_account, virtual_account, network_pool AS license FROM tiers.devices \
+           WHERE NOT deleted AND network_pool IS NOT NULL AND state <> 'active' \
+           UNION ALL \
+           SELECT smart_account, virtual_account, dna_pool FROM tiers.devices \
+           WHERE NOT deleted AND dna_pool IS NOT NULL AND state <> 'active') h \
+         GROUP BY smart_account, virtual_account, license",
+    )
+    .load(c)
+    .await?;
+    Ok(to_map(rows))
+}

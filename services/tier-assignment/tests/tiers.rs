@@ -302,6 +302,24 @@ async fn dry_run_is_exactly_what_the_job_does() {
         assert_eq!(row.dna_pool, ch.to.dna_pool);
         assert_eq!(row.state, "pending_reload");
     }
+    // Until they reload, the configured devices explain the pools' drift from CSSM.
+    let mut c = cx.t.pool.get().await.unwrap();
+    let premier: Vec<_> = pools::list(&mut c)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.license.contains("DNA Premier"))
+        .collect();
+    let waiting: i64 = premier.iter().map(|p| p.awaiting_reload).sum();
+    assert_eq!(waiting as usize, plan.changes.len());
+    let drift: i64 = premier.iter().filter_map(|p| p.drift).sum();
+    let draws: i64 = plan
+        .pools
+        .iter()
+        .filter(|p| p.license.contains("DNA Premier"))
+        .map(|p| p.draws)
+        .sum();
+    assert_eq!(drift, draws);
     // A second dry-run now finds nothing left to change.
     req.expect_fingerprint = None;
     let again = dry_run(&cx.t, &req).await;
