@@ -103,6 +103,46 @@ fn wants_csv(req: &HttpRequest, format: Option<&str>) -> bool {
             .is_some_and(|v| v.starts_with("text/csv"))
 }
 
+/// A filter value that can only be one of `allowed`: anything else is a 422, not an empty list.
+fn one_of(field: &str, value: Option<&str>, allowed: &[&str]) -> Result<(), Problem> {
+    match value {
+        Some(v) if !allowed.contains(&v) => Err(Problem::validation(vec![FieldError {
+            field: field.into(),
+            message: format!("{v:?} is not one of {}", allowed.join(", ")),
+        }])),
+        _ => Ok(()),
+    }
+}
+
+fn dna_filter(value: Option<&str>) -> Result<(), Problem> {
+    one_of(
+        "dna_tier",
+        value,
+        &["none", "dna-essentials", "dna-advantage", "dna-premier"],
+    )
+}
+
+const JOB_STATES: &[&str] = &[
+    "applying",
+    "rolling_back",
+    "done",
+    "partial",
+    "failed",
+    "rolled_back",
+    "cancelled",
+];
+const ITEM_STATES: &[&str] = &[
+    "pending",
+    "applied",
+    "confirmed",
+    "failed",
+    "rejected",
+    "cancelled",
+    "revert_pending",
+    "reverted",
+    "revert_failed",
+];
+
 fn check_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, Problem> {
     let l = limit.unwrap_or(default);
     if !(1..=max).contains(&l) {
@@ -438,6 +478,7 @@ async fn list_jobs(
     f: web::Query<JobFilter>,
 ) -> Result<web::Json<Vec<Job>>, Problem> {
     let limit = check_limit(f.limit, 50, 1000)?;
+    one_of("state", f.state.as_deref(), JOB_STATES)?;
     let mut c = tally_platform::problem::conn(&t.pool).await?;
     let rows = diesel::sql_query(format!(
         "SELECT {} FROM tiers.jobs WHERE ($1::text IS NULL OR state = $1) \
@@ -471,7 +512,8 @@ pub struct JobItem {
     pub device_id: Uuid,
     #[diesel(sql_type = Text)]
     pub hostname: String,
-    /// pending, applied, confirmed, failed, rejected, cancelled, revert_pending, reverted.
+    /// pending, applied, confirmed, failed, rejected, cancelled, revert_pending, reverted,
+    /// revert_failed.
     #[diesel(sql_type = Text)]
     pub state: String,
     #[diesel(sql_type = Text)]
@@ -516,6 +558,7 @@ async fn job_items(
     f: web::Query<ItemFilter>,
 ) -> Result<HttpResponse, Problem> {
     let limit = check_limit(f.limit, 100_000, 1_000_000)?;
+    one_of("state", f.state.as_deref(), ITEM_STATES)?;
     let mut c = tally_platform::problem::conn(&t.pool).await?;
     if jobs::get(&mut c, *id).await.map_err(db)?.is_none() {
         return Err(Problem::not_found("job", *id));
@@ -600,10 +643,13 @@ async fn list_ledger(
     f: web::Query<LedgerFilter>,
 ) -> Result<HttpResponse, Problem> {
     let limit = check_limit(f.limit, 1000, 1_000_000)?;
-    let model = f.model.as_deref().map(|m| match m.strip_suffix('*') {
-        Some(p) => format!("{}%", p.replace('%', "\\%").replace('_', "\\_")),
-        None => m.replace('%', "\\%").replace('_', "\\_"),
-    });
+    one_of(
+        "state",
+        f.state.as_deref(),
+        &["active", "applying", "pending_reload"],
+    )?;
+    dna_filter(f.dna_tier.as_deref())?;
+    let model = f.model.as_deref().map(store::like);
     let mut c = tally_platform::problem::conn(&t.pool).await?;
     let rows: Vec<LedgerDevice> = diesel::sql_query(
         "SELECT id, hostname, model, site, smart_account, virtual_account, network_license, dna_tier, \

@@ -41,6 +41,8 @@ struct Work {
     username: String,
     #[diesel(sql_type = Text)]
     password_sealed: String,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    deleted: bool,
 }
 
 impl Work {
@@ -68,6 +70,9 @@ fn level_text(network: &str, dna: Option<&str>) -> String {
 }
 
 async fn push(t: &Tiers, w: &Work) -> Result<(), String> {
+    if w.deleted {
+        return Err("the device was removed from inventory".into());
+    }
     let (network, dna, _) = w.levels();
     let network: NetworkLicense = network.parse().map_err(|e| format!("{e}"))?;
     let dna: Option<DnaTier> = dna
@@ -104,7 +109,7 @@ pub async fn apply_slice(t: &Tiers) -> Result<usize, tally_store::StoreError> {
         .transaction(async |c| {
             let work: Vec<Work> = diesel::sql_query(
                 "SELECT i.job_id, i.device_id, i.state, i.from_network, i.from_dna, i.from_va, \
-                 i.to_network, i.to_dna, i.to_va, d.base_url, d.username, d.password_sealed \
+                 i.to_network, i.to_dna, i.to_va, d.base_url, d.username, d.password_sealed, d.deleted \
                  FROM tiers.job_items i JOIN tiers.jobs j ON j.id = i.job_id \
                  JOIN tiers.devices d ON d.id = i.device_id \
                  WHERE (i.state = 'pending' AND j.state = 'applying') \
@@ -190,7 +195,7 @@ async fn commit_outcomes(
     }
     for (w, e) in &s.revert_failed {
         let msg = format!("could not configure the old level back: {e}");
-        set_items(c, job, &[w.device_id], "failed", Some(&msg)).await?;
+        set_items(c, job, &[w.device_id], "revert_failed", Some(&msg)).await?;
     }
     set_items(c, job, &ids(&s.reverted), "reverted", None).await?;
 
@@ -207,10 +212,13 @@ async fn commit_outcomes(
     jobs::restore_ledger(c, job, &ids(&s.reverted)).await?;
     // Left at the new level by a failed revert: that is what the device now has.
     let stuck: Vec<Uuid> = s.revert_failed.iter().map(|(w, _)| w.device_id).collect();
-    diesel::sql_query("UPDATE tiers.devices SET state = 'pending_reload' WHERE id = ANY($1)")
-        .bind::<Array<SqlUuid>, _>(&stuck)
-        .execute(c)
-        .await?;
+    diesel::sql_query(
+        "UPDATE tiers.devices SET state = 'pending_reload' WHERE id = ANY($1) AND job_id = $2",
+    )
+    .bind::<Array<SqlUuid>, _>(&stuck)
+    .bind::<SqlUuid, _>(job)
+    .execute(c)
+    .await?;
 
     history(c, job, &configured, "configured", false).await?;
     let reverted: Vec<&Work> = s.reverted.iter().collect();
@@ -435,8 +443,12 @@ pub async fn confirm_from_reports(
             job_id: Option<Uuid>,
         }
         let pending: Vec<Pending> = diesel::sql_query(
-            "SELECT id, network_license, dna_tier, job_id FROM tiers.devices \
-             WHERE id = ANY($1) AND state = 'pending_reload' FOR UPDATE",
+            // Only once the job that configured it has ended: until then the job may still
+            // configure the device back, and a confirmed device would look free to other jobs.
+            "SELECT d.id, d.network_license, d.dna_tier, d.job_id FROM tiers.devices d \
+             LEFT JOIN tiers.jobs j ON j.id = d.job_id \
+             WHERE d.id = ANY($1) AND d.state = 'pending_reload' \
+             AND (j.id IS NULL OR j.state NOT IN ('applying', 'rolling_back')) FOR UPDATE OF d",
         )
         .bind::<Array<SqlUuid>, _>(&ids)
         .load(c)

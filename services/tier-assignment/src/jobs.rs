@@ -373,8 +373,7 @@ pub async fn begin_rollback(
     cancel_pending(c, job).await?;
     diesel::sql_query(
         "UPDATE tiers.job_items SET state = 'revert_pending', updated_at = now() \
-         WHERE (job_id, device_id) IN (SELECT job_id, device_id FROM tiers.job_items \
-         WHERE job_id = $1 AND state IN ('applied', 'confirmed') FOR UPDATE SKIP LOCKED)",
+         WHERE job_id = $1 AND state IN ('applied', 'confirmed')",
     )
     .bind::<SqlUuid, _>(job)
     .execute(c)
@@ -429,7 +428,9 @@ pub async fn finalize_if_done(
     }
     diesel::sql_query(
         "UPDATE tiers.jobs SET state = CASE \
-           WHEN state = 'rolling_back' THEN CASE WHEN cancel_requested THEN 'cancelled' ELSE 'rolled_back' END \
+           WHEN state = 'rolling_back' THEN CASE \
+             WHEN EXISTS (SELECT 1 FROM tiers.job_items WHERE job_id = $1 AND state = 'revert_failed') \
+             THEN 'failed' WHEN cancel_requested THEN 'cancelled' ELSE 'rolled_back' END \
            WHEN cancel_requested THEN 'cancelled' \
            WHEN failed > 0 OR rejected > 0 THEN CASE WHEN applied > 0 THEN 'partial' ELSE 'failed' END \
            ELSE 'done' END, \

@@ -430,32 +430,20 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         });
     }
 
-    // Admit devices in order while every pool they draw on has room; a device's release makes
-    // room for later ones, so repeat until nothing more fits.
+    // Admit devices in order while every pool they draw on has room. Releases make no room
+    // here: a device that fails or is cancelled takes its old license back, so a release only
+    // counts once the job can no longer undo it (see `store::held`).
     let mut running: HashMap<PoolKey, i64> = input.held.clone();
     let mut admitted = vec![false; candidates.len()];
-    loop {
-        let mut progress = false;
-        for (i, c) in candidates.iter().enumerate() {
-            if admitted[i] {
-                continue;
+    for (i, c) in candidates.iter().enumerate() {
+        let fits = c.draws.iter().all(|k| {
+            running.get(k).copied().unwrap_or(0) < input.quantity.get(k).copied().unwrap_or(0)
+        });
+        if fits {
+            for k in &c.draws {
+                *running.entry(k.clone()).or_default() += 1;
             }
-            let fits = c.draws.iter().all(|k| {
-                running.get(k).copied().unwrap_or(0) < input.quantity.get(k).copied().unwrap_or(0)
-            });
-            if fits {
-                for k in &c.draws {
-                    *running.entry(k.clone()).or_default() += 1;
-                }
-                for k in &c.releases {
-                    *running.entry(k.clone()).or_default() -= 1;
-                }
-                admitted[i] = true;
-                progress = true;
-            }
-        }
-        if !progress {
-            break;
+            admitted[i] = true;
         }
     }
     let mut impact: BTreeMap<PoolKey, (i64, i64)> = BTreeMap::new();

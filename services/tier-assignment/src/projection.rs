@@ -84,7 +84,7 @@ pub async fn upsert(
              software_version = excluded.software_version, base_url = excluded.base_url, \
              site = excluded.site, groups = excluded.groups, username = excluded.username, \
              password_sealed = excluded.password_sealed, is_cube = excluded.is_cube, \
-             revision = excluded.revision, deleted = false \
+             revision = excluded.revision \
              WHERE tiers.devices.revision < excluded.revision",
         )
         .bind::<Array<SqlUuid>, _>(&ids)
@@ -128,14 +128,12 @@ pub async fn delete(
         if !claim(c, Schema::Tiers, msg_id).await? {
             return Ok(());
         }
-        // A deleted device gives its licenses back to the pools.
-        diesel::sql_query(
-            "UPDATE tiers.devices SET deleted = true, network_pool = NULL, dna_pool = NULL \
-             WHERE id = ANY($1)",
-        )
-        .bind::<Array<SqlUuid>, _>(&ids)
-        .execute(c)
-        .await?;
+        // A deleted device gives its licenses back to the pools (held counts skip it). Inventory
+        // never reuses ids, so a late upsert must not bring it back.
+        diesel::sql_query("UPDATE tiers.devices SET deleted = true WHERE id = ANY($1)")
+            .bind::<Array<SqlUuid>, _>(&ids)
+            .execute(c)
+            .await?;
         Ok::<_, HandlerError>(())
     })
     .await

@@ -82,7 +82,7 @@ struct DeviceRow {
 }
 
 /// `C9300-48*` -> `C9300-48%` for LIKE, with LIKE's own wildcards escaped.
-fn like(pattern: &str) -> String {
+pub fn like(pattern: &str) -> String {
     let escaped = pattern
         .replace('\\', "\\\\")
         .replace('%', "\\%")
@@ -173,7 +173,9 @@ pub async fn quantities(
     Ok(to_map(rows))
 }
 
-/// Devices holding each pool in the ledger.
+/// Devices holding each pool in the ledger, plus the licenses an unfinished job releases: a
+/// release only counts once it can no longer be undone (a cancelled, failed or rolled-back
+/// device takes its old license back without asking the pool).
 pub async fn held(
     c: &mut AsyncPgConnection,
 ) -> Result<HashMap<PoolKey, i64>, diesel::result::Error> {
@@ -183,7 +185,16 @@ pub async fn held(
            WHERE NOT deleted AND network_pool IS NOT NULL \
            UNION ALL \
            SELECT smart_account, virtual_account, dna_pool FROM tiers.devices \
-           WHERE NOT deleted AND dna_pool IS NOT NULL) h \
+           WHERE NOT deleted AND dna_pool IS NOT NULL \
+           UNION ALL \
+           SELECT d.smart_account, i.from_va, p.old FROM tiers.job_items i \
+           JOIN tiers.jobs j ON j.id = i.job_id JOIN tiers.devices d ON d.id = i.device_id \
+           CROSS JOIN LATERAL (VALUES (i.from_network_pool, i.to_network_pool), \
+             (i.from_dna_pool, i.to_dna_pool)) AS p(old, new) \
+           WHERE NOT d.deleted AND p.old IS NOT NULL \
+           AND (p.old IS DISTINCT FROM p.new OR i.from_va <> i.to_va) \
+           AND (i.state IN ('pending', 'revert_pending') OR (i.state = 'applied' \
+             AND j.mode = 'all_or_nothing' AND j.state IN ('applying', 'rolling_back')))) h \
          GROUP BY smart_account, virtual_account, license",
     )
     .load(c)
@@ -198,10 +209,10 @@ pub async fn awaiting_reload(
     let rows = diesel::sql_query(
         "SELECT smart_account, virtual_account, license, count(*) AS n FROM ( \
            SELECT smart_account, virtual_account, network_pool AS license FROM tiers.devices \
-           WHERE NOT deleted AND network_pool IS NOT NULL AND state <> 'active' \
+           WHERE NOT deleted AND network_pool IS NOT NULL AND state = 'pending_reload' \
            UNION ALL \
            SELECT smart_account, virtual_account, dna_pool FROM tiers.devices \
-           WHERE NOT deleted AND dna_pool IS NOT NULL AND state <> 'active') h \
+           WHERE NOT deleted AND dna_pool IS NOT NULL AND state = 'pending_reload') h \
          GROUP BY smart_account, virtual_account, license",
     )
     .load(c)

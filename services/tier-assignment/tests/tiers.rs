@@ -757,3 +757,221 @@ async fn cancelling_a_best_effort_job_leaves_untouched_devices_as_they_were() {
     let e = jobs::cancel(&cx.t, j.id).await.unwrap_err();
     assert_eq!(Problem::from(e).code, "job-finished");
 }
+
+// ---- Review tests (uncommitted). Each one fails today and names the defect it shows. ----
+
+/// A device confirmed by its report, then configured back by a rollback, must hold its old
+/// levels in the ledger again. Today `confirm_from_reports` clears `devices.job_id`, so
+/// A device of an unfinished all-or-nothing job that reloads and reports is not confirmed yet,
+/// so a rollback gives the ledger its old levels back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_reloaded_during_its_job_is_rolled_back_in_the_ledger_too() {
+    let cx = ctx(200, None).await;
+    set_pools(&cx.t, |_| 500).await;
+    let req = request(by_model("C9300-24P"), "dna-premier", Mode::AllOrNothing);
+    let idx = selected(&cx.t, &req).await;
+    assert!(idx.len() >= 2);
+    let i = idx[0];
+    let original = cx.fleet.configured_level(i).unwrap();
+    let before = ledger(&cx.t).await[&device_id(i)].clone();
+    let j = create(&cx.t, &req, None).await.unwrap().job;
+    // One worker slice of one item: device i is configured, the others still wait.
+    let mut one = cx.t.clone();
+    one.cfg = Arc::new(Config {
+        slice: 1,
+        ..Config::default()
+    });
+    assert_eq!(apply::apply_slice(&one).await.unwrap(), 1);
+    cx.fleet.reload(i).unwrap();
+    apply::confirm_from_reports(&cx.t, "rv-1", collected(&cx.fleet, "c1", i))
+        .await
+        .unwrap();
+    // Not while its job can still configure it back.
+    assert_eq!(job(&cx.t, j.id).await.confirmed, 0);
+    // The operator cancels: an all_or_nothing job configures device i back.
+    jobs::cancel(&cx.t, j.id).await.unwrap();
+    drain(&cx.t).await;
+    let j = job(&cx.t, j.id).await;
+    assert_eq!((j.state.as_str(), j.reverted), ("cancelled", 1), "{j:?}");
+    assert_eq!(cx.fleet.configured_level(i).unwrap(), original);
+    let after = ledger(&cx.t).await[&device_id(i)].clone();
+    assert_eq!(
+        (&after.dna_tier, &after.dna_pool, &after.virtual_account),
+        (&before.dna_tier, &before.dna_pool, &before.virtual_account),
+        "the ledger still holds the level the device was configured away from"
+    );
+}
+
+/// A cancelled, failed or rolled-back item takes its old pool back without asking the pool, so a
+/// job's releases must not be lent to other jobs before they are final.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_job_never_overcommits_the_pools_it_released() {
+    let cx = ctx(300, None).await;
+    // Every DNA Essentials pool is exactly full; everything else has room.
+    set_pools(
+        &cx.t,
+        |l| if l.contains("DNA Essentials") { 0 } else { 500 },
+    )
+    .await;
+    // Job A moves Essentials devices to Advantage, releasing Essentials licenses.
+    let a_req = request(
+        Selector {
+            model: Some("C9300-*".into()),
+            dna_tier: Some("dna-essentials".into()),
+            ..Selector::default()
+        },
+        "dna-advantage",
+        Mode::BestEffort,
+    );
+    let a = create(&cx.t, &a_req, None).await.unwrap().job;
+    assert!(a.devices_total - a.rejected > 0);
+    // Job B takes the released Essentials licenses for other devices.
+    let b_req = request(by_model("C9300-*"), "dna-essentials", Mode::BestEffort);
+    let b = create(&cx.t, &b_req, None).await.unwrap().job;
+    // A's releases are not final while A can still be cancelled: B gets none of them.
+    assert_eq!(
+        b.devices_total, b.rejected,
+        "B took a license A may take back: {b:?}"
+    );
+    // A is cancelled before any device was configured: its devices take Essentials back.
+    jobs::cancel(&cx.t, a.id).await.unwrap();
+    let mut c = cx.t.pool.get().await.unwrap();
+    let over: Vec<_> = pools::list(&mut c)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|p| p.license.contains("DNA Essentials") && p.overcommitted)
+        .map(|p| (p.virtual_account, p.license, p.quantity, p.held))
+        .collect();
+    assert!(over.is_empty(), "overcommitted: {over:?}");
+}
+
+/// A worker pushed a device and died before its commit (the item is pending again); the job
+/// is then cancelled. The item is marked cancelled and its ledger row restored, but the device
+/// keeps the new boot level: it will reload into a level nobody tracks or reverts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "known gap: a push lost in a crash is not reverted by a cancel that comes first; needs a committed claim before each push"]
+async fn a_push_lost_in_a_crash_is_not_forgotten_by_a_cancel() {
+    let cx = ctx(100, None).await;
+    set_pools(&cx.t, |_| 500).await;
+    let req = request(by_model("C9300-24P"), "dna-premier", Mode::BestEffort);
+    let idx = selected(&cx.t, &req).await;
+    let i = idx[0];
+    let j = create(&cx.t, &req, None).await.unwrap().job;
+    // What apply_slice does before its commit; then the process is killed.
+    let d = cx.fleet.info(i).unwrap();
+    cx.t.client
+        .set_boot_level(
+            &d.base_url,
+            &d.username,
+            &d.password,
+            tally_domain::NetworkLicense::NetworkAdvantage,
+            Some(DnaTier::DnaPremier),
+        )
+        .await
+        .unwrap();
+    jobs::cancel(&cx.t, j.id).await.unwrap();
+    drain(&cx.t).await;
+    let row = ledger(&cx.t).await[&device_id(i)].clone();
+    let (_, dna) = cx.fleet.configured_level(i).unwrap();
+    assert_eq!(
+        row.dna_tier.as_deref(),
+        dna.map(DnaTier::as_str),
+        "ledger and the device's boot level disagree"
+    );
+}
+
+/// An upsert processed after the delete (a NAK'd update redelivered late) must not bring the
+/// device back: inventory never reuses ids, and its licenses went back to the pools.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_deleted_then_published_late_stays_deleted() {
+    let cx = ctx(20, None).await;
+    projection::delete(
+        &cx.t,
+        "del-1",
+        proto::DevicesDeleted {
+            device_ids: vec![device_id(0).to_string()],
+        },
+    )
+    .await
+    .unwrap();
+    let d = cx.fleet.info(0).unwrap();
+    let secrets = SecretBox::from_secret("tier-tests-secret-key");
+    let ev = proto::DevicesUpserted {
+        devices: vec![proto::Device {
+            device_id: device_id(0).to_string(),
+            udi_pid: d.udi_pid,
+            udi_serial: d.serial,
+            hostname: d.hostname,
+            model: d.model,
+            software_version: d.software_version,
+            base_url: d.base_url,
+            site: d.site,
+            smart_account: d.smart_account,
+            virtual_account: d.virtual_account,
+            username: d.username,
+            password_sealed: secrets.seal(&d.password).unwrap(),
+            is_cube: d.is_cube,
+            network_license: d.network_license,
+            dna_tier: d.dna_tier.unwrap_or_default(),
+            revision: 2,
+            groups: vec![],
+        }],
+    };
+    let mut c = cx.t.pool.get().await.unwrap();
+    let held_after_delete = store::held(&mut c).await.unwrap();
+    projection::upsert(&cx.t, "devices-2", ev).await.unwrap();
+    assert_eq!(store::held(&mut c).await.unwrap(), held_after_delete);
+    let all = store::select_devices(&mut c, &by_model("*")).await.unwrap();
+    assert_eq!(all.len(), 19);
+    assert!(all.iter().all(|d| d.id != device_id(0)));
+}
+
+/// `GET /tiers/devices?model=C9\\` (trailing backslash) reaches Postgres as a LIKE pattern ending in
+/// the escape character: a 500 instead of a 4xx naming `model` whenever the plan evaluates the
+/// LIKE (a sequential scan; an index scan on `model` hides it and answers `[]`). The planner's
+/// `store::like` escapes backslashes; the ledger route's own escaping does not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_model_filter_with_a_backslash_is_not_a_500() {
+    use actix_web::{App, middleware, test, web};
+    use tally_platform::{ApiTokens, auth::require_token};
+    use utoipa_actix_web::AppExt;
+    let cx = ctx(20, None).await;
+    // As autovacuum would: with statistics a small fleet is read by a sequential scan.
+    {
+        let mut c = cx.t.pool.get().await.unwrap();
+        diesel::sql_query("ANALYZE tiers.devices")
+            .execute(&mut c)
+            .await
+            .unwrap();
+    }
+    let tokens = web::Data::new(ApiTokens::parse("viewer:viewer-token-0123456789").unwrap());
+    let (app, _api) = App::new()
+        .into_utoipa_app()
+        .app_data(tokens)
+        .app_data(web::Data::new(cx.t.clone()))
+        .app_data(tally_platform::problem::query_config())
+        .app_data(tally_platform::problem::path_config())
+        .service(
+            utoipa_actix_web::scope("/api/v1")
+                .wrap(middleware::from_fn(require_token))
+                .configure(tally_tier_assignment::routes),
+        )
+        .split_for_parts();
+    let app = test::init_service(app).await;
+    let req = test::TestRequest::get()
+        .uri(&format!(
+            "/api/v1/tiers/devices?model={}%5C",
+            &cx.fleet.info(0).unwrap().model[..3]
+        ))
+        .insert_header(("authorization", "Bearer viewer-token-0123456789"))
+        .to_request();
+    let resp = test::call_service(&app, req).await;
+    let status = resp.status();
+    let body = test::read_body(resp).await;
+    assert!(
+        status.is_client_error() || status.is_success(),
+        "{status} {}",
+        String::from_utf8_lossy(&body)
+    );
+}
