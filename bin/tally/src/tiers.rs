@@ -69,7 +69,8 @@ enum TiersCommand {
     /// Per-device results of a job.
     Items {
         job_id: Uuid,
-        /// pending, applied, confirmed, failed, rejected, cancelled, revert_pending, reverted.
+        /// pending, applied, confirmed, failed, rejected, cancelled, revert_pending, reverted,
+        /// revert_failed.
         #[arg(long)]
         state: Option<String>,
         #[arg(long, conflicts_with = "json")]
