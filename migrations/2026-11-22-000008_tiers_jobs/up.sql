@@ -86,7 +86,8 @@ CREATE TABLE tiers.job_items (
   device_id UUID NOT NULL,
   seq INT NOT NULL,
   hostname TEXT NOT NULL,
-  -- pending | applied | confirmed | failed | rejected | cancelled | revert_pending | reverted
+  -- pending | pushing | applied | confirmed | failed | rejected | cancelled | revert_pending |
+  -- reverting | reverted | revert_failed
   state TEXT NOT NULL,
   from_network TEXT NOT NULL,
   from_dna TEXT,
@@ -100,11 +101,14 @@ CREATE TABLE tiers.job_items (
   to_dna_pool TEXT,
   error TEXT,
   attempts INT NOT NULL DEFAULT 0,
+  -- A worker's claim (pushing / reverting): its token, and until when it holds.
+  claim UUID,
+  claimed_until TIMESTAMPTZ,
   updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
   PRIMARY KEY (job_id, device_id)
 );
 CREATE INDEX tiers_job_items_work ON tiers.job_items (state, job_id, seq)
-  WHERE state IN ('pending', 'revert_pending');
+  WHERE state IN ('pending', 'revert_pending', 'pushing', 'reverting');
 
 -- Every tier, virtual account and ACK event per device.
 CREATE TABLE tiers.history (

@@ -1,7 +1,13 @@
-//! Applying jobs to devices: workers take slices of pending items (`FOR UPDATE SKIP LOCKED`, so
-//! replicas share the work and a crash only returns the slice to the queue), push the boot level
-//! through the southbound RESTCONF call, and commit the outcomes with the ledger, history and
-//! events in one transaction. Devices then wait for a reload; their next RUM report confirms it.
+//! Applying jobs to devices, in three steps so that no push is ever unrecorded:
+//! 1. claim a slice of items (`FOR UPDATE SKIP LOCKED`, so replicas share the work) and commit
+//!    the claim (`pushing` / `reverting`, a token and a lease) before talking to any device;
+//! 2. push the boot level through the southbound RESTCONF call, outside any transaction;
+//! 3. commit the outcomes with the ledger, history and events in one transaction.
+//!
+//! A worker that dies after its pushes leaves claimed items; when the lease runs out another
+//! worker takes them again: pushing the same level twice is harmless, and if the job was cancelled
+//! or is rolling back meanwhile, the item is configured back instead. Devices then wait for a
+//! reload; their next RUM report confirms it.
 
 use crate::{Tiers, jobs};
 use diesel::QueryableByName;
@@ -16,7 +22,7 @@ use tally_store::outbox::{Schema, claim};
 use uuid::Uuid;
 
 #[derive(QueryableByName, Debug, Clone)]
-struct Work {
+pub struct Work {
     #[diesel(sql_type = SqlUuid)]
     job_id: Uuid,
     #[diesel(sql_type = SqlUuid)]
@@ -43,11 +49,13 @@ struct Work {
     password_sealed: String,
     #[diesel(sql_type = diesel::sql_types::Bool)]
     deleted: bool,
+    #[diesel(sql_type = SqlUuid)]
+    claim: Uuid,
 }
 
 impl Work {
     fn reverting(&self) -> bool {
-        self.state == "revert_pending"
+        self.state == "reverting"
     }
     /// The levels this push configures.
     fn levels(&self) -> (&str, Option<&str>, &str) {
@@ -102,45 +110,73 @@ pub async fn run_worker(t: Tiers) {
     }
 }
 
-/// Works one slice. Returns how many items it handled (0: nothing to do).
-pub async fn apply_slice(t: &Tiers) -> Result<usize, tally_store::StoreError> {
+/// Claims a slice and commits the claim: from here on a push to these devices is on record.
+/// Items whose claim expired (their worker died) are taken again, and configured back if their
+/// job no longer applies.
+pub async fn claim_slice(t: &Tiers) -> Result<Vec<Work>, tally_store::StoreError> {
     let mut conn = t.pool.get().await?;
-    let n = conn
+    let lease_ms = i64::try_from(t.cfg.claim_lease.as_millis()).unwrap_or(i64::MAX);
+    let work = conn
         .transaction(async |c| {
-            let work: Vec<Work> = diesel::sql_query(
-                "SELECT i.job_id, i.device_id, i.state, i.from_network, i.from_dna, i.from_va, \
-                 i.to_network, i.to_dna, i.to_va, d.base_url, d.username, d.password_sealed, d.deleted \
-                 FROM tiers.job_items i JOIN tiers.jobs j ON j.id = i.job_id \
-                 JOIN tiers.devices d ON d.id = i.device_id \
-                 WHERE (i.state = 'pending' AND j.state = 'applying') \
-                    OR (i.state = 'revert_pending' AND j.state = 'rolling_back') \
-                 ORDER BY i.job_id, i.seq LIMIT $1 FOR UPDATE OF i SKIP LOCKED",
+            diesel::sql_query(
+                "WITH picked AS ( \
+                   SELECT i.job_id, i.device_id, \
+                   CASE WHEN i.state IN ('pending', 'pushing') AND j.state = 'applying' THEN 'pushing' \
+                        ELSE 'reverting' END AS next \
+                   FROM tiers.job_items i JOIN tiers.jobs j ON j.id = i.job_id \
+                   WHERE (i.state = 'pending' AND j.state = 'applying') \
+                      OR (i.state = 'revert_pending' AND j.state = 'rolling_back') \
+                      OR (i.state IN ('pushing', 'reverting') AND i.claimed_until < now()) \
+                   ORDER BY i.job_id, i.seq LIMIT $1 FOR UPDATE OF i SKIP LOCKED) \
+                 UPDATE tiers.job_items i SET state = p.next, claim = gen_random_uuid(), \
+                   claimed_until = now() + $2 * interval '1 millisecond', updated_at = now() \
+                 FROM picked p, tiers.devices d \
+                 WHERE i.job_id = p.job_id AND i.device_id = p.device_id AND d.id = i.device_id \
+                 RETURNING i.job_id, i.device_id, i.state, i.from_network, i.from_dna, i.from_va, \
+                   i.to_network, i.to_dna, i.to_va, d.base_url, d.username, d.password_sealed, \
+                   d.deleted, i.claim",
             )
             .bind::<diesel::sql_types::BigInt, _>(t.cfg.slice)
-            .load(c)
-            .await?;
-            if work.is_empty() {
-                return Ok(0);
-            }
-            let outcomes: Vec<Outcome> = futures::stream::iter(work)
-                .map(|w| async move {
-                    let r = push(t, &w).await;
-                    (w, r)
-                })
-                .buffer_unordered(t.cfg.concurrency.max(1))
-                .collect()
-                .await;
-            let n = outcomes.len();
-            let mut by_job: BTreeMap<Uuid, Vec<Outcome>> = BTreeMap::new();
-            for o in outcomes {
-                by_job.entry(o.0.job_id).or_default().push(o);
-            }
-            for (job, items) in by_job {
-                commit_outcomes(c, job, items).await?;
-            }
-            Ok::<_, diesel::result::Error>(n)
+            .bind::<diesel::sql_types::BigInt, _>(lease_ms)
+            .load::<Work>(c)
+            .await
         })
         .await?;
+    Ok(work)
+}
+
+/// Pushes the claimed items to their devices, `concurrency` at a time.
+async fn push_all(t: &Tiers, work: Vec<Work>) -> Vec<Outcome> {
+    futures::stream::iter(work)
+        .map(|w| async move {
+            let r = push(t, &w).await;
+            (w, r)
+        })
+        .buffer_unordered(t.cfg.concurrency.max(1))
+        .collect()
+        .await
+}
+
+/// Works one slice: claim, push, commit. Returns how many items it handled (0: nothing to do).
+pub async fn apply_slice(t: &Tiers) -> Result<usize, tally_store::StoreError> {
+    let work = claim_slice(t).await?;
+    if work.is_empty() {
+        return Ok(0);
+    }
+    let outcomes = push_all(t, work).await;
+    let n = outcomes.len();
+    let mut by_job: BTreeMap<Uuid, Vec<Outcome>> = BTreeMap::new();
+    for o in outcomes {
+        by_job.entry(o.0.job_id).or_default().push(o);
+    }
+    let mut conn = t.pool.get().await?;
+    conn.transaction(async |c| {
+        for (job, items) in by_job {
+            commit_outcomes(c, job, items).await?;
+        }
+        Ok::<_, diesel::result::Error>(())
+    })
+    .await?;
     Ok(n)
 }
 
@@ -169,6 +205,31 @@ async fn commit_outcomes(
         .bind::<SqlUuid, _>(job)
         .get_result(c)
         .await?;
+    // Only outcomes whose claim still stands: past its lease another worker may own the item.
+    #[derive(QueryableByName)]
+    struct Held {
+        #[diesel(sql_type = SqlUuid)]
+        device_id: Uuid,
+    }
+    let claims: Vec<Uuid> = items.iter().map(|(w, _)| w.claim).collect();
+    let held: HashSet<Uuid> = diesel::sql_query(
+        "SELECT device_id FROM tiers.job_items WHERE job_id = $1 AND claim = ANY($2) \
+         AND state IN ('pushing', 'reverting') FOR UPDATE",
+    )
+    .bind::<SqlUuid, _>(job)
+    .bind::<Array<SqlUuid>, _>(&claims)
+    .load::<Held>(c)
+    .await?
+    .into_iter()
+    .map(|h| h.device_id)
+    .collect();
+    let items: Vec<Outcome> = items
+        .into_iter()
+        .filter(|(w, _)| held.contains(&w.device_id))
+        .collect();
+    if items.is_empty() {
+        return Ok(());
+    }
     let all_or_nothing = j.mode == crate::plan::Mode::AllOrNothing.as_str();
     let any_failed = items.iter().any(|(w, r)| !w.reverting() && r.is_err());
     // An all-or-nothing job undoes everything once one device fails.

@@ -418,7 +418,7 @@ pub async fn finalize_if_done(
     }
     let open: Open = diesel::sql_query(
         "SELECT EXISTS (SELECT 1 FROM tiers.job_items WHERE job_id = $1 \
-         AND state IN ('pending', 'revert_pending')) AS open",
+         AND state IN ('pending', 'revert_pending', 'pushing', 'reverting')) AS open",
     )
     .bind::<SqlUuid, _>(job)
     .get_result(c)

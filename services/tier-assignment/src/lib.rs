@@ -32,6 +32,9 @@ pub struct Config {
     pub device_retries: u32,
     /// How often pools are synced from CSSM (online mode only).
     pub pool_sync_interval: Duration,
+    /// How long a worker's claim on a slice lasts; past it (the worker died) another worker
+    /// takes the items again. Longer than a slice's pushes can take.
+    pub claim_lease: Duration,
 }
 
 impl Default for Config {
@@ -42,6 +45,7 @@ impl Default for Config {
             device_timeout: Duration::from_secs(10),
             device_retries: 2,
             pool_sync_interval: Duration::from_secs(3600),
+            claim_lease: Duration::from_secs(300),
         }
     }
 }

@@ -193,7 +193,7 @@ pub async fn held(
              (i.from_dna_pool, i.to_dna_pool)) AS p(old, new) \
            WHERE NOT d.deleted AND p.old IS NOT NULL \
            AND (p.old IS DISTINCT FROM p.new OR i.from_va <> i.to_va) \
-           AND (i.state IN ('pending', 'revert_pending') OR (i.state = 'applied' \
+           AND (i.state IN ('pending', 'revert_pending', 'pushing', 'reverting') OR (i.state = 'applied' \
              AND j.mode = 'all_or_nothing' AND j.state IN ('applying', 'rolling_back')))) h \
          GROUP BY smart_account, virtual_account, license",
     )
