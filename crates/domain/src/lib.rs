@@ -2,6 +2,7 @@
 //! math, and the wire formats (RUM reports, ACK documents, offline bundles). No network or database.
 
 pub mod ack;
+pub mod alert;
 pub mod bundle;
 pub mod policy;
 pub mod rules;
