@@ -512,8 +512,8 @@ pub struct JobItem {
     pub device_id: Uuid,
     #[diesel(sql_type = Text)]
     pub hostname: String,
-    /// pending, applied, confirmed, failed, rejected, cancelled, revert_pending, reverted,
-    /// revert_failed.
+    /// pending, pushing, applied, confirmed, failed, rejected, cancelled, revert_pending,
+    /// reverting, reverted, revert_failed.
     #[diesel(sql_type = Text)]
     pub state: String,
     #[diesel(sql_type = Text)]
