@@ -5,6 +5,7 @@ pub mod ack;
 pub mod alert;
 pub mod bundle;
 pub mod policy;
+pub mod risk;
 pub mod rules;
 pub mod rum;
 pub mod sign;
