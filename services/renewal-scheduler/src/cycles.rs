@@ -203,16 +203,21 @@ impl From<proto::AcksImported> for Update {
 
 /// Applies an event's counters once (inbox), then closes the cycle when every stage is done.
 pub async fn apply(s: &Scheduler, msg_id: &str, u: Update) -> Result<(), HandlerError> {
-    // Work outside any cycle (manual uploads) has nothing to count.
-    let Ok(cycle) = Uuid::parse_str(&u.cycle_id) else {
+    // Work outside any cycle (manual uploads) has no cycle to count, but its ACKs still count
+    // for the devices' deadlines.
+    let cycle = Uuid::parse_str(&u.cycle_id).ok();
+    if cycle.is_none() && u.ack_ok_devices.is_empty() {
         return Ok(());
-    };
+    }
     let mut conn = s.pool.get().await.map_err(tally_store::StoreError::from)?;
     conn.transaction(async |c| {
         if !claim(c, Schema::Sched, msg_id).await? {
             return Ok(());
         }
-        add(c, cycle, &u).await?;
+        crate::fleet::acks_installed(c, &u.ack_ok_devices).await?;
+        if let Some(cycle) = cycle {
+            add(c, cycle, &u).await?;
+        }
         Ok::<_, HandlerError>(())
     })
     .await

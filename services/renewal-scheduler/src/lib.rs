@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod cycles;
+pub mod fleet;
 
 use tally_bus::Bus;
 use tally_store::Pool;
@@ -35,7 +36,10 @@ pub async fn run(s: Scheduler) -> Result<(), tally_bus::BusError> {
     use prost::Message;
     use tally_bus::Event;
     use tally_bus::consumer::HandlerError;
-    use tally_bus::proto::{AcksImported, CollectionProgress, CollectionStarted, UploadProgress};
+    use tally_bus::proto::{
+        AcksImported, AcksReceived, CollectionProgress, CollectionStarted, DevicesDeleted,
+        DevicesUpserted, UploadProgress,
+    };
     let mut tasks = vec![tokio::spawn(tally_bus::relay::run(
         s.bus.clone(),
         s.pool.clone(),
@@ -56,11 +60,30 @@ pub async fn run(s: Scheduler) -> Result<(), tally_bus::BusError> {
             CollectionProgress::SUBJECT,
             UploadProgress::SUBJECT,
             AcksImported::SUBJECT,
+            DevicesUpserted::SUBJECT,
+            DevicesDeleted::SUBJECT,
+            AcksReceived::SUBJECT,
         ],
         move |d| {
             let s = sc.clone();
             async move {
                 let update = match d.subject.as_str() {
+                    DevicesUpserted::SUBJECT => {
+                        return fleet::upsert(&s, &d.msg_id, DevicesUpserted::decode(d.payload)?)
+                            .await;
+                    }
+                    DevicesDeleted::SUBJECT => {
+                        return fleet::delete(&s, &d.msg_id, DevicesDeleted::decode(d.payload)?)
+                            .await;
+                    }
+                    AcksReceived::SUBJECT => {
+                        return fleet::acks_received(
+                            &s,
+                            &d.msg_id,
+                            AcksReceived::decode(d.payload)?,
+                        )
+                        .await;
+                    }
                     CollectionStarted::SUBJECT => {
                         cycles::Update::from(CollectionStarted::decode(d.payload)?)
                     }

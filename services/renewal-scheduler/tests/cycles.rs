@@ -331,3 +331,84 @@ async fn failures_complete_with_errors() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_fleet_copy_records_uploads_and_installed_acks() {
+    use tally_renewal_scheduler::fleet;
+    let (_db, s) = scheduler().await;
+    let ids: Vec<Uuid> = (0..3).map(|_| Uuid::now_v7()).collect();
+    let device = |id: &Uuid, rev: i64| proto::Device {
+        device_id: id.to_string(),
+        hostname: format!("cube-{id}"),
+        model: "ISR4331".into(),
+        smart_account: "acme".into(),
+        virtual_account: "Voice".into(),
+        network_license: "network-advantage".into(),
+        is_cube: true,
+        revision: rev,
+        ..Default::default()
+    };
+    let ev = proto::DevicesUpserted {
+        devices: ids.iter().map(|id| device(id, 1)).collect(),
+    };
+    fleet::upsert(&s, "up-1", ev.clone()).await.unwrap();
+    fleet::upsert(&s, "up-1", ev).await.unwrap();
+    assert_eq!(count(&s, "SELECT count(*) FROM sched.devices").await, 3);
+    // An ACK bundle imported outside any cycle still restarts the devices' deadlines.
+    let acks = proto::AcksImported {
+        cycle_id: String::new(),
+        ok: 2,
+        ok_devices: vec![ids[0].to_string(), ids[1].to_string()],
+        ..Default::default()
+    };
+    cycles::apply(&s, "ack-1", cycles::Update::from(acks))
+        .await
+        .unwrap();
+    assert_eq!(
+        count(
+            &s,
+            "SELECT count(*) FROM sched.devices WHERE last_ack_at IS NOT NULL"
+        )
+        .await,
+        2
+    );
+    let received = proto::AcksReceived {
+        acks: vec![proto::DeviceAck {
+            device_id: ids[2].to_string(),
+            ..Default::default()
+        }],
+        source: "online".into(),
+    };
+    fleet::acks_received(&s, "rcv-1", received).await.unwrap();
+    assert_eq!(
+        count(
+            &s,
+            "SELECT count(*) FROM sched.devices WHERE last_upload_at IS NOT NULL"
+        )
+        .await,
+        1
+    );
+    // Deleted stays deleted, even if an older update arrives late with a higher revision.
+    fleet::delete(
+        &s,
+        "del-1",
+        proto::DevicesDeleted {
+            device_ids: vec![ids[0].to_string()],
+        },
+    )
+    .await
+    .unwrap();
+    fleet::upsert(
+        &s,
+        "up-2",
+        proto::DevicesUpserted {
+            devices: vec![device(&ids[0], 2)],
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        count(&s, "SELECT count(*) FROM sched.devices WHERE deleted").await,
+        1
+    );
+}

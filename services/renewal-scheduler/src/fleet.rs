@@ -1,0 +1,146 @@
+//! The scheduler's copy of the fleet (`sched.devices`), kept from inventory's events, with when
+//! each device last had its usage acknowledged by CSSM and last installed an ACK.
+
+use crate::Scheduler;
+use diesel::sql_types::{Array, Bool, Int8, Nullable, Text, Uuid as SqlUuid};
+use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use tally_bus::{consumer::HandlerError, proto};
+use tally_store::outbox::{Schema, claim};
+use uuid::Uuid;
+
+fn uuid(s: &str) -> Result<Uuid, HandlerError> {
+    Uuid::parse_str(s).map_err(|e| HandlerError::Poison(format!("device id {s:?}: {e}")))
+}
+
+pub async fn upsert(
+    s: &Scheduler,
+    msg_id: &str,
+    ev: proto::DevicesUpserted,
+) -> Result<(), HandlerError> {
+    let ids = ev
+        .devices
+        .iter()
+        .map(|d| uuid(&d.device_id))
+        .collect::<Result<Vec<_>, _>>()?;
+    let col = |f: fn(&proto::Device) -> &str| -> Vec<String> {
+        ev.devices.iter().map(|d| f(d).to_owned()).collect()
+    };
+    let groups: Vec<String> = ev
+        .devices
+        .iter()
+        .map(|d| serde_json::to_string(&d.groups).unwrap_or_else(|_| "[]".into()))
+        .collect();
+    let dna: Vec<Option<String>> = ev
+        .devices
+        .iter()
+        .map(|d| (!d.dna_tier.is_empty()).then(|| d.dna_tier.clone()))
+        .collect();
+    let mut conn = s.pool.get().await.map_err(tally_store::StoreError::from)?;
+    conn.transaction(async |c| {
+        if !claim(c, Schema::Sched, msg_id).await? {
+            return Ok(());
+        }
+        // Newer revisions win; a deleted device is not brought back (ids are never reused).
+        diesel::sql_query(
+            "INSERT INTO sched.devices (id, hostname, udi_pid, udi_serial, model, software_version, \
+             base_url, site, groups, smart_account, virtual_account, is_cube, network_license, \
+             dna_tier, revision) \
+             SELECT u.id, u.h, u.pid, u.sn, u.m, u.sw, u.url, u.site, \
+             ARRAY(SELECT jsonb_array_elements_text(u.g::jsonb)), u.sa, u.va, u.cube, u.net, u.dna, u.rev \
+             FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+             $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bool[], $13::text[], \
+             $14::text[], $15::int8[]) AS u(id, h, pid, sn, m, sw, url, site, g, sa, va, cube, net, dna, rev) \
+             ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, udi_pid = excluded.udi_pid, \
+             udi_serial = excluded.udi_serial, model = excluded.model, \
+             software_version = excluded.software_version, base_url = excluded.base_url, \
+             site = excluded.site, groups = excluded.groups, smart_account = excluded.smart_account, \
+             virtual_account = excluded.virtual_account, is_cube = excluded.is_cube, \
+             network_license = excluded.network_license, dna_tier = excluded.dna_tier, \
+             revision = excluded.revision, updated_at = now() \
+             WHERE sched.devices.revision < excluded.revision AND NOT sched.devices.deleted",
+        )
+        .bind::<Array<SqlUuid>, _>(&ids)
+        .bind::<Array<Text>, _>(col(|d| &d.hostname))
+        .bind::<Array<Text>, _>(col(|d| &d.udi_pid))
+        .bind::<Array<Text>, _>(col(|d| &d.udi_serial))
+        .bind::<Array<Text>, _>(col(|d| &d.model))
+        .bind::<Array<Text>, _>(col(|d| &d.software_version))
+        .bind::<Array<Text>, _>(col(|d| &d.base_url))
+        .bind::<Array<Text>, _>(col(|d| &d.site))
+        .bind::<Array<Text>, _>(&groups)
+        .bind::<Array<Text>, _>(col(|d| &d.smart_account))
+        .bind::<Array<Text>, _>(col(|d| &d.virtual_account))
+        .bind::<Array<Bool>, _>(ev.devices.iter().map(|d| d.is_cube).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(col(|d| &d.network_license))
+        .bind::<Array<Nullable<Text>>, _>(&dna)
+        .bind::<Array<Int8>, _>(ev.devices.iter().map(|d| d.revision).collect::<Vec<_>>())
+        .execute(c)
+        .await?;
+        Ok::<_, HandlerError>(())
+    })
+    .await
+}
+
+pub async fn delete(
+    s: &Scheduler,
+    msg_id: &str,
+    ev: proto::DevicesDeleted,
+) -> Result<(), HandlerError> {
+    let ids = ev
+        .device_ids
+        .iter()
+        .map(|d| uuid(d))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut conn = s.pool.get().await.map_err(tally_store::StoreError::from)?;
+    conn.transaction(async |c| {
+        if !claim(c, Schema::Sched, msg_id).await? {
+            return Ok(());
+        }
+        diesel::sql_query("UPDATE sched.devices SET deleted = true WHERE id = ANY($1)")
+            .bind::<Array<SqlUuid>, _>(&ids)
+            .execute(c)
+            .await?;
+        Ok::<_, HandlerError>(())
+    })
+    .await
+}
+
+/// CSSM answered an upload of these devices' usage (the ACKs are on their way to the devices).
+pub async fn acks_received(
+    s: &Scheduler,
+    msg_id: &str,
+    ev: proto::AcksReceived,
+) -> Result<(), HandlerError> {
+    let ids: Vec<Uuid> = ev
+        .acks
+        .iter()
+        .filter_map(|a| Uuid::parse_str(&a.device_id).ok())
+        .collect();
+    let mut conn = s.pool.get().await.map_err(tally_store::StoreError::from)?;
+    conn.transaction(async |c| {
+        if !claim(c, Schema::Sched, msg_id).await? {
+            return Ok(());
+        }
+        diesel::sql_query("UPDATE sched.devices SET last_upload_at = now() WHERE id = ANY($1)")
+            .bind::<Array<SqlUuid>, _>(&ids)
+            .execute(c)
+            .await?;
+        Ok::<_, HandlerError>(())
+    })
+    .await
+}
+
+/// These devices installed an ACK now: their reporting deadline restarts.
+pub async fn acks_installed(
+    c: &mut AsyncPgConnection,
+    devices: &[Uuid],
+) -> Result<(), diesel::result::Error> {
+    if devices.is_empty() {
+        return Ok(());
+    }
+    diesel::sql_query("UPDATE sched.devices SET last_ack_at = now() WHERE id = ANY($1)")
+        .bind::<Array<SqlUuid>, _>(devices)
+        .execute(c)
+        .await?;
+    Ok(())
+}
