@@ -44,6 +44,8 @@ events! {
     AcksImported => "rum.acks.imported",
     TierJobChanged => "tiers.job.changed",
     DeviceLicensesChanged => "tiers.devices.licensed",
+    TransferRequested => "sched.transfer.requested",
+    TransferAccepted => "tiers.transfer.accepted",
 }
 
 /// Writes `event` to the service's outbox inside the caller's transaction.
