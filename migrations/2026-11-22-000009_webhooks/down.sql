@@ -1,0 +1,2 @@
+DROP TABLE sched.webhook_deliveries;
+DROP TABLE sched.webhooks;
