@@ -59,7 +59,7 @@ pub struct Policy {
 }
 
 /// What is known about one entitlement's usage on one device.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     pub kind: LicenseKind,
     /// When the entitlement was first used on the device; the first-report window starts here.
@@ -68,8 +68,10 @@ pub struct Usage {
     pub last_report: Option<DateTime<Utc>>,
     /// Last ACK installed on the device. An ACK implies the report it answers was sent.
     pub last_ack: Option<DateTime<Utc>>,
-    /// Last change in the reported count.
-    pub last_change: Option<DateTime<Utc>>,
+    /// Times the count changed, in any order; those up to the last ACK may be left out. Not
+    /// just the last change: the earliest unreported one sets the due time, else a count that
+    /// keeps changing would push the deadline out for ever.
+    pub changes: Vec<DateTime<Utc>>,
 }
 
 /// The rule that set a due time, so an operator can be told why.
@@ -138,9 +140,11 @@ fn next_due(a: PolicyAttrs, u: &Usage, anchor: Option<DateTime<Utc>>) -> Option<
     };
     let periodic = due(a.reporting_frequency_days, since, DueRule::Periodic);
     let change = u
-        .last_change
-        .filter(|c| *c > since)
-        .and_then(|c| due(a.report_on_change_days, c, DueRule::UsageChange));
+        .changes
+        .iter()
+        .filter(|c| **c > since)
+        .min()
+        .and_then(|c| due(a.report_on_change_days, *c, DueRule::UsageChange));
     // On a tie the change is named: it is the newer reason.
     [change, periodic]
         .into_iter()
@@ -248,7 +252,7 @@ impl Policy {
             first_use,
             last_report: last_ack,
             last_ack,
-            last_change: None,
+            changes: Vec::new(),
         };
         next_due(self.subscription, &usage, last_ack).map(|d| d.at)
     }
@@ -269,7 +273,7 @@ mod tests {
             first_use,
             last_report: None,
             last_ack: None,
-            last_change: None,
+            changes: Vec::new(),
         }
     }
 
@@ -345,7 +349,7 @@ mod tests {
     fn enforced_needs_no_reporting_even_after_a_change() {
         let p = Policy::cisco_default();
         let mut u = usage(LicenseKind::Enforced, t(2026, 1, 1));
-        u.last_change = Some(t(2026, 2, 1));
+        u.changes = vec![t(2026, 2, 1)];
         let d = p.deadlines(&u);
         assert_eq!((d.next_report, d.ack_deadline), (None, None));
         assert_eq!(d.status(t(2027, 1, 1)), DeadlineStatus::NoReportingNeeded);
@@ -362,7 +366,7 @@ mod tests {
         let mut u = acked(LicenseKind::Subscription, first, ack);
         assert_eq!(p.deadlines(&u).ack_deadline.unwrap().at, ack + days(60));
         // A change 10 days after the ACK is due 70 days after it: the periodic 60 comes first.
-        u.last_change = Some(ack + days(10));
+        u.changes = vec![ack + days(10)];
         let due = p.deadlines(&u).ack_deadline.unwrap();
         assert_eq!((due.at, due.rule), (ack + days(60), DueRule::Periodic));
         // Perpetual keeps Cisco's row.
@@ -376,25 +380,34 @@ mod tests {
         let first = t(2026, 1, 1);
         let ack = t(2026, 2, 1);
         let mut u = acked(LicenseKind::Perpetual, first, ack);
-        u.last_change = Some(ack + days(10));
+        u.changes = vec![ack + days(10)];
         let due = p.deadlines(&u).ack_deadline.unwrap();
         assert_eq!((due.at, due.rule), (ack + days(100), DueRule::UsageChange));
 
         let p = p.with_attrs(LicenseKind::Subscription, PolicyAttrs::new(90, 90, 30));
         let mut u = acked(LicenseKind::Subscription, first, ack);
         assert_eq!(p.deadlines(&u).ack_deadline.unwrap().at, ack + days(90));
-        u.last_change = Some(ack + days(20));
+        u.changes = vec![ack + days(20)];
         let due = p.deadlines(&u).ack_deadline.unwrap();
         assert_eq!((due.at, due.rule), (ack + days(50), DueRule::UsageChange));
         // A change already covered by the ACK does not count again.
-        u.last_change = Some(ack - days(1));
+        u.changes = vec![ack - days(1)];
         assert_eq!(p.deadlines(&u).ack_deadline.unwrap().at, ack + days(90));
+    }
+
+    #[test]
+    fn the_earliest_unreported_change_counts_not_the_latest() {
+        let ack = t(2026, 2, 1);
+        let mut u = acked(LicenseKind::Perpetual, t(2026, 1, 1), ack);
+        u.changes = vec![ack + days(50), ack + days(10), ack - days(5)];
+        let due = Policy::cisco_default().deadlines(&u).ack_deadline.unwrap();
+        assert_eq!(due.at, ack + days(100));
     }
 
     #[test]
     fn changes_before_the_first_report_are_covered_by_its_window() {
         let mut u = usage(LicenseKind::Perpetual, t(2026, 1, 1));
-        u.last_change = Some(t(2026, 1, 2));
+        u.changes = vec![t(2026, 1, 2)];
         let due = Policy::cisco_default().deadlines(&u).ack_deadline.unwrap();
         assert_eq!(
             (due.at, due.rule),

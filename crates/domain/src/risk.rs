@@ -206,7 +206,7 @@ mod tests {
             first_use: ack - TimeDelta::days(400),
             last_report: Some(ack),
             last_ack: Some(ack),
-            last_change: None,
+            changes: Vec::new(),
         })
     }
 
