@@ -480,3 +480,71 @@ pub async fn cancel(t: &Tiers, id: Uuid) -> Result<Job, JobError> {
     })
     .await
 }
+
+/// A virtual account transfer asked for through the Catalyst Center API: a best-effort job that
+/// moves the devices, answered with `TransferAccepted`. The task id is the idempotency key, so a
+/// redelivered request finds its job instead of starting another.
+pub async fn transfer(
+    t: &Tiers,
+    msg_id: &str,
+    ev: proto::TransferRequested,
+) -> Result<(), tally_bus::consumer::HandlerError> {
+    use tally_bus::consumer::HandlerError;
+    let ids = ev
+        .device_ids
+        .iter()
+        .map(|d| Uuid::parse_str(d))
+        .collect::<Result<Vec<_>, _>>();
+    let req = PlanRequest {
+        select: plan::Selector {
+            device_ids: ids.clone().unwrap_or_default(),
+            ..plan::Selector::default()
+        },
+        target: plan::Target {
+            virtual_account: Some(ev.virtual_account.clone()),
+            ..plan::Target::default()
+        },
+        mode: Mode::BestEffort,
+        expect_fingerprint: None,
+    };
+    let outcome = match (ids, req.validate()) {
+        (Err(e), _) => Err(format!("device_uuids: {e}")),
+        (_, Err(errs)) => Err(errs
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect::<Vec<_>>()
+            .join("; ")),
+        (Ok(_), Ok(target)) => {
+            let key = format!("transfer:{}", ev.task_id);
+            let by = format!("catalyst-api:{}", ev.requested_by);
+            match create(t, &req, &target, Some(&key), &by).await {
+                Ok(c) => Ok(c.job),
+                Err(JobError::Db(e)) => return Err(HandlerError::Retry(e.to_string())),
+                Err(JobError::Store(e)) => return Err(HandlerError::Retry(e.to_string())),
+                Err(e) => Err(e.to_string()),
+            }
+        }
+    };
+    let accepted = match outcome {
+        Ok(job) => proto::TransferAccepted {
+            task_id: ev.task_id.clone(),
+            job_id: job.id.to_string(),
+            error: String::new(),
+            devices: u32::try_from(job.devices_total - job.rejected).unwrap_or(0),
+        },
+        Err(error) => proto::TransferAccepted {
+            task_id: ev.task_id.clone(),
+            error,
+            ..Default::default()
+        },
+    };
+    let mut conn = t.pool.get().await.map_err(tally_store::StoreError::from)?;
+    conn.transaction(async |c| {
+        if !tally_store::outbox::claim(c, Schema::Tiers, msg_id).await? {
+            return Ok(());
+        }
+        tally_bus::emit(c, Schema::Tiers, &accepted).await?;
+        Ok::<_, HandlerError>(())
+    })
+    .await
+}

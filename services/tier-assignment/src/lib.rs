@@ -89,7 +89,9 @@ pub const DURABLE: &str = "tier-assignment";
 /// Runs the consumer, the apply worker, the pool sync and the outbox relay.
 pub async fn run(t: Tiers) -> Result<(), tally_bus::BusError> {
     use tally_bus::Event;
-    use tally_bus::proto::{AcksImported, DevicesDeleted, DevicesUpserted, ReportsCollected};
+    use tally_bus::proto::{
+        AcksImported, DevicesDeleted, DevicesUpserted, ReportsCollected, TransferRequested,
+    };
     let mut tasks = vec![
         tokio::spawn(tally_bus::relay::run(
             t.bus.clone(),
@@ -110,6 +112,7 @@ pub async fn run(t: Tiers) -> Result<(), tally_bus::BusError> {
             DevicesDeleted::SUBJECT,
             ReportsCollected::SUBJECT,
             AcksImported::SUBJECT,
+            TransferRequested::SUBJECT,
         ],
         move |d| {
             let t = t2.clone();
@@ -126,7 +129,9 @@ pub async fn run(t: Tiers) -> Result<(), tally_bus::BusError> {
 async fn handle(t: &Tiers, d: tally_bus::consumer::Delivery) -> Result<(), HandlerError> {
     use prost::Message;
     use tally_bus::Event;
-    use tally_bus::proto::{AcksImported, DevicesDeleted, DevicesUpserted, ReportsCollected};
+    use tally_bus::proto::{
+        AcksImported, DevicesDeleted, DevicesUpserted, ReportsCollected, TransferRequested,
+    };
     match d.subject.as_str() {
         DevicesUpserted::SUBJECT => {
             projection::upsert(t, &d.msg_id, DevicesUpserted::decode(d.payload)?).await
@@ -139,6 +144,9 @@ async fn handle(t: &Tiers, d: tally_bus::consumer::Delivery) -> Result<(), Handl
         }
         AcksImported::SUBJECT => {
             apply::record_acks(t, &d.msg_id, AcksImported::decode(d.payload)?).await
+        }
+        TransferRequested::SUBJECT => {
+            jobs::transfer(t, &d.msg_id, TransferRequested::decode(d.payload)?).await
         }
         other => Err(HandlerError::Poison(format!("unexpected subject {other}"))),
     }

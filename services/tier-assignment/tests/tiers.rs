@@ -995,3 +995,74 @@ async fn a_ledger_model_filter_with_a_backslash_is_not_a_500() {
         String::from_utf8_lossy(&body)
     );
 }
+
+#[derive(diesel::QueryableByName)]
+struct OutboxPayload {
+    #[diesel(sql_type = diesel::sql_types::Bytea)]
+    payload: Vec<u8>,
+}
+
+async fn accepted_events(t: &Tiers) -> Vec<proto::TransferAccepted> {
+    use prost::Message;
+    let mut c = t.pool.get().await.unwrap();
+    let rows: Vec<OutboxPayload> = diesel::sql_query(
+        "SELECT payload FROM tiers.outbox WHERE subject = 'tiers.transfer.accepted' ORDER BY seq",
+    )
+    .load(&mut c)
+    .await
+    .unwrap();
+    rows.iter()
+        .map(|r| proto::TransferAccepted::decode(r.payload.as_slice()).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_request_becomes_one_job_moving_the_devices() {
+    let cx = ctx(60, None).await;
+    set_pools(&cx.t, |_| 500).await;
+    let campus: Vec<Uuid> = ledger(&cx.t)
+        .await
+        .values()
+        .filter(|d| d.virtual_account == "Campus")
+        .map(|d| d.id)
+        .take(3)
+        .collect();
+    assert_eq!(campus.len(), 3);
+    let ev = proto::TransferRequested {
+        task_id: "task-1".into(),
+        device_ids: campus.iter().map(Uuid::to_string).collect(),
+        smart_account: SA.into(),
+        virtual_account: "Branch".into(),
+        requested_by: "dnac".into(),
+    };
+    jobs::transfer(&cx.t, "tr-1", ev.clone()).await.unwrap();
+    // Redelivered (or sent again by a retrying client): the same job, not a second one.
+    jobs::transfer(&cx.t, "tr-2", ev).await.unwrap();
+    assert_eq!(count(&cx.t, "SELECT count(*) FROM tiers.jobs").await, 1);
+    let events = accepted_events(&cx.t).await;
+    assert_eq!(events.len(), 2);
+    assert_eq!(events[0].job_id, events[1].job_id);
+    assert_eq!((events[0].devices, events[0].error.as_str()), (3, ""));
+    drain(&cx.t).await;
+    let l = ledger(&cx.t).await;
+    for id in &campus {
+        assert_eq!(l[id].virtual_account, "Branch");
+    }
+    jobs::transfer(
+        &cx.t,
+        "tr-3",
+        proto::TransferRequested {
+            task_id: "task-2".into(),
+            device_ids: vec!["not-a-uuid".into()],
+            virtual_account: "Branch".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let bad = accepted_events(&cx.t).await.pop().unwrap();
+    assert!(
+        bad.job_id.is_empty() && bad.error.contains("device_uuids"),
+        "{bad:?}"
+    );
+}
