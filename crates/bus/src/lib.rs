@@ -46,6 +46,7 @@ events! {
     DeviceLicensesChanged => "tiers.devices.licensed",
     TransferRequested => "sched.transfer.requested",
     TransferAccepted => "tiers.transfer.accepted",
+    AlertRaised => "sched.alert.raised",
 }
 
 /// Writes `event` to the service's outbox inside the caller's transaction.
