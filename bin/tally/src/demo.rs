@@ -345,6 +345,8 @@ async fn start_in_process(args: &DemoArgs) -> anyhow::Result<Started> {
         poll_initial_ms: 1000,
         cycle_cron: None,
         tier_concurrency: 64,
+        alert_interval_secs: 300,
+        clock_offset_secs: 0,
         pool_sync_interval_secs: 3600,
     };
     let server = tokio::spawn(crate::serve::serve(serve_args));

@@ -95,6 +95,12 @@ pub struct ServeArgs {
     /// Cron expression (UTC) for scheduled cycles, e.g. `0 3 * * 0`; none when unset.
     #[arg(long, env = "TALLY_CYCLE_CRON")]
     pub cycle_cron: Option<String>,
+    /// Seconds between alert evaluations.
+    #[arg(long, env = "TALLY_ALERT_INTERVAL_SECS", default_value_t = 300)]
+    pub alert_interval_secs: u64,
+    /// Seconds added to the clock when evaluating deadlines and alerts (drills and tests only).
+    #[arg(long, env = "TALLY_CLOCK_OFFSET_SECS", default_value_t = 0, allow_hyphen_values = true)]
+    pub clock_offset_secs: i64,
     /// Devices configured at once by a tier job worker.
     #[arg(long, env = "TALLY_TIER_CONCURRENCY", default_value_t = 64)]
     pub tier_concurrency: usize,
@@ -264,7 +270,15 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             bus: bus.clone(),
             cfg: Arc::new(tally_renewal_scheduler::Config {
                 cron: args.cycle_cron.clone(),
+                token_key: Some(tally_renewal_scheduler::catalyst::token_key(&args.secret_key)),
+                alert_interval: Duration::from_secs(args.alert_interval_secs.max(1)),
+                clock_offset: chrono::TimeDelta::try_seconds(args.clock_offset_secs)
+                    .unwrap_or_default(),
             }),
+            webhooks: Some(tally_webhook::Webhooks::new(
+                tally_webhook::Schema::new("sched")?,
+                secrets.clone(),
+            )),
         };
         svc.scheduler = Some(web::Data::new(s.clone()));
         tasks.spawn(async move {
@@ -344,7 +358,11 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     tally_tier_assignment::routes(cfg);
                 }
             });
-        let (app, api) = app.service(scope).split_for_parts();
+        let (mut app, api) = app.service(scope).split_for_parts();
+        if s.scheduler.is_some() {
+            // Catalyst Center's paths and its own token auth, so its SDKs work unchanged.
+            app = app.configure(tally_renewal_scheduler::catalyst::routes);
+        }
         app.wrap(middleware::from_fn(count_requests))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))

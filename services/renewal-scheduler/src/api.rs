@@ -17,6 +17,7 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(list_cycles)
         .service(get_cycle)
         .service(cycle_failures);
+    crate::alerts_api::routes(cfg);
 }
 
 #[derive(QueryableByName)]

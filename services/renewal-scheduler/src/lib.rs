@@ -1,17 +1,38 @@
 //! renewal-scheduler: starts license cycles (on a cron schedule and on demand) and follows each
 //! through its stages (collection, upload, ACK delivery) from the other services' events.
 
+pub mod alerts_api;
 pub mod api;
+pub mod catalyst;
+pub mod compliance;
 pub mod cycles;
 pub mod fleet;
 
 use tally_bus::Bus;
 use tally_store::Pool;
 
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// Cron expression (croner syntax, 5 or 6 fields, UTC); no scheduled cycles when absent.
     pub cron: Option<String>,
+    /// Signs the Catalyst Center API's tokens ([`catalyst::token_key`]); that API answers 503
+    /// without it.
+    pub token_key: Option<ring::hmac::Key>,
+    /// How often alerts are evaluated.
+    pub alert_interval: std::time::Duration,
+    /// Added to the clock when evaluating alerts: a drill or a test can run the fleet's future.
+    pub clock_offset: chrono::TimeDelta,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            cron: None,
+            token_key: None,
+            alert_interval: std::time::Duration::from_secs(300),
+            clock_offset: chrono::TimeDelta::zero(),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -19,6 +40,8 @@ pub struct Scheduler {
     pub pool: Pool,
     pub bus: Bus,
     pub cfg: std::sync::Arc<Config>,
+    /// Alert webhooks (their secrets are sealed); `None` delivers alerts on NATS only.
+    pub webhooks: Option<tally_webhook::Webhooks>,
 }
 
 pub use api::routes;
@@ -38,13 +61,23 @@ pub async fn run(s: Scheduler) -> Result<(), tally_bus::BusError> {
     use tally_bus::consumer::HandlerError;
     use tally_bus::proto::{
         AcksImported, AcksReceived, CollectionProgress, CollectionStarted, DevicesDeleted,
-        DevicesUpserted, UploadProgress,
+        DevicesUpserted, TransferAccepted, UploadProgress,
     };
     let mut tasks = vec![tokio::spawn(tally_bus::relay::run(
         s.bus.clone(),
         s.pool.clone(),
         tally_store::outbox::Schema::Sched,
     ))];
+    tasks.push(tokio::spawn(compliance::run_alerts(s.clone())));
+    if let Some(w) = &s.webhooks {
+        match tally_webhook::Deliverer::new(w.clone(), tally_webhook::DeliveryConfig::default()) {
+            Ok(d) => {
+                let pool = s.pool.clone();
+                tasks.push(tokio::spawn(async move { d.run(pool).await }));
+            }
+            Err(e) => tracing::error!(error = %e, "webhook delivery is off"),
+        }
+    }
     if let Some(expr) = &s.cfg.cron {
         match parse_cron(expr) {
             Ok(cron) => tasks.push(tokio::spawn(cycles::run_cron(s.clone(), cron))),
@@ -63,6 +96,7 @@ pub async fn run(s: Scheduler) -> Result<(), tally_bus::BusError> {
             DevicesUpserted::SUBJECT,
             DevicesDeleted::SUBJECT,
             AcksReceived::SUBJECT,
+            TransferAccepted::SUBJECT,
         ],
         move |d| {
             let s = sc.clone();
@@ -81,6 +115,14 @@ pub async fn run(s: Scheduler) -> Result<(), tally_bus::BusError> {
                             &s,
                             &d.msg_id,
                             AcksReceived::decode(d.payload)?,
+                        )
+                        .await;
+                    }
+                    TransferAccepted::SUBJECT => {
+                        return catalyst::transfer_accepted(
+                            &s,
+                            &d.msg_id,
+                            TransferAccepted::decode(d.payload)?,
                         )
                         .await;
                     }

@@ -18,6 +18,7 @@ async fn scheduler() -> (TestDb, Scheduler) {
         pool,
         bus,
         cfg: Arc::new(Config::default()),
+        webhooks: None,
     };
     (db, s)
 }

@@ -1,0 +1,1 @@
+DROP TABLE sched.catalyst_tasks;

@@ -1,0 +1,2 @@
+DROP TABLE sched.silences;
+DROP TABLE sched.alerts;
