@@ -99,7 +99,12 @@ pub struct ServeArgs {
     #[arg(long, env = "TALLY_ALERT_INTERVAL_SECS", default_value_t = 300)]
     pub alert_interval_secs: u64,
     /// Seconds added to the clock when evaluating deadlines and alerts (drills and tests only).
-    #[arg(long, env = "TALLY_CLOCK_OFFSET_SECS", default_value_t = 0, allow_hyphen_values = true)]
+    #[arg(
+        long,
+        env = "TALLY_CLOCK_OFFSET_SECS",
+        default_value_t = 0,
+        allow_hyphen_values = true
+    )]
     pub clock_offset_secs: i64,
     /// Devices configured at once by a tier job worker.
     #[arg(long, env = "TALLY_TIER_CONCURRENCY", default_value_t = 64)]
@@ -270,7 +275,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             bus: bus.clone(),
             cfg: Arc::new(tally_renewal_scheduler::Config {
                 cron: args.cycle_cron.clone(),
-                token_key: Some(tally_renewal_scheduler::catalyst::token_key(&args.secret_key)),
+                token_key: Some(tally_renewal_scheduler::catalyst::token_key(
+                    &args.secret_key,
+                )),
                 alert_interval: Duration::from_secs(args.alert_interval_secs.max(1)),
                 clock_offset: chrono::TimeDelta::try_seconds(args.clock_offset_secs)
                     .unwrap_or_default(),
