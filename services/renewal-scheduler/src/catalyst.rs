@@ -866,9 +866,18 @@ pub async fn transfer_accepted(
         return Err(HandlerError::Poison(format!("task id {:?}", ev.task_id)));
     };
     let job = Uuid::parse_str(&ev.job_id).ok();
-    let failed = !ev.error.is_empty();
+    // A job that rejected every device moves nothing: the client must see a failure.
+    let error = if ev.error.is_empty() && ev.devices == 0 {
+        format!(
+            "tier job {} rejected every device (see /api/v1/tiers/jobs/{})",
+            ev.job_id, ev.job_id
+        )
+    } else {
+        ev.error.clone()
+    };
+    let failed = !error.is_empty();
     let progress = if failed {
-        format!("Transfer refused: {}", ev.error)
+        format!("Transfer refused: {error}")
     } else {
         format!(
             "Transfer of {} device(s) accepted: tier job {} moves them to the virtual account",
@@ -887,7 +896,7 @@ pub async fn transfer_accepted(
         .bind::<SqlUuid, _>(task)
         .bind::<Bool, _>(failed)
         .bind::<Text, _>(&progress)
-        .bind::<Nullable<Text>, _>(failed.then(|| ev.error.clone()))
+        .bind::<Nullable<Text>, _>(failed.then_some(error.clone()))
         .bind::<Nullable<SqlUuid>, _>(job)
         .execute(c)
         .await?;
