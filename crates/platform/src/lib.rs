@@ -2,6 +2,7 @@
 //! auth with roles, secrets sealing, health and metrics, logging and TLS provider setup.
 
 pub mod auth;
+pub mod csv_body;
 pub mod metrics;
 pub mod problem;
 pub mod secret;

@@ -38,26 +38,6 @@ fn invalid(field: &str, message: impl Into<String>) -> Problem {
     }])
 }
 
-fn csv_response<R: Serialize>(rows: &[R]) -> Result<HttpResponse, Problem> {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    for r in rows {
-        w.serialize(r).map_err(Problem::internal)?;
-    }
-    let body = w.into_inner().map_err(Problem::internal)?;
-    Ok(HttpResponse::Ok()
-        .content_type("text/csv; charset=utf-8")
-        .body(body))
-}
-
-fn wants_csv(req: &HttpRequest, format: Option<&str>) -> bool {
-    format == Some("csv")
-        || req
-            .headers()
-            .get("accept")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/csv"))
-}
-
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ComplianceQuery {
@@ -101,8 +81,8 @@ async fn devices(
         .map(|d| compliance::assess(d, now).0)
         .filter(|c| q.status.as_ref().is_none_or(|x| &c.status == x))
         .collect();
-    if wants_csv(&req, q.format.as_deref()) {
-        return csv_response(&out);
+    if tally_platform::csv_body::wanted(&req, q.format.as_deref()) {
+        return tally_platform::csv_body::response(&out);
     }
     Ok(HttpResponse::Ok().json(out))
 }
@@ -132,8 +112,8 @@ async fn at_risk(
     let rows = compliance::fleet(&mut c).await.map_err(db)?;
     let mut out = compliance::at_risk(&rows, q.at.unwrap_or_else(Utc::now));
     out.truncate(limit);
-    if wants_csv(&req, q.format.as_deref()) {
-        return csv_response(&out);
+    if tally_platform::csv_body::wanted(&req, q.format.as_deref()) {
+        return tally_platform::csv_body::response(&out);
     }
     Ok(HttpResponse::Ok().json(out))
 }
@@ -170,13 +150,13 @@ async fn summary(
     let mut c = tally_platform::problem::conn(&s.pool).await?;
     let rows = compliance::fleet(&mut c).await.map_err(db)?;
     let out = compliance::roll_up(&rows, &q.by, q.at.unwrap_or_else(Utc::now));
-    if wants_csv(&req, q.format.as_deref()) {
-        return csv_response(&out);
+    if tally_platform::csv_body::wanted(&req, q.format.as_deref()) {
+        return tally_platform::csv_body::response(&out);
     }
     Ok(HttpResponse::Ok().json(out))
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema, QueryableByName)]
+#[derive(Debug, Default, Serialize, Deserialize, ToSchema, QueryableByName)]
 pub struct Alert {
     #[diesel(sql_type = SqlUuid)]
     pub id: Uuid,
@@ -262,8 +242,8 @@ async fn list_alerts(
     .load(&mut c)
     .await
     .map_err(db)?;
-    if wants_csv(&req, q.format.as_deref()) {
-        return csv_response(&rows);
+    if tally_platform::csv_body::wanted(&req, q.format.as_deref()) {
+        return tally_platform::csv_body::response(&rows);
     }
     Ok(HttpResponse::Ok().json(rows))
 }

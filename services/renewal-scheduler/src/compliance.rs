@@ -74,7 +74,7 @@ pub fn role_of(model: &str, is_cube: bool) -> DeviceRole {
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct DeviceCompliance {
     pub device_id: Uuid,
     pub hostname: String,

@@ -71,38 +71,6 @@ fn db(e: diesel::result::Error) -> Problem {
     Problem::internal(e)
 }
 
-/// CSV with a header line, even when there are no rows (the header comes from a default row).
-fn csv_response<R: Serialize + Default>(rows: &[R]) -> Result<HttpResponse, Problem> {
-    let mut w = csv::Writer::from_writer(Vec::new());
-    if rows.is_empty() {
-        w.serialize(R::default()).map_err(Problem::internal)?;
-    }
-    for r in rows {
-        w.serialize(r).map_err(Problem::internal)?;
-    }
-    let mut body = w.into_inner().map_err(Problem::internal)?;
-    if rows.is_empty() {
-        let end = body
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(body.len(), |i| i + 1);
-        body.truncate(end);
-    }
-    Ok(HttpResponse::Ok()
-        .content_type("text/csv; charset=utf-8")
-        .body(body))
-}
-
-/// `?format=csv` or `Accept: text/csv` ask for CSV.
-fn wants_csv(req: &HttpRequest, format: Option<&str>) -> bool {
-    format == Some("csv")
-        || req
-            .headers()
-            .get("accept")
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("text/csv"))
-}
-
 /// A filter value that can only be one of `allowed`: anything else is a 422, not an empty list.
 fn one_of(field: &str, value: Option<&str>, allowed: &[&str]) -> Result<(), Problem> {
     match value {
@@ -298,7 +266,7 @@ fn pools_response(
     format: Option<&str>,
     pools: Vec<PoolView>,
 ) -> Result<HttpResponse, Problem> {
-    if wants_csv(req, format) {
+    if tally_platform::csv_body::wanted(req, format) {
         let rows: Vec<PoolCsv<'_>> = pools
             .iter()
             .map(|p| PoolCsv {
@@ -314,7 +282,7 @@ fn pools_response(
                 overcommitted: p.overcommitted,
             })
             .collect();
-        return csv_response(&rows);
+        return tally_platform::csv_body::response(&rows);
     }
     Ok(HttpResponse::Ok().json(pools))
 }
@@ -575,8 +543,8 @@ async fn job_items(
     .load(&mut c)
     .await
     .map_err(db)?;
-    if wants_csv(&req, f.format.as_deref()) {
-        return csv_response(&rows);
+    if tally_platform::csv_body::wanted(&req, f.format.as_deref()) {
+        return tally_platform::csv_body::response(&rows);
     }
     Ok(HttpResponse::Ok().json(rows))
 }
@@ -668,8 +636,8 @@ async fn list_ledger(
     .load(&mut c)
     .await
     .map_err(db)?;
-    if wants_csv(&req, f.format.as_deref()) {
-        return csv_response(&rows);
+    if tally_platform::csv_body::wanted(&req, f.format.as_deref()) {
+        return tally_platform::csv_body::response(&rows);
     }
     Ok(HttpResponse::Ok().json(rows))
 }
@@ -750,8 +718,8 @@ async fn history(
     .load(&mut c)
     .await
     .map_err(db)?;
-    if wants_csv(&req, f.format.as_deref()) {
-        return csv_response(&rows);
+    if tally_platform::csv_body::wanted(&req, f.format.as_deref()) {
+        return tally_platform::csv_body::response(&rows);
     }
     Ok(HttpResponse::Ok().json(rows))
 }
