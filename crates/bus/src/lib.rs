@@ -2,6 +2,7 @@
 //! outbox relay and an idempotent consumer helper that acks only after the handler committed.
 
 pub mod consumer;
+pub mod projection;
 pub mod relay;
 
 use async_nats::jetstream;

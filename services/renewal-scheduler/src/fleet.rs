@@ -4,13 +4,9 @@
 use crate::Scheduler;
 use diesel::sql_types::{Array, Bool, Int8, Nullable, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use tally_bus::{consumer::HandlerError, proto};
+use tally_bus::{consumer::HandlerError, projection::device_id, proto};
 use tally_store::outbox::{Schema, claim};
 use uuid::Uuid;
-
-fn uuid(s: &str) -> Result<Uuid, HandlerError> {
-    Uuid::parse_str(s).map_err(|e| HandlerError::Poison(format!("device id {s:?}: {e}")))
-}
 
 pub async fn upsert(
     s: &Scheduler,
@@ -20,7 +16,7 @@ pub async fn upsert(
     let ids = ev
         .devices
         .iter()
-        .map(|d| uuid(&d.device_id))
+        .map(|d| device_id(&d.device_id))
         .collect::<Result<Vec<_>, _>>()?;
     let col = |f: fn(&proto::Device) -> &str| -> Vec<String> {
         ev.devices.iter().map(|d| f(d).to_owned()).collect()
@@ -86,23 +82,7 @@ pub async fn delete(
     msg_id: &str,
     ev: proto::DevicesDeleted,
 ) -> Result<(), HandlerError> {
-    let ids = ev
-        .device_ids
-        .iter()
-        .map(|d| uuid(d))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut conn = s.pool.get().await.map_err(tally_store::StoreError::from)?;
-    conn.transaction(async |c| {
-        if !claim(c, Schema::Sched, msg_id).await? {
-            return Ok(());
-        }
-        diesel::sql_query("UPDATE sched.devices SET deleted = true WHERE id = ANY($1)")
-            .bind::<Array<SqlUuid>, _>(&ids)
-            .execute(c)
-            .await?;
-        Ok::<_, HandlerError>(())
-    })
-    .await
+    tally_bus::projection::delete_devices(&s.pool, Schema::Sched, msg_id, &ev).await
 }
 
 /// CSSM answered an upload of these devices' usage (the ACKs are on their way to the devices).

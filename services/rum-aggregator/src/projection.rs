@@ -3,13 +3,8 @@
 use crate::Aggregator;
 use diesel::sql_types::{Array, Int8, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, RunQueryDsl};
-use tally_bus::{consumer::HandlerError, proto};
+use tally_bus::{consumer::HandlerError, projection::device_id, proto};
 use tally_store::outbox::{Schema, claim};
-use uuid::Uuid;
-
-fn uuid(s: &str) -> Result<Uuid, HandlerError> {
-    Uuid::parse_str(s).map_err(|e| HandlerError::Poison(format!("device id {s:?}: {e}")))
-}
 
 pub async fn upsert(
     agg: &Aggregator,
@@ -19,7 +14,7 @@ pub async fn upsert(
     let ids = ev
         .devices
         .iter()
-        .map(|d| uuid(&d.device_id))
+        .map(|d| device_id(&d.device_id))
         .collect::<Result<Vec<_>, _>>()?;
     let col = |f: fn(&proto::Device) -> &str| -> Vec<String> {
         ev.devices.iter().map(|d| f(d).to_owned()).collect()
@@ -67,25 +62,5 @@ pub async fn delete(
     msg_id: &str,
     ev: proto::DevicesDeleted,
 ) -> Result<(), HandlerError> {
-    let ids = ev
-        .device_ids
-        .iter()
-        .map(|d| uuid(d))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut conn = agg
-        .pool
-        .get()
-        .await
-        .map_err(tally_store::StoreError::from)?;
-    conn.transaction(async |c| {
-        if !claim(c, Schema::Rum, msg_id).await? {
-            return Ok(());
-        }
-        diesel::sql_query("UPDATE rum.devices SET deleted = true WHERE id = ANY($1)")
-            .bind::<Array<SqlUuid>, _>(&ids)
-            .execute(c)
-            .await?;
-        Ok::<_, HandlerError>(())
-    })
-    .await
+    tally_bus::projection::delete_devices(&agg.pool, Schema::Rum, msg_id, &ev).await
 }

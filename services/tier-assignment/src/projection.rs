@@ -5,17 +5,12 @@
 use crate::{Tiers, store};
 use diesel::sql_types::{Array, Bool, Int8, Nullable, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, RunQueryDsl};
-use tally_bus::{consumer::HandlerError, proto};
+use tally_bus::{consumer::HandlerError, projection::device_id, proto};
 use tally_domain::{
     DnaTier, NetworkLicense,
     rules::{Level, Rules},
 };
 use tally_store::outbox::{Schema, claim};
-use uuid::Uuid;
-
-fn uuid(s: &str) -> Result<Uuid, HandlerError> {
-    Uuid::parse_str(s).map_err(|e| HandlerError::Poison(format!("device id {s:?}: {e}")))
-}
 
 /// The licenses a device holds for its levels under `rules` (none if its levels are unknown or
 /// no license fits its model: the device then draws on no pool until a job gives it one).
@@ -43,7 +38,7 @@ pub async fn upsert(
     let ids = ev
         .devices
         .iter()
-        .map(|d| uuid(&d.device_id))
+        .map(|d| device_id(&d.device_id))
         .collect::<Result<Vec<_>, _>>()?;
     let col = |f: fn(&proto::Device) -> &str| -> Vec<String> {
         ev.devices.iter().map(|d| f(d).to_owned()).collect()
@@ -118,23 +113,5 @@ pub async fn delete(
     msg_id: &str,
     ev: proto::DevicesDeleted,
 ) -> Result<(), HandlerError> {
-    let ids = ev
-        .device_ids
-        .iter()
-        .map(|d| uuid(d))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut conn = t.pool.get().await.map_err(tally_store::StoreError::from)?;
-    conn.transaction(async |c| {
-        if !claim(c, Schema::Tiers, msg_id).await? {
-            return Ok(());
-        }
-        // A deleted device gives its licenses back to the pools (held counts skip it). Inventory
-        // never reuses ids, so a late upsert must not bring it back.
-        diesel::sql_query("UPDATE tiers.devices SET deleted = true WHERE id = ANY($1)")
-            .bind::<Array<SqlUuid>, _>(&ids)
-            .execute(c)
-            .await?;
-        Ok::<_, HandlerError>(())
-    })
-    .await
+    tally_bus::projection::delete_devices(&t.pool, Schema::Tiers, msg_id, &ev).await
 }
