@@ -359,11 +359,11 @@ async fn create_silence(
         });
     }
     if let Some(k) = &body.kind
-        && !matches!(k.as_str(), "ack_deadline" | "term_end")
+        && !compliance::KINDS.contains(&k.as_str())
     {
         errors.push(FieldError {
             field: "kind".into(),
-            message: format!("{k:?} is not ack_deadline or term_end"),
+            message: format!("{k:?} is not one of {}", compliance::KINDS.join(", ")),
         });
     }
     if !errors.is_empty() {

@@ -253,6 +253,181 @@ struct SilenceRow {
     device_id: Option<Uuid>,
 }
 
+impl SilenceRow {
+    /// Fields left empty match anything.
+    fn matches(&self, kind: &str, site: &str, device: Uuid) -> bool {
+        self.kind.as_deref().is_none_or(|k| k == kind)
+            && self.site.as_deref().is_none_or(|s| s == site)
+            && self.device_id.is_none_or(|id| id == device)
+    }
+}
+
+async fn silences(
+    c: &mut AsyncPgConnection,
+    now: DateTime<Utc>,
+) -> Result<Vec<SilenceRow>, diesel::result::Error> {
+    diesel::sql_query("SELECT kind, site, device_id FROM sched.silences WHERE until > $1")
+        .bind::<Timestamptz, _>(now)
+        .load(c)
+        .await
+}
+
+/// An alert about one device.
+pub struct NewAlert<'a> {
+    pub kind: &'a str,
+    pub severity: &'a str,
+    pub device: &'a FleetRow,
+    /// The deadline it is about, or when the failure happened.
+    pub due: DateTime<Utc>,
+    /// What makes it unique for that device, kind and due time.
+    pub threshold: String,
+    pub message: String,
+}
+
+pub enum Raised {
+    Delivered,
+    Silenced,
+    /// Fired before (same device, kind, due time and threshold): nothing done.
+    Already,
+}
+
+/// Records an alert once, with its NATS event and webhook deliveries unless silenced, in the
+/// caller's transaction.
+pub async fn raise(
+    c: &mut AsyncPgConnection,
+    s: &Scheduler,
+    a: &NewAlert<'_>,
+    silenced: bool,
+    now: DateTime<Utc>,
+) -> Result<Raised, diesel::result::Error> {
+    let d = a.device;
+    let id = Uuid::now_v7();
+    let inserted = diesel::sql_query(
+        "INSERT INTO sched.alerts (id, subject, kind, due, threshold, severity, device_id, \
+         hostname, site, virtual_account, message, silenced, fired_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
+         ON CONFLICT (subject, kind, due, threshold) DO NOTHING",
+    )
+    .bind::<SqlUuid, _>(id)
+    .bind::<Text, _>(d.id.to_string())
+    .bind::<Text, _>(a.kind)
+    .bind::<Timestamptz, _>(a.due)
+    .bind::<Text, _>(&a.threshold)
+    .bind::<Text, _>(a.severity)
+    .bind::<SqlUuid, _>(d.id)
+    .bind::<Text, _>(&d.hostname)
+    .bind::<Text, _>(&d.site)
+    .bind::<Text, _>(&d.virtual_account)
+    .bind::<Text, _>(&a.message)
+    .bind::<Bool, _>(silenced)
+    .bind::<Timestamptz, _>(now)
+    .execute(c)
+    .await?;
+    if inserted == 0 {
+        return Ok(Raised::Already);
+    }
+    if silenced {
+        return Ok(Raised::Silenced);
+    }
+    let raised = proto::AlertRaised {
+        alert_id: id.to_string(),
+        kind: a.kind.to_owned(),
+        severity: a.severity.to_owned(),
+        subject: d.id.to_string(),
+        device_id: d.id.to_string(),
+        hostname: d.hostname.clone(),
+        site: d.site.clone(),
+        virtual_account: d.virtual_account.clone(),
+        due_ms: a.due.timestamp_millis(),
+        threshold: a.threshold.clone(),
+        message: a.message.clone(),
+    };
+    tally_bus::emit(c, Schema::Sched, &raised).await?;
+    if let Some(w) = &s.webhooks {
+        let payload = serde_json::json!({
+            "alert_id": id, "kind": a.kind, "severity": a.severity,
+            "device_id": d.id, "hostname": d.hostname, "site": d.site,
+            "virtual_account": d.virtual_account, "due": a.due,
+            "threshold": a.threshold, "message": a.message,
+        });
+        w.enqueue(c, id, a.kind, &payload)
+            .await
+            .map_err(|e| diesel::result::Error::QueryBuilderError(e.to_string().into()))?;
+    }
+    Ok(Raised::Delivered)
+}
+
+/// Alerts for devices a cycle could not collect from, upload or hand an ACK to: one per device,
+/// stage and cycle. CUBE/SRST/CME failures are critical: their deadline does not wait.
+pub async fn raise_failures(
+    c: &mut AsyncPgConnection,
+    s: &Scheduler,
+    cycle: Uuid,
+    failures: &[(String, &'static str, String)],
+) -> Result<(), diesel::result::Error> {
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let ids: Vec<Uuid> = failures
+        .iter()
+        .filter_map(|(d, _, _)| Uuid::parse_str(d).ok())
+        .collect();
+    let rows: Vec<FleetRow> = diesel::sql_query(
+        "SELECT id, hostname, model, site, smart_account, virtual_account, is_cube, network_license, \
+         dna_tier, first_seen_at, last_upload_at, last_ack_at FROM sched.devices WHERE id = ANY($1)",
+    )
+    .bind::<diesel::sql_types::Array<SqlUuid>, _>(&ids)
+    .load(c)
+    .await?;
+    let by_id: HashMap<Uuid, &FleetRow> = rows.iter().map(|r| (r.id, r)).collect();
+    let now = Utc::now();
+    // The cycle's start (a fixed time for a cycle this process never saw), so a failure
+    // reported twice in one cycle is one alert.
+    #[derive(QueryableByName)]
+    struct Started {
+        #[diesel(sql_type = Timestamptz)]
+        started_at: DateTime<Utc>,
+    }
+    let started = diesel::sql_query("SELECT started_at FROM sched.cycles WHERE id = $1")
+        .bind::<SqlUuid, _>(cycle)
+        .load::<Started>(c)
+        .await?
+        .into_iter()
+        .next()
+        .map_or(DateTime::UNIX_EPOCH, |s| s.started_at);
+    let active = silences(c, now).await?;
+    for (device, stage, reason) in failures {
+        let Some(d) = Uuid::parse_str(device)
+            .ok()
+            .and_then(|id| by_id.get(&id).copied())
+        else {
+            continue;
+        };
+        let kind = format!("{stage}_failed");
+        let severity = impact_str(role_of(&d.model, d.is_cube).impact());
+        let silenced = active.iter().any(|m| m.matches(&kind, &d.site, d.id));
+        let alert = NewAlert {
+            kind: &kind,
+            severity,
+            device: d,
+            due: started,
+            threshold: format!("cycle:{cycle}"),
+            message: format!("{}: {stage} failed in cycle {cycle}: {reason}", d.hostname),
+        };
+        raise(c, s, &alert, silenced, now).await?;
+    }
+    Ok(())
+}
+
+/// Alert kinds an operator can silence or filter on.
+pub const KINDS: &[&str] = &[
+    "ack_deadline",
+    "term_end",
+    "collection_failed",
+    "upload_failed",
+    "ack_failed",
+];
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct Evaluation {
     pub devices: usize,
@@ -297,20 +472,18 @@ pub async fn evaluate(
                     _ => continue,
                 };
                 if let Some(threshold) = parse_threshold(&r.threshold) {
-                    already.entry(r.subject.clone()).or_default().insert(AlertKey {
-                        subject: r.subject,
-                        kind,
-                        due: r.due,
-                        threshold,
-                    });
+                    already
+                        .entry(r.subject.clone())
+                        .or_default()
+                        .insert(AlertKey {
+                            subject: r.subject,
+                            kind,
+                            due: r.due,
+                            threshold,
+                        });
                 }
             }
-            let silences: Vec<SilenceRow> = diesel::sql_query(
-                "SELECT kind, site, device_id FROM sched.silences WHERE until > $1",
-            )
-            .bind::<Timestamptz, _>(now)
-            .load(c)
-            .await?;
+            let silences = silences(c, now).await?;
             let empty = HashSet::new();
             let mut ev = Evaluation {
                 devices: rows.len(),
@@ -327,72 +500,30 @@ pub async fn evaluate(
                 };
                 for key in due_alerts(&state, now, already.get(&subject).unwrap_or(&empty)) {
                     let kind = kind_str(key.kind);
-                    let silenced = silences.iter().any(|m| {
-                        m.kind.as_deref().is_none_or(|k| k == kind)
-                            && m.site.as_deref().is_none_or(|site| site == d.site)
-                            && m.device_id.is_none_or(|id| id == d.id)
-                    });
+                    let silenced = silences.iter().any(|m| m.matches(kind, &d.site, d.id));
                     let message = match key.threshold {
-                        Threshold::Passed => format!("{}: ACK deadline passed. {}", d.hostname, comp.reason),
+                        Threshold::Passed => {
+                            format!("{}: ACK deadline passed. {}", d.hostname, comp.reason)
+                        }
                         Threshold::DaysBefore(n) => {
-                            format!("{}: ACK deadline in {n} days or less. {}", d.hostname, comp.reason)
+                            format!(
+                                "{}: ACK deadline in {n} days or less. {}",
+                                d.hostname, comp.reason
+                            )
                         }
                     };
-                    let id = Uuid::now_v7();
-                    let threshold = threshold_str(key.threshold);
-                    let inserted = diesel::sql_query(
-                        "INSERT INTO sched.alerts (id, subject, kind, due, threshold, severity, device_id, \
-                         hostname, site, virtual_account, message, silenced, fired_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13) \
-                         ON CONFLICT (subject, kind, due, threshold) DO NOTHING",
-                    )
-                    .bind::<SqlUuid, _>(id)
-                    .bind::<Text, _>(&subject)
-                    .bind::<Text, _>(kind)
-                    .bind::<Timestamptz, _>(key.due)
-                    .bind::<Text, _>(&threshold)
-                    .bind::<Text, _>(&comp.impact)
-                    .bind::<SqlUuid, _>(d.id)
-                    .bind::<Text, _>(&d.hostname)
-                    .bind::<Text, _>(&d.site)
-                    .bind::<Text, _>(&d.virtual_account)
-                    .bind::<Text, _>(&message)
-                    .bind::<Bool, _>(silenced)
-                    .bind::<Timestamptz, _>(now)
-                    .execute(c)
-                    .await?;
-                    if inserted == 0 {
-                        continue;
-                    }
-                    if silenced {
-                        ev.silenced += 1;
-                        continue;
-                    }
-                    ev.fired += 1;
-                    let raised = proto::AlertRaised {
-                        alert_id: id.to_string(),
-                        kind: kind.to_owned(),
-                        severity: comp.impact.clone(),
-                        subject: subject.clone(),
-                        device_id: subject.clone(),
-                        hostname: d.hostname.clone(),
-                        site: d.site.clone(),
-                        virtual_account: d.virtual_account.clone(),
-                        due_ms: key.due.timestamp_millis(),
-                        threshold: threshold.clone(),
-                        message: message.clone(),
+                    let alert = NewAlert {
+                        kind,
+                        severity: &comp.impact,
+                        device: d,
+                        due: key.due,
+                        threshold: threshold_str(key.threshold),
+                        message,
                     };
-                    tally_bus::emit(c, Schema::Sched, &raised).await?;
-                    if let Some(w) = &s.webhooks {
-                        let payload = serde_json::json!({
-                            "alert_id": id, "kind": kind, "severity": comp.impact,
-                            "device_id": d.id, "hostname": d.hostname, "site": d.site,
-                            "virtual_account": d.virtual_account, "due": key.due,
-                            "threshold": threshold, "message": message,
-                        });
-                        w.enqueue(c, id, kind, &payload)
-                            .await
-                            .map_err(|e| diesel::result::Error::QueryBuilderError(e.to_string().into()))?;
+                    match raise(c, s, &alert, silenced, now).await? {
+                        Raised::Delivered => ev.fired += 1,
+                        Raised::Silenced => ev.silenced += 1,
+                        Raised::Already => {}
                     }
                 }
             }

@@ -217,6 +217,7 @@ pub async fn apply(s: &Scheduler, msg_id: &str, u: Update) -> Result<(), Handler
         crate::fleet::acks_installed(c, &u.ack_ok_devices).await?;
         if let Some(cycle) = cycle {
             add(c, cycle, &u).await?;
+            crate::compliance::raise_failures(c, s, cycle, &u.failures).await?;
         }
         Ok::<_, HandlerError>(())
     })

@@ -205,3 +205,56 @@ async fn a_silenced_site_is_recorded_not_delivered_and_replicas_fire_once() {
     );
     assert_eq!(thresholds(&s, ids[0]).await, ["days_before:30"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_devices_raise_one_alert_per_cycle_and_stage() {
+    use tally_renewal_scheduler::cycles;
+    let (_db, s, ids) = fleet_acked_at(t0()).await;
+    let cycle = Uuid::now_v7();
+    let progress = |reason: &str| proto::CollectionProgress {
+        cycle_id: cycle.to_string(),
+        devices_failed: 2,
+        failures: vec![
+            proto::DeviceFailure {
+                device_id: ids[1].to_string(),
+                reason: reason.into(),
+            },
+            proto::DeviceFailure {
+                device_id: ids[0].to_string(),
+                reason: reason.into(),
+            },
+        ],
+        ..Default::default()
+    };
+    cycles::apply(&s, "p-1", cycles::Update::from(progress("HTTP 500")))
+        .await
+        .unwrap();
+    // Redelivered, and reported again in a later slice of the same cycle: still one alert each.
+    cycles::apply(&s, "p-1", cycles::Update::from(progress("HTTP 500")))
+        .await
+        .unwrap();
+    cycles::apply(&s, "p-2", cycles::Update::from(progress("timeout")))
+        .await
+        .unwrap();
+    assert_eq!(
+        count(
+            &s,
+            "SELECT count(*) FROM sched.alerts WHERE kind = 'collection_failed'"
+        )
+        .await,
+        2
+    );
+    assert_eq!(
+        count(&s, &format!("SELECT count(*) FROM sched.alerts WHERE kind = 'collection_failed' AND severity = 'critical' AND device_id = '{}'", ids[1])).await,
+        1,
+        "the CUBE router's failure is critical"
+    );
+    assert_eq!(
+        count(
+            &s,
+            "SELECT count(*) FROM sched.outbox WHERE subject = 'sched.alert.raised'"
+        )
+        .await,
+        2
+    );
+}
