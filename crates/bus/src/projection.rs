@@ -40,3 +40,47 @@ pub async fn delete_devices(
     })
     .await
 }
+
+/// The columns of a `DevicesUpserted` chunk, as arrays for one `unnest` statement.
+pub struct Columns<'a> {
+    ev: &'a proto::DevicesUpserted,
+}
+
+impl<'a> Columns<'a> {
+    pub fn of(ev: &'a proto::DevicesUpserted) -> Self {
+        Self { ev }
+    }
+    /// Every device id; one that does not parse makes the message poison.
+    pub fn ids(&self) -> Result<Vec<Uuid>, HandlerError> {
+        self.ev
+            .devices
+            .iter()
+            .map(|d| device_id(&d.device_id))
+            .collect()
+    }
+    pub fn text(&self, f: fn(&proto::Device) -> &str) -> Vec<String> {
+        self.ev.devices.iter().map(|d| f(d).to_owned()).collect()
+    }
+    pub fn revisions(&self) -> Vec<i64> {
+        self.ev.devices.iter().map(|d| d.revision).collect()
+    }
+    pub fn is_cube(&self) -> Vec<bool> {
+        self.ev.devices.iter().map(|d| d.is_cube).collect()
+    }
+    /// Groups as JSON arrays (SQL turns each back into `text[]`; arrays of arrays cannot be bound).
+    pub fn groups_json(&self) -> Vec<String> {
+        self.ev
+            .devices
+            .iter()
+            .map(|d| serde_json::to_string(&d.groups).unwrap_or_else(|_| "[]".into()))
+            .collect()
+    }
+    /// DNA tiers, `None` where the device has none.
+    pub fn dna_tiers(&self) -> Vec<Option<String>> {
+        self.ev
+            .devices
+            .iter()
+            .map(|d| (!d.dna_tier.is_empty()).then(|| d.dna_tier.clone()))
+            .collect()
+    }
+}

@@ -4,7 +4,7 @@
 use crate::Scheduler;
 use diesel::sql_types::{Array, Bool, Int8, Nullable, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
-use tally_bus::{consumer::HandlerError, projection::device_id, proto};
+use tally_bus::{consumer::HandlerError, projection::Columns, proto};
 use tally_store::outbox::{Schema, claim};
 use uuid::Uuid;
 
@@ -13,24 +13,11 @@ pub async fn upsert(
     msg_id: &str,
     ev: proto::DevicesUpserted,
 ) -> Result<(), HandlerError> {
-    let ids = ev
-        .devices
-        .iter()
-        .map(|d| device_id(&d.device_id))
-        .collect::<Result<Vec<_>, _>>()?;
-    let col = |f: fn(&proto::Device) -> &str| -> Vec<String> {
-        ev.devices.iter().map(|d| f(d).to_owned()).collect()
-    };
-    let groups: Vec<String> = ev
-        .devices
-        .iter()
-        .map(|d| serde_json::to_string(&d.groups).unwrap_or_else(|_| "[]".into()))
-        .collect();
-    let dna: Vec<Option<String>> = ev
-        .devices
-        .iter()
-        .map(|d| (!d.dna_tier.is_empty()).then(|| d.dna_tier.clone()))
-        .collect();
+    let cols = Columns::of(&ev);
+    let ids = cols.ids()?;
+    let col = |f| cols.text(f);
+    let groups = cols.groups_json();
+    let dna = cols.dna_tiers();
     let mut conn = s.pool.get().await.map_err(tally_store::StoreError::from)?;
     conn.transaction(async |c| {
         if !claim(c, Schema::Sched, msg_id).await? {
@@ -66,10 +53,10 @@ pub async fn upsert(
         .bind::<Array<Text>, _>(&groups)
         .bind::<Array<Text>, _>(col(|d| &d.smart_account))
         .bind::<Array<Text>, _>(col(|d| &d.virtual_account))
-        .bind::<Array<Bool>, _>(ev.devices.iter().map(|d| d.is_cube).collect::<Vec<_>>())
+        .bind::<Array<Bool>, _>(cols.is_cube())
         .bind::<Array<Text>, _>(col(|d| &d.network_license))
         .bind::<Array<Nullable<Text>>, _>(&dna)
-        .bind::<Array<Int8>, _>(ev.devices.iter().map(|d| d.revision).collect::<Vec<_>>())
+        .bind::<Array<Int8>, _>(cols.revisions())
         .execute(c)
         .await?;
         Ok::<_, HandlerError>(())

@@ -3,7 +3,7 @@
 use crate::Aggregator;
 use diesel::sql_types::{Array, Int8, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, RunQueryDsl};
-use tally_bus::{consumer::HandlerError, projection::device_id, proto};
+use tally_bus::{consumer::HandlerError, projection::Columns, proto};
 use tally_store::outbox::{Schema, claim};
 
 pub async fn upsert(
@@ -11,14 +11,9 @@ pub async fn upsert(
     msg_id: &str,
     ev: proto::DevicesUpserted,
 ) -> Result<(), HandlerError> {
-    let ids = ev
-        .devices
-        .iter()
-        .map(|d| device_id(&d.device_id))
-        .collect::<Result<Vec<_>, _>>()?;
-    let col = |f: fn(&proto::Device) -> &str| -> Vec<String> {
-        ev.devices.iter().map(|d| f(d).to_owned()).collect()
-    };
+    let cols = Columns::of(&ev);
+    let ids = cols.ids()?;
+    let col = |f| cols.text(f);
     let mut conn = agg
         .pool
         .get()
@@ -49,7 +44,7 @@ pub async fn upsert(
         .bind::<Array<Text>, _>(col(|d| &d.virtual_account))
         .bind::<Array<Text>, _>(col(|d| &d.username))
         .bind::<Array<Text>, _>(col(|d| &d.password_sealed))
-        .bind::<Array<Int8>, _>(ev.devices.iter().map(|d| d.revision).collect::<Vec<_>>())
+        .bind::<Array<Int8>, _>(cols.revisions())
         .execute(c)
         .await?;
         Ok::<_, HandlerError>(())

@@ -5,7 +5,7 @@
 use crate::{Tiers, store};
 use diesel::sql_types::{Array, Bool, Int8, Nullable, Text, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, RunQueryDsl};
-use tally_bus::{consumer::HandlerError, projection::device_id, proto};
+use tally_bus::{consumer::HandlerError, projection::Columns, proto};
 use tally_domain::{
     DnaTier, NetworkLicense,
     rules::{Level, Rules},
@@ -35,19 +35,10 @@ pub async fn upsert(
     msg_id: &str,
     ev: proto::DevicesUpserted,
 ) -> Result<(), HandlerError> {
-    let ids = ev
-        .devices
-        .iter()
-        .map(|d| device_id(&d.device_id))
-        .collect::<Result<Vec<_>, _>>()?;
-    let col = |f: fn(&proto::Device) -> &str| -> Vec<String> {
-        ev.devices.iter().map(|d| f(d).to_owned()).collect()
-    };
-    let groups: Vec<String> = ev
-        .devices
-        .iter()
-        .map(|d| serde_json::to_string(&d.groups).unwrap_or_else(|_| "[]".into()))
-        .collect();
+    let cols = Columns::of(&ev);
+    let ids = cols.ids()?;
+    let col = |f| cols.text(f);
+    let groups = cols.groups_json();
     let mut conn = t.pool.get().await.map_err(tally_store::StoreError::from)?;
     conn.transaction(async |c| {
         if !claim(c, Schema::Tiers, msg_id).await? {
@@ -56,11 +47,7 @@ pub async fn upsert(
         let rules = store::load_rules(c).await?.rules;
         let (net_pools, dna_pools): (Vec<Option<String>>, Vec<Option<String>>) =
             ev.devices.iter().map(|d| holdings(&rules, d)).unzip();
-        let dna: Vec<Option<String>> = ev
-            .devices
-            .iter()
-            .map(|d| (!d.dna_tier.is_empty()).then(|| d.dna_tier.clone()))
-            .collect();
+        let dna = cols.dna_tiers();
         // Newer revisions win; the ledger columns are only written for new devices.
         diesel::sql_query(
             "INSERT INTO tiers.devices (id, hostname, udi_pid, udi_serial, model, software_version, \
@@ -93,8 +80,8 @@ pub async fn upsert(
         .bind::<Array<Text>, _>(&groups)
         .bind::<Array<Text>, _>(col(|d| &d.username))
         .bind::<Array<Text>, _>(col(|d| &d.password_sealed))
-        .bind::<Array<Bool>, _>(ev.devices.iter().map(|d| d.is_cube).collect::<Vec<_>>())
-        .bind::<Array<Int8>, _>(ev.devices.iter().map(|d| d.revision).collect::<Vec<_>>())
+        .bind::<Array<Bool>, _>(cols.is_cube())
+        .bind::<Array<Int8>, _>(cols.revisions())
         .bind::<Array<Text>, _>(col(|d| &d.smart_account))
         .bind::<Array<Text>, _>(col(|d| &d.virtual_account))
         .bind::<Array<Text>, _>(col(|d| &d.network_license))

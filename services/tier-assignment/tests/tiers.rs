@@ -28,6 +28,32 @@ struct Ctx {
     n: usize,
 }
 
+const SECRET: &str = "tier-tests-secret-key";
+
+/// Simulated device `i` as inventory publishes it.
+fn sim_device(fleet: &FleetState, secrets: &SecretBox, i: usize, revision: i64) -> proto::Device {
+    let d = fleet.info(i).unwrap();
+    proto::Device {
+        device_id: device_id(i).to_string(),
+        udi_pid: d.udi_pid,
+        udi_serial: d.serial,
+        hostname: d.hostname,
+        model: d.model,
+        software_version: d.software_version,
+        base_url: d.base_url,
+        site: d.site,
+        smart_account: d.smart_account,
+        virtual_account: d.virtual_account,
+        username: d.username,
+        password_sealed: secrets.seal(&d.password).unwrap(),
+        is_cube: d.is_cube,
+        network_license: d.network_license,
+        dna_tier: d.dna_tier.unwrap_or_default(),
+        revision,
+        groups: vec![],
+    }
+}
+
 fn device_id(i: usize) -> Uuid {
     Uuid::from_u128(i as u128 + 1)
 }
@@ -38,7 +64,7 @@ async fn ctx(n: usize, cssm: Option<Arc<tally_cssm::CssmClient>>) -> Ctx {
     let db = TestDb::new().await.unwrap();
     let pool = tally_store::pool(&db.url, 12).unwrap();
     let bus = tally_bus::testing::bus().await.unwrap();
-    let secrets = SecretBox::from_secret("tier-tests-secret-key");
+    let secrets = SecretBox::from_secret(SECRET);
     let (_, _, fleet) = tally_sim::start_fleet(FleetConfig {
         devices: n,
         ..FleetConfig::default()
@@ -58,26 +84,7 @@ async fn ctx(n: usize, cssm: Option<Arc<tally_cssm::CssmClient>>) -> Ctx {
     .unwrap();
     let mut ev = proto::DevicesUpserted::default();
     for i in 0..n {
-        let d = fleet.info(i).unwrap();
-        ev.devices.push(proto::Device {
-            device_id: device_id(i).to_string(),
-            udi_pid: d.udi_pid,
-            udi_serial: d.serial,
-            hostname: d.hostname,
-            model: d.model,
-            software_version: d.software_version,
-            base_url: d.base_url,
-            site: d.site,
-            smart_account: d.smart_account,
-            virtual_account: d.virtual_account,
-            username: d.username,
-            password_sealed: secrets.seal(&d.password).unwrap(),
-            is_cube: d.is_cube,
-            network_license: d.network_license,
-            dna_tier: d.dna_tier.unwrap_or_default(),
-            revision: 1,
-            groups: vec![],
-        });
+        ev.devices.push(sim_device(&fleet, &secrets, i, 1));
     }
     projection::upsert(&t, "devices-1", ev).await.unwrap();
     Ctx {
@@ -915,28 +922,9 @@ async fn a_device_deleted_then_published_late_stays_deleted() {
     )
     .await
     .unwrap();
-    let d = cx.fleet.info(0).unwrap();
-    let secrets = SecretBox::from_secret("tier-tests-secret-key");
+    let secrets = SecretBox::from_secret(SECRET);
     let ev = proto::DevicesUpserted {
-        devices: vec![proto::Device {
-            device_id: device_id(0).to_string(),
-            udi_pid: d.udi_pid,
-            udi_serial: d.serial,
-            hostname: d.hostname,
-            model: d.model,
-            software_version: d.software_version,
-            base_url: d.base_url,
-            site: d.site,
-            smart_account: d.smart_account,
-            virtual_account: d.virtual_account,
-            username: d.username,
-            password_sealed: secrets.seal(&d.password).unwrap(),
-            is_cube: d.is_cube,
-            network_license: d.network_license,
-            dna_tier: d.dna_tier.unwrap_or_default(),
-            revision: 2,
-            groups: vec![],
-        }],
+        devices: vec![sim_device(&cx.fleet, &secrets, 0, 2)],
     };
     let mut c = cx.t.pool.get().await.unwrap();
     let held_after_delete = store::held(&mut c).await.unwrap();
