@@ -241,8 +241,10 @@ async fn ack_outcomes(
     let mut ok = 0;
     let mut failed = 0;
     if !u.ack_ok_devices.is_empty() {
+        // DISTINCT: one import slice can install two ACKs of a device (its reports went in two
+        // batches), and DO UPDATE may touch a row only once per statement.
         let rows: Vec<Flip> = diesel::sql_query(
-            "INSERT INTO sched.cycle_acks (cycle_id, device_id, ok) SELECT $1, d, true FROM unnest($2::uuid[]) AS d \
+            "INSERT INTO sched.cycle_acks (cycle_id, device_id, ok) SELECT DISTINCT $1, d, true FROM unnest($2::uuid[]) AS d \
              ON CONFLICT (cycle_id, device_id) DO UPDATE SET ok = true WHERE NOT sched.cycle_acks.ok \
              RETURNING (xmax = 0) AS inserted",
         )

@@ -258,6 +258,70 @@ async fn counters_close_the_cycle_once_each() {
     assert!(cycles::start(&s, "api", None).await.unwrap().is_some());
 }
 
+/// A device whose reports went to CSSM in two batches gets two ACKs; when one import slice
+/// installs both, its `AcksImported` names the device twice. The cycle counts the device once and
+/// still closes (the event used to fail for good, "ON CONFLICT DO UPDATE command cannot affect row
+/// a second time", and was redelivered forever: the cycle never completed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_naming_a_device_twice_counts_it_once() {
+    let (_db, s) = scheduler().await;
+    let id = cycles::start(&s, "api", None).await.unwrap().unwrap();
+    let cid = id.to_string();
+    let (twice, other) = (Uuid::now_v7(), Uuid::now_v7());
+    for (msg, update) in [
+        (
+            "m-1",
+            cycles::Update::from(proto::CollectionStarted {
+                cycle_id: cid.clone(),
+                devices: 2,
+            }),
+        ),
+        (
+            "m-2",
+            proto::CollectionProgress {
+                cycle_id: cid.clone(),
+                devices_ok: 2,
+                devices_with_reports: 2,
+                ..Default::default()
+            }
+            .into(),
+        ),
+        (
+            "m-3",
+            proto::AcksImported {
+                cycle_id: cid.clone(),
+                ok: 2,
+                ok_devices: vec![twice.to_string(), twice.to_string()],
+                ..Default::default()
+            }
+            .into(),
+        ),
+    ] {
+        cycles::apply(&s, msg, update).await.unwrap();
+    }
+    let c = cycle(&s, id).await;
+    assert_eq!((c.state.as_str(), c.acks_imported), ("running", 1), "{c:?}");
+    cycles::apply(
+        &s,
+        "m-4",
+        proto::AcksImported {
+            cycle_id: cid.clone(),
+            ok: 2,
+            ok_devices: vec![other.to_string(), other.to_string()],
+            ..Default::default()
+        }
+        .into(),
+    )
+    .await
+    .unwrap();
+    let c = cycle(&s, id).await;
+    assert_eq!(
+        (c.state.as_str(), c.acks_imported),
+        ("complete", 2),
+        "{c:?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failures_complete_with_errors() {
     let (_db, s) = scheduler().await;
