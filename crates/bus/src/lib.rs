@@ -48,6 +48,7 @@ events! {
     TransferRequested => "sched.transfer.requested",
     TransferAccepted => "tiers.transfer.accepted",
     AlertRaised => "sched.alert.raised",
+    PoolsSynced => "tiers.pools.synced",
 }
 
 /// Writes `event` to the service's outbox inside the caller's transaction.

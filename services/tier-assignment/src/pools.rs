@@ -9,7 +9,9 @@ use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
+use tally_bus::proto;
 use tally_cssm::License;
+use tally_store::outbox::Schema;
 use utoipa::ToSchema;
 
 /// Only one replica syncs at a time.
@@ -201,6 +203,84 @@ pub async fn store_pools(
     .bind::<Array<Text>, _>(&st)
     .bind::<Array<Text>, _>(&details)
     .execute(c)
+    .await?;
+    announce(c, smart_account).await
+}
+
+/// Tells everyone the smart account's pools as they stand now (renewal reminders and
+/// compliance come from this), in the caller's transaction.
+async fn announce(
+    c: &mut AsyncPgConnection,
+    smart_account: &str,
+) -> Result<(), diesel::result::Error> {
+    let rules = store::load_rules(c).await?.rules;
+    let held = store::held(c).await?;
+    let rows: Vec<PoolRow> = diesel::sql_query(
+        "SELECT smart_account, virtual_account, license, quantity, cssm_in_use, cssm_available, \
+         status, details, synced_at FROM tiers.pools WHERE smart_account = $1 \
+         ORDER BY virtual_account, license",
+    )
+    .bind::<Text, _>(smart_account)
+    .load(c)
+    .await?;
+    let text = |v: &serde_json::Value, k: &str| {
+        v.get(k)
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let pools = rows
+        .iter()
+        .map(|r| proto::Pool {
+            virtual_account: r.virtual_account.clone(),
+            license: r.license.clone(),
+            level: rules
+                .license_named(&r.license)
+                .map(|(_, l)| l.level.as_str().to_owned())
+                .unwrap_or_default(),
+            models: rules
+                .license_named(&r.license)
+                .map(|(_, l)| l.models.clone())
+                .unwrap_or_default(),
+            quantity: r.quantity,
+            cssm_in_use: r.cssm_in_use,
+            held: held
+                .get(&(
+                    r.smart_account.clone(),
+                    r.virtual_account.clone(),
+                    r.license.clone(),
+                ))
+                .copied()
+                .unwrap_or(0),
+            terms: r
+                .details
+                .as_array()
+                .map(|ds| {
+                    ds.iter()
+                        .map(|d| proto::PoolTerm {
+                            subscription_id: text(d, "subscription_id"),
+                            license_type: text(d, "license_type"),
+                            quantity: d
+                                .get("quantity")
+                                .and_then(serde_json::Value::as_i64)
+                                .unwrap_or(0),
+                            start_date: text(d, "start_date"),
+                            end_date: text(d, "end_date"),
+                        })
+                        .collect()
+                })
+                .unwrap_or_default(),
+        })
+        .collect();
+    tally_bus::emit(
+        c,
+        Schema::Tiers,
+        &proto::PoolsSynced {
+            smart_account: smart_account.to_owned(),
+            pools,
+            synced_at_ms: Utc::now().timestamp_millis(),
+        },
+    )
     .await?;
     Ok(())
 }

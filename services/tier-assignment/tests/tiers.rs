@@ -236,7 +236,41 @@ async fn overcommit_is_refused_and_nothing_changes() {
         0
     );
     assert_eq!(ledger(&cx.t).await, before);
-    assert_eq!(count(&cx.t, "SELECT count(*) FROM tiers.outbox").await, 0);
+    // Nothing but the pool announcements (one per sync) went out.
+    assert_eq!(
+        count(
+            &cx.t,
+            "SELECT count(*) FROM tiers.outbox WHERE subject <> 'tiers.pools.synced'"
+        )
+        .await,
+        0
+    );
+    // Those carry what the scheduler needs: the level, models and counts.
+    #[derive(diesel::QueryableByName)]
+    struct Payload {
+        #[diesel(sql_type = diesel::sql_types::Bytea)]
+        payload: Vec<u8>,
+    }
+    let mut c = cx.t.pool.get().await.unwrap();
+    let last: Payload = diesel::sql_query(
+        "SELECT payload FROM tiers.outbox WHERE subject = 'tiers.pools.synced' \
+         ORDER BY seq DESC LIMIT 1",
+    )
+    .get_result(&mut c)
+    .await
+    .unwrap();
+    let ev = <proto::PoolsSynced as prost::Message>::decode(last.payload.as_slice()).unwrap();
+    let adv = ev
+        .pools
+        .iter()
+        .find(|p| p.license.starts_with("C9300 DNA Advantage, 48-port"))
+        .unwrap();
+    assert_eq!(adv.level, "dna-advantage");
+    assert!(
+        adv.models.iter().any(|m| m.starts_with("C9300-48")),
+        "{adv:?}"
+    );
+    assert_eq!(adv.quantity - adv.held, 2, "two spare: {adv:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
