@@ -26,6 +26,17 @@ pub enum Threshold {
 }
 
 impl Threshold {
+    /// The most days ahead any of `list` fires: nothing further away can have an alert due.
+    pub fn widest_days(list: &[Self]) -> i64 {
+        list.iter()
+            .filter_map(|t| match t {
+                Self::DaysBefore(n) => Some(i64::from(*n)),
+                Self::Passed => None,
+            })
+            .max()
+            .unwrap_or(0)
+    }
+
     /// Higher is more urgent: passed, then fewer days left.
     fn urgency(self) -> i64 {
         match self {

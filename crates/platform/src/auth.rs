@@ -84,6 +84,23 @@ impl ApiTokens {
         self.entries.is_empty()
     }
 
+    /// A short public fingerprint of one of our tokens (8 bytes of its digest, hex), carried by
+    /// credentials issued against it so that they die with it.
+    pub fn fingerprint_of(&self, token: &str) -> Option<String> {
+        let d = digest(token);
+        self.entries
+            .iter()
+            .any(|(h, _, _)| *h == d)
+            .then(|| hex::encode(&d[..8]))
+    }
+
+    /// Whether a token with this fingerprint is still configured.
+    pub fn has_fingerprint(&self, fingerprint: &str) -> bool {
+        self.entries
+            .iter()
+            .any(|(h, _, _)| hex::encode(&h[..8]) == fingerprint)
+    }
+
     /// The role of `token`, if it is one of ours.
     pub fn role_of(&self, token: &str) -> Option<(Role, String)> {
         // Digests are compared, not tokens: timing reveals nothing an attacker can steer.

@@ -41,46 +41,60 @@ fn invalid(field: &str, message: impl Into<String>) -> Problem {
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct ComplianceQuery {
-    /// in_compliance, ack_pending or ack_overdue.
+    /// in_compliance, ack_pending, out_of_compliance or ack_overdue.
     pub status: Option<String>,
     pub site: Option<String>,
     pub virtual_account: Option<String>,
     /// Evaluate at this time instead of now (what-if, drills).
     pub at: Option<DateTime<Utc>>,
+    /// Devices per page, by hostname (1-100000, default 1000).
+    pub limit: Option<i64>,
+    /// Devices to skip (default 0).
+    pub offset: Option<i64>,
     /// `csv` for CSV.
     pub format: Option<String>,
 }
 
-/// Every device's compliance: status, deadline, days left, impact and why.
-#[utoipa::path(tag = "compliance", params(ComplianceQuery), responses((status = 200, body = Vec<compliance::DeviceCompliance>)))]
+/// Per-device compliance: status, deadline, days left, impact and why; a page at a time.
+#[utoipa::path(tag = "compliance", params(ComplianceQuery), responses((status = 200, body = Vec<compliance::DeviceCompliance>), (status = 422, body = Problem)))]
 #[get("/compliance/devices")]
 async fn devices(
     s: web::Data<Scheduler>,
     req: HttpRequest,
     q: web::Query<ComplianceQuery>,
 ) -> Result<HttpResponse, Problem> {
+    let q = q.into_inner();
     if let Some(st) = &q.status
-        && !matches!(st.as_str(), "in_compliance" | "ack_pending" | "ack_overdue")
+        && !compliance::STATUSES.contains(&st.as_str())
     {
         return Err(invalid(
             "status",
-            format!("{st:?} is not one of in_compliance, ack_pending, ack_overdue"),
+            format!("{st:?} is not one of {}", compliance::STATUSES.join(", ")),
         ));
     }
-    let now = q.at.unwrap_or_else(Utc::now);
+    let limit = q.limit.unwrap_or(1000);
+    if !(1..=100_000).contains(&limit) {
+        return Err(invalid(
+            "limit",
+            format!("{limit} is not between 1 and 100000"),
+        ));
+    }
+    let offset = q.offset.unwrap_or(0);
+    if offset < 0 {
+        return Err(invalid("offset", format!("{offset} is negative")));
+    }
+    let now = compliance::clock(&s);
+    let f = compliance::DeviceFilter {
+        site: q.site,
+        virtual_account: q.virtual_account,
+        status: q.status,
+        limit,
+        offset,
+    };
     let mut c = tally_platform::problem::conn(&s.pool).await?;
-    let rows = compliance::fleet(&mut c).await.map_err(db)?;
-    let out: Vec<compliance::DeviceCompliance> = rows
-        .iter()
-        .filter(|d| q.site.as_ref().is_none_or(|x| &d.site == x))
-        .filter(|d| {
-            q.virtual_account
-                .as_ref()
-                .is_none_or(|x| &d.virtual_account == x)
-        })
-        .map(|d| compliance::assess(d, now).0)
-        .filter(|c| q.status.as_ref().is_none_or(|x| &c.status == x))
-        .collect();
+    let out = compliance::devices_page(&mut c, &f, q.at.unwrap_or(now), now)
+        .await
+        .map_err(db)?;
     if tally_platform::csv_body::wanted(&req, q.format.as_deref()) {
         return tally_platform::csv_body::response(&out);
     }
@@ -96,7 +110,7 @@ pub struct AtRiskQuery {
 }
 
 /// Devices due soon or overdue, ranked: devices that stop working (CUBE, SRST, CME) first, then
-/// by days left.
+/// by nearest deadline.
 #[utoipa::path(tag = "compliance", params(AtRiskQuery), responses((status = 200, body = Vec<compliance::DeviceCompliance>)))]
 #[get("/compliance/at-risk")]
 async fn at_risk(
@@ -108,10 +122,11 @@ async fn at_risk(
     if !(1..=100_000).contains(&limit) {
         return Err(invalid("limit", "must be between 1 and 100000"));
     }
+    let now = compliance::clock(&s);
     let mut c = tally_platform::problem::conn(&s.pool).await?;
-    let rows = compliance::fleet(&mut c).await.map_err(db)?;
-    let mut out = compliance::at_risk(&rows, q.at.unwrap_or_else(Utc::now));
-    out.truncate(limit);
+    let out = compliance::at_risk_page(&mut c, q.at.unwrap_or(now), now, limit as i64)
+        .await
+        .map_err(db)?;
     if tally_platform::csv_body::wanted(&req, q.format.as_deref()) {
         return tally_platform::csv_body::response(&out);
     }
@@ -135,21 +150,21 @@ async fn summary(
     req: HttpRequest,
     q: web::Query<SummaryQuery>,
 ) -> Result<HttpResponse, Problem> {
-    if !matches!(
-        q.by.as_str(),
-        "smart_account" | "virtual_account" | "site" | "tier"
-    ) {
+    if !compliance::DIMENSIONS.contains(&q.by.as_str()) {
         return Err(invalid(
             "by",
             format!(
-                "{:?} is not one of smart_account, virtual_account, site, tier",
-                q.by
+                "{:?} is not one of {}",
+                q.by,
+                compliance::DIMENSIONS.join(", ")
             ),
         ));
     }
+    let now = compliance::clock(&s);
     let mut c = tally_platform::problem::conn(&s.pool).await?;
-    let rows = compliance::fleet(&mut c).await.map_err(db)?;
-    let out = compliance::roll_up(&rows, &q.by, q.at.unwrap_or_else(Utc::now));
+    let out = compliance::summary(&mut c, &q.by, q.at.unwrap_or(now), now)
+        .await
+        .map_err(db)?;
     if tally_platform::csv_body::wanted(&req, q.format.as_deref()) {
         return tally_platform::csv_body::response(&out);
     }
@@ -289,7 +304,7 @@ async fn evaluate(
     if body.at.is_some() {
         caller.require(Role::Admin)?;
     }
-    let at = body.at.unwrap_or_else(|| Utc::now() + s.cfg.clock_offset);
+    let at = body.at.unwrap_or_else(|| compliance::clock(&s));
     compliance::evaluate(&s, at)
         .await
         .map(web::Json)

@@ -17,6 +17,7 @@ use diesel_async::{AsyncConnection, RunQueryDsl};
 use ring::hmac;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
+use std::collections::BTreeMap;
 use tally_bus::{consumer::HandlerError, proto};
 use tally_platform::{ApiTokens, Problem, auth::Caller, auth::Role};
 use tally_store::outbox::{Schema, claim};
@@ -40,33 +41,40 @@ pub fn token_key(secret: &str) -> hmac::Key {
 struct Claims {
     role: String,
     name: String,
+    /// Fingerprint of the API token it was issued against (`ApiTokens::fingerprint_of`).
+    #[serde(default)]
+    tok: String,
     exp: i64,
 }
 
 /// `<claims>.<signature>`, both base64url.
-pub fn issue_token(key: &hmac::Key, role: Role, name: &str, exp: i64) -> String {
+pub fn issue_token(key: &hmac::Key, role: Role, name: &str, tok: &str, exp: i64) -> String {
     let role = match role {
         Role::Viewer => "viewer",
         Role::Operator => "operator",
         Role::Admin => "admin",
     };
-    let claims = json!({"role": role, "name": name, "exp": exp}).to_string();
+    let claims = json!({"role": role, "name": name, "tok": tok, "exp": exp}).to_string();
     let body = URL_SAFE_NO_PAD.encode(claims.as_bytes());
     let sig = hmac::sign(key, body.as_bytes());
     format!("{body}.{}", URL_SAFE_NO_PAD.encode(sig.as_ref()))
 }
 
-/// The caller named by a token we signed and that has not expired.
-pub fn verify_token(key: &hmac::Key, token: &str, now: i64) -> Option<Caller> {
+/// The caller named by a token we signed and that has not expired, with the fingerprint of the
+/// API token it was issued against.
+pub fn verify_token(key: &hmac::Key, token: &str, now: i64) -> Option<(Caller, String)> {
     let (body, sig) = token.split_once('.')?;
     let sig = URL_SAFE_NO_PAD.decode(sig).ok()?;
     hmac::verify(key, body.as_bytes(), &sig).ok()?;
     let claims: Claims = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(body).ok()?).ok()?;
     (claims.exp > now).then_some(())?;
-    Some(Caller {
-        role: claims.role.parse().ok()?,
-        name: claims.name,
-    })
+    Some((
+        Caller {
+            role: claims.role.parse().ok()?,
+            name: claims.name,
+        },
+        claims.tok,
+    ))
 }
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
@@ -95,6 +103,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
         .route(
             &format!("{I}/networkDeviceLicenses/summary"),
             web::get().to(network_summary),
+        )
+        .route(
+            &format!("{I}/licenses/term/smartAccount/{{sa}}/virtualAccount/{{va}}"),
+            web::get().to(license_terms),
+        )
+        .route(
+            &format!("{I}/licenses/usage/smartAccount/{{sa}}/virtualAccount/{{va}}"),
+            web::get().to(license_usage),
         )
         // The SDKs POST a transfer; older docs show PUT: both are accepted.
         .route(
@@ -134,8 +150,17 @@ fn authorize(req: &HttpRequest, s: &Scheduler, need: Role) -> Result<Caller, Pro
         .ok_or_else(|| {
             unauthorized("missing X-Auth-Token: get one from POST /dna/system/api/v1/auth/token")
         })?;
-    let caller = verify_token(key(s)?, token.trim(), Utc::now().timestamp())
+    let (caller, tok) = verify_token(key(s)?, token.trim(), Utc::now().timestamp())
         .ok_or_else(|| unauthorized("invalid or expired X-Auth-Token"))?;
+    // A token dies with the API token it was issued against.
+    let tokens = req
+        .app_data::<web::Data<ApiTokens>>()
+        .ok_or_else(|| Problem::internal("API tokens not configured"))?;
+    if !tokens.has_fingerprint(&tok) {
+        return Err(unauthorized(
+            "X-Auth-Token was issued against an API token that is no longer configured",
+        ));
+    }
     caller.require(need)?;
     Ok(caller)
 }
@@ -161,8 +186,9 @@ async fn auth_token(req: HttpRequest, s: web::Data<Scheduler>) -> Result<HttpRes
     let (role, name) = tokens
         .role_of(password)
         .ok_or_else(|| unauthorized("unknown or revoked API token"))?;
+    let tok = tokens.fingerprint_of(password).unwrap_or_default();
     let exp = Utc::now().timestamp() + TOKEN_TTL_SECS;
-    Ok(HttpResponse::Ok().json(json!({"Token": issue_token(key(&s)?, role, &name, exp)})))
+    Ok(HttpResponse::Ok().json(json!({"Token": issue_token(key(&s)?, role, &name, &tok, exp)})))
 }
 
 // Catalyst Center's vocabulary, computed from Tally's fleet copy so filters and sorting agree.
@@ -172,9 +198,8 @@ const REGISTRATION: &str = "CASE WHEN last_upload_at IS NOT NULL OR last_ack_at 
      THEN 'Registered' ELSE 'Unregistered' END";
 const DNA_LEVEL: &str = "CASE dna_tier WHEN 'dna-essentials' THEN 'Essentials' \
      WHEN 'dna-advantage' THEN 'Advantage' WHEN 'dna-premier' THEN 'Premier' ELSE 'NA' END";
-// Cisco's default policy: an ACK is due within 90 days of the last one (or of joining the fleet).
-const OUT_OF_COMPLIANCE: &str =
-    "(COALESCE(last_ack_at, first_seen_at) + interval '90 days' < now())";
+// Past its ACK deadline (the deadline engine's, stored) or holding an overcommitted pool.
+const OUT_OF_COMPLIANCE: &str = "(out_of_compliance OR COALESCE(deadline <= now(), false))";
 
 fn filter_sql() -> String {
     format!(
@@ -476,6 +501,9 @@ async fn device_summary(
         (page - 1).saturating_mul(limit)
     );
     let mut c = tally_platform::problem::conn(&s.pool).await?;
+    crate::compliance::refresh(&mut c, crate::compliance::clock(&s))
+        .await
+        .map_err(Problem::internal)?;
     let rows: Vec<DeviceRow> = bind_filters!(diesel::sql_query(sql), f)
         .load(&mut c)
         .await
@@ -580,6 +608,10 @@ struct Rollup {
     unregistered: i64,
     #[diesel(sql_type = BigInt)]
     out_of_compliance: i64,
+    #[diesel(sql_type = BigInt)]
+    expired: i64,
+    #[diesel(sql_type = BigInt)]
+    expiring: i64,
 }
 
 async fn network_summary(
@@ -588,6 +620,9 @@ async fn network_summary(
 ) -> Result<HttpResponse, Problem> {
     authorize(&req, &s, Role::Viewer)?;
     let mut c = tally_platform::problem::conn(&s.pool).await?;
+    crate::compliance::refresh(&mut c, crate::compliance::clock(&s))
+        .await
+        .map_err(Problem::internal)?;
     let rows: Vec<Rollup> = diesel::sql_query(format!(
         "SELECT count(*) AS total, \
          count(*) FILTER (WHERE network_license = 'network-essentials') AS net_ess, \
@@ -596,7 +631,11 @@ async fn network_summary(
          count(*) FILTER (WHERE dna_tier = 'dna-advantage') AS dna_adv, \
          count(*) FILTER (WHERE dna_tier = 'dna-premier') AS dna_prem, \
          count(*) FILTER (WHERE {REGISTRATION} = 'Unregistered') AS unregistered, \
-         count(*) FILTER (WHERE {OUT_OF_COMPLIANCE}) AS out_of_compliance \
+         count(*) FILTER (WHERE {OUT_OF_COMPLIANCE}) AS out_of_compliance, \
+         (SELECT COALESCE(sum(quantity), 0)::int8 FROM sched.pool_terms \
+          WHERE end_date <= now()) AS expired, \
+         (SELECT COALESCE(sum(quantity), 0)::int8 FROM sched.pool_terms \
+          WHERE end_date > now() AND end_date <= now() + interval '90 days') AS expiring \
          FROM sched.devices WHERE NOT deleted"
     ))
     .load(&mut c)
@@ -617,11 +656,229 @@ async fn network_summary(
             "cnsCount": 0,
             "unregisteredNetworkDeviceCount": r.unregistered,
             "outOfComplianceNetworkDeviceCount": r.out_of_compliance,
-            // Subscription terms are not tracked yet: nothing is known to be expired or expiring.
-            "expiredLicensesCount": 0,
-            "expiringLicensesCount": 0,
+            // Licenses in subscription lines that ended, or end within 90 days (last pool sync).
+            "expiredLicensesCount": r.expired,
+            "expiringLicensesCount": r.expiring,
         },
         "version": "1.0",
+    })))
+}
+
+/// The kind of device a model is, in the words of the term and usage calls' `device_type`.
+fn kind_of_model(model: &str) -> &'static str {
+    let m = model.trim_end_matches('*');
+    if m.starts_with("C9800") || m.starts_with("AIR-") {
+        "wireless"
+    } else if ["C92", "C93", "C94", "C95", "C96", "WS-C", "IE-", "C1000"]
+        .iter()
+        .any(|p| m.starts_with(p))
+    {
+        "switch"
+    } else {
+        "router"
+    }
+}
+
+/// `device_type` as the SDKs send it (router, switch, wireless, ise, or Catalyst Center's own
+/// names); absent or empty means every type.
+fn device_kind(v: Option<&str>) -> Result<Option<&'static str>, Problem> {
+    let Some(v) = v.map(str::trim).filter(|v| !v.is_empty()) else {
+        return Ok(None);
+    };
+    match v.to_ascii_lowercase().as_str() {
+        "router" | "routers" => Ok(Some("router")),
+        "switch" | "switches" | "switches and hubs" => Ok(Some("switch")),
+        "wireless" | "wireless controller" => Ok(Some("wireless")),
+        // Tally manages no ISE nodes.
+        "ise" => Ok(Some("ise")),
+        other => Err(bad(
+            "device_type",
+            format!("{other:?} is not one of router, switch, wireless, ise"),
+        )),
+    }
+}
+
+#[derive(Deserialize)]
+pub struct DeviceTypeQuery {
+    device_type: Option<String>,
+}
+
+#[derive(QueryableByName)]
+struct TermLine {
+    #[diesel(sql_type = Text)]
+    license: String,
+    #[diesel(sql_type = Text)]
+    level: String,
+    #[diesel(sql_type = Array<Text>)]
+    models: Vec<String>,
+    #[diesel(sql_type = BigInt)]
+    quantity: i64,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    start_date: Option<DateTime<Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    end_date: Option<DateTime<Utc>>,
+}
+
+fn level_name(level: &str) -> &'static str {
+    match level {
+        "dna-essentials" | "network-essentials" => "Essentials",
+        "dna-advantage" | "network-advantage" => "Advantage",
+        "dna-premier" => "Premier",
+        _ => "NA",
+    }
+}
+
+/// The model a pool is for: its first model pattern, else its license name.
+fn pool_model(models: &[String], license: &str) -> String {
+    models.first().map_or_else(
+        || license.to_owned(),
+        |m| m.trim_end_matches('*').to_owned(),
+    )
+}
+
+/// License term details: each DNA subscription line of the virtual account's pools, from the
+/// last pool sync.
+async fn license_terms(
+    req: HttpRequest,
+    s: web::Data<Scheduler>,
+    path: web::Path<(String, String)>,
+    q: web::Query<DeviceTypeQuery>,
+) -> Result<HttpResponse, Problem> {
+    authorize(&req, &s, Role::Viewer)?;
+    let (sa, va) = path.into_inner();
+    let kind = device_kind(q.device_type.as_deref())?;
+    let mut c = tally_platform::problem::conn(&s.pool).await?;
+    let rows: Vec<TermLine> = diesel::sql_query(
+        "SELECT p.license, p.level, p.models, t.quantity, t.start_date, t.end_date \
+         FROM sched.pools p JOIN sched.pool_terms t USING (smart_account, virtual_account, license) \
+         WHERE p.smart_account = $1 AND p.virtual_account = $2 AND p.level LIKE 'dna-%' \
+         ORDER BY t.end_date NULLS LAST, p.license, t.line",
+    )
+    .bind::<Text, _>(&sa)
+    .bind::<Text, _>(&va)
+    .load(&mut c)
+    .await
+    .map_err(Problem::internal)?;
+    let now = Utc::now();
+    let date = |t: Option<DateTime<Utc>>| {
+        t.map(|t| t.format("%Y-%m-%d").to_string())
+            .unwrap_or_default()
+    };
+    let details: Vec<Value> = rows
+        .iter()
+        .filter(|r| {
+            let model = pool_model(&r.models, &r.license);
+            kind.is_none_or(|k| kind_of_model(&model) == k)
+        })
+        .map(|r| {
+            json!({
+                "model": pool_model(&r.models, &r.license),
+                "virtual_account_name": va,
+                "license_term_start_date": date(r.start_date),
+                "license_term_end_date": date(r.end_date),
+                "dna_level": level_name(&r.level),
+                "purchased_dna_license_count": r.quantity.to_string(),
+                "is_license_expired": r.end_date.is_some_and(|e| e <= now).to_string(),
+            })
+        })
+        .collect();
+    Ok(HttpResponse::Ok().json(json!({"license_details": details})))
+}
+
+#[derive(QueryableByName)]
+struct PoolLine {
+    #[diesel(sql_type = Text)]
+    license: String,
+    #[diesel(sql_type = Text)]
+    level: String,
+    #[diesel(sql_type = Array<Text>)]
+    models: Vec<String>,
+    #[diesel(sql_type = BigInt)]
+    quantity: i64,
+}
+
+#[derive(QueryableByName)]
+struct UsedLine {
+    #[diesel(sql_type = Text)]
+    udi_pid: String,
+    #[diesel(sql_type = Text)]
+    network_license: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    dna_tier: Option<String>,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+fn by_type(counts: &BTreeMap<&'static str, i64>) -> Value {
+    json!({
+        "total_license_count": counts.values().sum::<i64>(),
+        "license_count_by_type": counts
+            .iter()
+            .map(|(t, n)| json!({"license_type": t, "license_count": n}))
+            .collect::<Vec<_>>(),
+    })
+}
+
+/// License usage: purchased (the pools CSSM lists) and used (the devices holding each level)
+/// DNA and network licenses of a virtual account, by level.
+async fn license_usage(
+    req: HttpRequest,
+    s: web::Data<Scheduler>,
+    path: web::Path<(String, String)>,
+    q: web::Query<DeviceTypeQuery>,
+) -> Result<HttpResponse, Problem> {
+    authorize(&req, &s, Role::Viewer)?;
+    let (sa, va) = path.into_inner();
+    let kind = device_kind(q.device_type.as_deref())?;
+    let mut c = tally_platform::problem::conn(&s.pool).await?;
+    let pools: Vec<PoolLine> = diesel::sql_query(
+        "SELECT license, level, models, quantity FROM sched.pools \
+         WHERE smart_account = $1 AND virtual_account = $2",
+    )
+    .bind::<Text, _>(&sa)
+    .bind::<Text, _>(&va)
+    .load(&mut c)
+    .await
+    .map_err(Problem::internal)?;
+    let used: Vec<UsedLine> = diesel::sql_query(
+        "SELECT udi_pid, network_license, dna_tier, count(*) AS n FROM sched.devices \
+         WHERE smart_account = $1 AND virtual_account = $2 AND NOT deleted GROUP BY 1, 2, 3",
+    )
+    .bind::<Text, _>(&sa)
+    .bind::<Text, _>(&va)
+    .load(&mut c)
+    .await
+    .map_err(Problem::internal)?;
+    if pools.is_empty() && used.is_empty() {
+        return Err(Problem::not_found("virtual account", format!("{sa}/{va}")));
+    }
+    let (mut bought_dna, mut bought_net) = (BTreeMap::new(), BTreeMap::new());
+    for p in &pools {
+        if kind.is_some_and(|k| kind_of_model(&pool_model(&p.models, &p.license)) != k) {
+            continue;
+        }
+        let into = if p.level.starts_with("dna-") {
+            &mut bought_dna
+        } else {
+            &mut bought_net
+        };
+        *into.entry(level_name(&p.level)).or_insert(0) += p.quantity;
+    }
+    let (mut used_dna, mut used_net) = (BTreeMap::new(), BTreeMap::new());
+    for u in &used {
+        if kind.is_some_and(|k| kind_of_model(&u.udi_pid) != k) {
+            continue;
+        }
+        *used_net.entry(level_name(&u.network_license)).or_insert(0) += u.n;
+        if let Some(t) = &u.dna_tier {
+            *used_dna.entry(level_name(t)).or_insert(0) += u.n;
+        }
+    }
+    Ok(HttpResponse::Ok().json(json!({
+        "purchased_dna_license": by_type(&bought_dna),
+        "purchased_network_license": by_type(&bought_net),
+        "used_dna_license": by_type(&used_dna),
+        "used_network_license": by_type(&used_net),
     })))
 }
 
@@ -913,9 +1170,12 @@ mod tests {
     #[test]
     fn tokens_verify_only_when_signed_and_fresh() {
         let k = token_key("0123456789abcdef0123");
-        let t = issue_token(&k, Role::Operator, "operator-2", 1000);
-        let c = verify_token(&k, &t, 999).unwrap();
-        assert_eq!((c.role, c.name.as_str()), (Role::Operator, "operator-2"));
+        let t = issue_token(&k, Role::Operator, "operator-2", "00aa", 1000);
+        let (c, tok) = verify_token(&k, &t, 999).unwrap();
+        assert_eq!(
+            (c.role, c.name.as_str(), tok.as_str()),
+            (Role::Operator, "operator-2", "00aa")
+        );
         assert!(verify_token(&k, &t, 1000).is_none(), "expired");
         assert!(verify_token(&token_key("another-secret-key-xx"), &t, 0).is_none());
         let (body, sig) = t.split_once('.').unwrap();

@@ -5,14 +5,14 @@
 use crate::Scheduler;
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
-use diesel::sql_types::{Bool, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel::sql_types::{Array, BigInt, Bool, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use tally_bus::proto;
 use tally_domain::{
-    alert::{AlertKey, AlertKind, AlertState, Threshold, due_alerts},
-    policy::{DeadlineStatus, Deadlines, LicenseKind, Policy, Usage},
+    alert::{AlertKey, AlertKind, AlertState, AlertThresholds, Threshold, due_alerts},
+    policy::{DeadlineStatus, Deadlines, LicenseKind, Policy, Usage, WARNING_DAYS},
     risk::{DeviceRisk, DeviceRole, Impact},
 };
 use tally_store::outbox::Schema;
@@ -48,16 +48,139 @@ pub struct FleetRow {
     pub last_upload_at: Option<DateTime<Utc>>,
     #[diesel(sql_type = Nullable<Timestamptz>)]
     pub last_ack_at: Option<DateTime<Utc>>,
+    /// Holds a level whose pool in its virtual account is overcommitted.
+    #[diesel(sql_type = Bool)]
+    pub out_of_compliance: bool,
 }
 
+const FLEET_COLUMNS: &str = "id, hostname, model, site, smart_account, virtual_account, \
+    is_cube, network_license, dna_tier, first_seen_at, last_upload_at, last_ack_at, \
+    out_of_compliance";
+
 pub async fn fleet(c: &mut AsyncPgConnection) -> Result<Vec<FleetRow>, diesel::result::Error> {
-    diesel::sql_query(
-        "SELECT id, hostname, model, site, smart_account, virtual_account, is_cube, network_license, \
-         dna_tier, first_seen_at, last_upload_at, last_ack_at FROM sched.devices WHERE NOT deleted \
-         ORDER BY hostname, id",
-    )
+    diesel::sql_query(format!(
+        "SELECT {FLEET_COLUMNS} FROM sched.devices WHERE NOT deleted ORDER BY hostname, id"
+    ))
     .load(c)
     .await
+}
+
+/// The scheduler's clock: real time plus the configured drill offset.
+pub fn clock(s: &Scheduler) -> DateTime<Utc> {
+    Utc::now() + s.cfg.clock_offset
+}
+
+/// How long before its deadline a device counts as ACK pending (the domain's warning window).
+fn warn() -> String {
+    format!("interval '{WARNING_DAYS} days'")
+}
+
+/// Devices looked at per statement when refreshing stored deadlines and statuses.
+const REFRESH_CHUNK: i64 = 5000;
+
+/// Runs the deadline engine over devices whose inputs changed (a trigger marks them), storing
+/// their deadline, role and status as of `now` (the service clock, never a simulated one).
+/// Rows another transaction is writing are left for the next call.
+pub async fn refresh(
+    c: &mut AsyncPgConnection,
+    now: DateTime<Utc>,
+) -> Result<usize, diesel::result::Error> {
+    let mut total = 0;
+    loop {
+        let n = c
+            .transaction(async |c| {
+                let rows: Vec<FleetRow> = diesel::sql_query(format!(
+                    "SELECT {FLEET_COLUMNS} FROM sched.devices WHERE NOT assessed ORDER BY id \
+                     LIMIT {REFRESH_CHUNK} FOR UPDATE SKIP LOCKED"
+                ))
+                .load(c)
+                .await?;
+                if rows.is_empty() {
+                    return Ok::<_, diesel::result::Error>(0);
+                }
+                let mut ids = Vec::with_capacity(rows.len());
+                let mut deadlines = Vec::with_capacity(rows.len());
+                let mut pending = Vec::with_capacity(rows.len());
+                let mut roles = Vec::with_capacity(rows.len());
+                let mut critical = Vec::with_capacity(rows.len());
+                for d in &rows {
+                    let (comp, risk) = assess(d, now);
+                    ids.push(d.id);
+                    deadlines.push(risk.deadline);
+                    pending.push(entitlements(d).iter().any(|(_, dl)| dl.ack_pending));
+                    roles.push(comp.role);
+                    critical.push(risk.impact == Impact::Critical);
+                }
+                let w = warn();
+                diesel::sql_query(format!(
+                    "UPDATE sched.devices d SET deadline = u.dl, ack_pending = u.p, role = u.r, \
+                     critical = u.c, assessed = true, \
+                     status = sched.compliance_status(u.dl, u.p, d.out_of_compliance, $6, {w}), \
+                     status_until = sched.compliance_until(u.dl, u.p, d.out_of_compliance, $6, {w}) \
+                     FROM unnest($1::uuid[], $2::timestamptz[], $3::bool[], $4::text[], $5::bool[]) \
+                     AS u(id, dl, p, r, c) WHERE d.id = u.id"
+                ))
+                .bind::<Array<SqlUuid>, _>(&ids)
+                .bind::<Array<Nullable<Timestamptz>>, _>(&deadlines)
+                .bind::<Array<Bool>, _>(&pending)
+                .bind::<Array<Text>, _>(&roles)
+                .bind::<Array<Bool>, _>(&critical)
+                .bind::<Timestamptz, _>(now)
+                .execute(c)
+                .await?;
+                advance_clock(c, now).await?;
+                Ok(rows.len())
+            })
+            .await?;
+        total += n;
+        if n < REFRESH_CHUNK as usize {
+            return Ok(total);
+        }
+    }
+}
+
+/// Stored statuses are valid from the latest time they were computed at.
+async fn advance_clock(
+    c: &mut AsyncPgConnection,
+    now: DateTime<Utc>,
+) -> Result<(), diesel::result::Error> {
+    diesel::sql_query("UPDATE sched.compliance_clock SET as_of = greatest(as_of, $1)")
+        .bind::<Timestamptz, _>(now)
+        .execute(c)
+        .await?;
+    Ok(())
+}
+
+/// Moves stored statuses whose time has come (30 days before a deadline, the deadline itself)
+/// to what they are at `now`, so roll-ups stay a read of maintained counts.
+pub async fn sweep(
+    c: &mut AsyncPgConnection,
+    now: DateTime<Utc>,
+) -> Result<usize, diesel::result::Error> {
+    let w = warn();
+    let mut total = 0;
+    loop {
+        let n = c
+            .transaction(async |c| {
+                let n = diesel::sql_query(format!(
+                    "UPDATE sched.devices d SET \
+                     status = sched.compliance_status(d.deadline, d.ack_pending, d.out_of_compliance, $1, {w}), \
+                     status_until = sched.compliance_until(d.deadline, d.ack_pending, d.out_of_compliance, $1, {w}) \
+                     WHERE d.id IN (SELECT id FROM sched.devices WHERE NOT deleted AND assessed \
+                     AND status_until <= $1 LIMIT {REFRESH_CHUNK} FOR UPDATE SKIP LOCKED)"
+                ))
+                .bind::<Timestamptz, _>(now)
+                .execute(c)
+                .await?;
+                advance_clock(c, now).await?;
+                Ok::<_, diesel::result::Error>(n)
+            })
+            .await?;
+        total += n;
+        if n < REFRESH_CHUNK as usize {
+            return Ok(total);
+        }
+    }
 }
 
 /// What a device is, as far as a missed deadline goes. Inventory flags CUBE; SRST and CME are
@@ -85,8 +208,8 @@ pub struct DeviceCompliance {
     pub role: String,
     /// critical (stops working when the deadline passes) or warning (alarms).
     pub impact: String,
-    /// in_compliance, ack_pending (a report is out, or the deadline is within 30 days), or
-    /// ack_overdue.
+    /// in_compliance, ack_pending (a report is out, or the deadline is within 30 days),
+    /// out_of_compliance (a pool it draws on is overcommitted), or ack_overdue.
     pub status: String,
     pub deadline: Option<DateTime<Utc>>,
     pub days_left: Option<i64>,
@@ -127,6 +250,7 @@ pub fn assess(d: &FleetRow, now: DateTime<Utc>) -> (DeviceCompliance, DeviceRisk
     let pending = ents.iter().any(|(_, dl)| dl.ack_pending);
     let status = match risk.status {
         DeadlineStatus::Overdue => "ack_overdue",
+        _ if d.out_of_compliance => "out_of_compliance",
         DeadlineStatus::DueSoon => "ack_pending",
         _ if pending => "ack_pending",
         _ => "in_compliance",
@@ -176,6 +300,7 @@ pub struct RollUp {
     pub in_compliance: u64,
     pub ack_pending: u64,
     pub ack_overdue: u64,
+    pub out_of_compliance: u64,
     /// Devices that stop working when their deadline passes and are pending or overdue.
     pub critical_at_risk: u64,
 }
@@ -199,6 +324,7 @@ pub fn roll_up(rows: &[FleetRow], by: &str, now: DateTime<Utc>) -> Vec<RollUp> {
         match c.status.as_str() {
             "ack_overdue" => r.ack_overdue += 1,
             "ack_pending" => r.ack_pending += 1,
+            "out_of_compliance" => r.out_of_compliance += 1,
             _ => r.in_compliance += 1,
         }
         if c.impact == "critical" && c.status != "in_compliance" {
@@ -208,14 +334,158 @@ pub fn roll_up(rows: &[FleetRow], by: &str, now: DateTime<Utc>) -> Vec<RollUp> {
     out.into_values().collect()
 }
 
-fn threshold_str(t: Threshold) -> String {
+#[derive(QueryableByName)]
+struct CountRow {
+    #[diesel(sql_type = Text)]
+    key: String,
+    #[diesel(sql_type = Text)]
+    status: String,
+    #[diesel(sql_type = Bool)]
+    critical: bool,
+    #[diesel(sql_type = BigInt)]
+    n: i64,
+}
+
+/// A device's compliance statuses, from best to worst.
+pub const STATUSES: &[&str] = &[
+    "in_compliance",
+    "ack_pending",
+    "out_of_compliance",
+    "ack_overdue",
+];
+
+/// The roll-up dimensions: what `by` may be.
+pub const DIMENSIONS: &[&str] = &["smart_account", "virtual_account", "site", "tier"];
+
+/// Compliance counts grouped `by` a dimension at `at`, from the maintained counts: only devices
+/// whose stored status has expired by `at` are looked at one by one. An `at` before the stored
+/// statuses were computed (a simulated clock going back) counts every device instead.
+pub async fn summary(
+    c: &mut AsyncPgConnection,
+    by: &str,
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Vec<RollUp>, diesel::result::Error> {
+    refresh(c, now).await?;
+    #[derive(QueryableByName)]
+    struct AsOf {
+        #[diesel(sql_type = Timestamptz)]
+        as_of: DateTime<Utc>,
+    }
+    let as_of = diesel::sql_query("SELECT as_of FROM sched.compliance_clock")
+        .load::<AsOf>(c)
+        .await?
+        .into_iter()
+        .next()
+        .map_or(DateTime::<Utc>::MAX_UTC, |r| r.as_of);
+    let w = warn();
+    let keys = "FROM sched.devices d, sched.compliance_keys(d.smart_account, d.virtual_account, \
+                d.site, d.dna_tier) k WHERE NOT d.deleted AND k.dim = $1";
+    let sql = if at >= as_of {
+        format!(
+            "SELECT key, status, critical, sum(n)::int8 AS n FROM ( \
+             SELECT key, status, critical, n FROM sched.compliance_counts WHERE dim = $1 \
+             UNION ALL SELECT k.key, d.status, d.critical, -1 {keys} AND d.status_until <= $2 \
+             UNION ALL SELECT k.key, sched.compliance_status(d.deadline, d.ack_pending, d.out_of_compliance, $2, {w}), \
+             d.critical, 1 {keys} AND d.status_until <= $2 \
+             ) x GROUP BY 1, 2, 3 HAVING sum(n) <> 0"
+        )
+    } else {
+        format!(
+            "SELECT k.key, sched.compliance_status(d.deadline, d.ack_pending, d.out_of_compliance, $2, {w}) AS status, \
+             d.critical, count(*) AS n {keys} GROUP BY 1, 2, 3"
+        )
+    };
+    let rows: Vec<CountRow> = diesel::sql_query(sql)
+        .bind::<Text, _>(by)
+        .bind::<Timestamptz, _>(at)
+        .load(c)
+        .await?;
+    let mut out: BTreeMap<String, RollUp> = BTreeMap::new();
+    for r in rows {
+        let n = u64::try_from(r.n).unwrap_or(0);
+        let e = out.entry(r.key.clone()).or_insert_with(|| RollUp {
+            key: r.key,
+            ..RollUp::default()
+        });
+        e.devices += n;
+        match r.status.as_str() {
+            "ack_overdue" => e.ack_overdue += n,
+            "ack_pending" => e.ack_pending += n,
+            "out_of_compliance" => e.out_of_compliance += n,
+            _ => e.in_compliance += n,
+        }
+        if r.critical && r.status != "in_compliance" {
+            e.critical_at_risk += n;
+        }
+    }
+    Ok(out.into_values().filter(|r| r.devices > 0).collect())
+}
+
+/// Which devices a page of per-device compliance holds.
+#[derive(Debug, Default, Clone)]
+pub struct DeviceFilter {
+    pub site: Option<String>,
+    pub virtual_account: Option<String>,
+    pub status: Option<String>,
+    pub limit: i64,
+    pub offset: i64,
+}
+
+/// One page of per-device compliance at `at`, by hostname.
+pub async fn devices_page(
+    c: &mut AsyncPgConnection,
+    f: &DeviceFilter,
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+) -> Result<Vec<DeviceCompliance>, diesel::result::Error> {
+    refresh(c, now).await?;
+    let w = warn();
+    let rows: Vec<FleetRow> = diesel::sql_query(format!(
+        "SELECT {FLEET_COLUMNS} FROM sched.devices WHERE NOT deleted \
+         AND ($1::text IS NULL OR site = $1) AND ($2::text IS NULL OR virtual_account = $2) \
+         AND ($3::text IS NULL OR sched.compliance_status(deadline, ack_pending, out_of_compliance, $4, {w}) = $3) \
+         ORDER BY hostname, id LIMIT $5 OFFSET $6"
+    ))
+    .bind::<Nullable<Text>, _>(f.site.as_deref())
+    .bind::<Nullable<Text>, _>(f.virtual_account.as_deref())
+    .bind::<Nullable<Text>, _>(f.status.as_deref())
+    .bind::<Timestamptz, _>(at)
+    .bind::<BigInt, _>(f.limit)
+    .bind::<BigInt, _>(f.offset)
+    .load(c)
+    .await?;
+    Ok(rows.iter().map(|d| assess(d, at).0).collect())
+}
+
+/// The most urgent devices due soon or overdue at `at`: critical ones first, then by deadline.
+pub async fn at_risk_page(
+    c: &mut AsyncPgConnection,
+    at: DateTime<Utc>,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<DeviceCompliance>, diesel::result::Error> {
+    refresh(c, now).await?;
+    let w = warn();
+    let rows: Vec<FleetRow> = diesel::sql_query(format!(
+        "SELECT {FLEET_COLUMNS} FROM sched.devices WHERE NOT deleted AND deadline - {w} <= $1 \
+         ORDER BY NOT critical, deadline, id LIMIT $2"
+    ))
+    .bind::<Timestamptz, _>(at)
+    .bind::<BigInt, _>(limit)
+    .load(c)
+    .await?;
+    Ok(rows.iter().map(|d| assess(d, at).0).collect())
+}
+
+pub(crate) fn threshold_str(t: Threshold) -> String {
     match t {
         Threshold::DaysBefore(n) => format!("days_before:{n}"),
         Threshold::Passed => "passed".into(),
     }
 }
 
-fn parse_threshold(s: &str) -> Option<Threshold> {
+pub(crate) fn parse_threshold(s: &str) -> Option<Threshold> {
     if s == "passed" {
         return Some(Threshold::Passed);
     }
@@ -244,7 +514,7 @@ struct SentRow {
 }
 
 #[derive(QueryableByName)]
-struct SilenceRow {
+pub struct SilenceRow {
     #[diesel(sql_type = Nullable<Text>)]
     kind: Option<String>,
     #[diesel(sql_type = Nullable<Text>)]
@@ -255,14 +525,14 @@ struct SilenceRow {
 
 impl SilenceRow {
     /// Fields left empty match anything.
-    fn matches(&self, kind: &str, site: &str, device: Uuid) -> bool {
+    pub fn matches(&self, kind: &str, site: &str, device: Option<Uuid>) -> bool {
         self.kind.as_deref().is_none_or(|k| k == kind)
             && self.site.as_deref().is_none_or(|s| s == site)
-            && self.device_id.is_none_or(|id| id == device)
+            && self.device_id.is_none_or(|id| Some(id) == device)
     }
 }
 
-async fn silences(
+pub async fn silences(
     c: &mut AsyncPgConnection,
     now: DateTime<Utc>,
 ) -> Result<Vec<SilenceRow>, diesel::result::Error> {
@@ -272,14 +542,35 @@ async fn silences(
         .await
 }
 
-/// An alert about one device.
+/// What an alert is about: a device, or a pool or subscription (no device).
+pub struct Subject {
+    pub id: String,
+    pub device_id: Option<Uuid>,
+    pub hostname: String,
+    pub site: String,
+    pub virtual_account: String,
+}
+
+impl Subject {
+    pub fn device(d: &FleetRow) -> Self {
+        Self {
+            id: d.id.to_string(),
+            device_id: Some(d.id),
+            hostname: d.hostname.clone(),
+            site: d.site.clone(),
+            virtual_account: d.virtual_account.clone(),
+        }
+    }
+}
+
+/// An alert about one subject.
 pub struct NewAlert<'a> {
     pub kind: &'a str,
     pub severity: &'a str,
-    pub device: &'a FleetRow,
+    pub subject: Subject,
     /// The deadline it is about, or when the failure happened.
     pub due: DateTime<Utc>,
-    /// What makes it unique for that device, kind and due time.
+    /// What makes it unique for that subject, kind and due time.
     pub threshold: String,
     pub message: String,
 }
@@ -300,7 +591,7 @@ pub async fn raise(
     silenced: bool,
     now: DateTime<Utc>,
 ) -> Result<Raised, diesel::result::Error> {
-    let d = a.device;
+    let d = &a.subject;
     let id = Uuid::now_v7();
     let inserted = diesel::sql_query(
         "INSERT INTO sched.alerts (id, subject, kind, due, threshold, severity, device_id, \
@@ -309,12 +600,12 @@ pub async fn raise(
          ON CONFLICT (subject, kind, due, threshold) DO NOTHING",
     )
     .bind::<SqlUuid, _>(id)
-    .bind::<Text, _>(d.id.to_string())
+    .bind::<Text, _>(&d.id)
     .bind::<Text, _>(a.kind)
     .bind::<Timestamptz, _>(a.due)
     .bind::<Text, _>(&a.threshold)
     .bind::<Text, _>(a.severity)
-    .bind::<SqlUuid, _>(d.id)
+    .bind::<Nullable<SqlUuid>, _>(d.device_id)
     .bind::<Text, _>(&d.hostname)
     .bind::<Text, _>(&d.site)
     .bind::<Text, _>(&d.virtual_account)
@@ -333,8 +624,8 @@ pub async fn raise(
         alert_id: id.to_string(),
         kind: a.kind.to_owned(),
         severity: a.severity.to_owned(),
-        subject: d.id.to_string(),
-        device_id: d.id.to_string(),
+        subject: d.id.clone(),
+        device_id: d.device_id.map(|u| u.to_string()).unwrap_or_default(),
         hostname: d.hostname.clone(),
         site: d.site.clone(),
         virtual_account: d.virtual_account.clone(),
@@ -346,7 +637,7 @@ pub async fn raise(
     if let Some(w) = &s.webhooks {
         let payload = serde_json::json!({
             "alert_id": id, "kind": a.kind, "severity": a.severity,
-            "device_id": d.id, "hostname": d.hostname, "site": d.site,
+            "subject": d.id, "device_id": d.device_id, "hostname": d.hostname, "site": d.site,
             "virtual_account": d.virtual_account, "due": a.due,
             "threshold": a.threshold, "message": a.message,
         });
@@ -372,10 +663,9 @@ pub async fn raise_failures(
         .iter()
         .filter_map(|(d, _, _)| Uuid::parse_str(d).ok())
         .collect();
-    let rows: Vec<FleetRow> = diesel::sql_query(
-        "SELECT id, hostname, model, site, smart_account, virtual_account, is_cube, network_license, \
-         dna_tier, first_seen_at, last_upload_at, last_ack_at FROM sched.devices WHERE id = ANY($1)",
-    )
+    let rows: Vec<FleetRow> = diesel::sql_query(format!(
+        "SELECT {FLEET_COLUMNS} FROM sched.devices WHERE id = ANY($1)"
+    ))
     .bind::<diesel::sql_types::Array<SqlUuid>, _>(&ids)
     .load(c)
     .await?;
@@ -405,11 +695,11 @@ pub async fn raise_failures(
         };
         let kind = format!("{stage}_failed");
         let severity = impact_str(role_of(&d.model, d.is_cube).impact());
-        let silenced = active.iter().any(|m| m.matches(&kind, &d.site, d.id));
+        let silenced = active.iter().any(|m| m.matches(&kind, &d.site, Some(d.id)));
         let alert = NewAlert {
             kind: &kind,
             severity,
-            device: d,
+            subject: Subject::device(d),
             due: started,
             threshold: format!("cycle:{cycle}"),
             message: format!("{}: {stage} failed in cycle {cycle}: {reason}", d.hostname),
@@ -426,6 +716,7 @@ pub const KINDS: &[&str] = &[
     "collection_failed",
     "upload_failed",
     "ack_failed",
+    "out_of_compliance",
 ];
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
@@ -459,11 +750,25 @@ pub async fn evaluate(
             if !l.locked {
                 return Ok(Evaluation::default());
             }
-            let rows = fleet(c).await?;
-            let sent: Vec<SentRow> =
-                diesel::sql_query("SELECT subject, kind, due, threshold FROM sched.alerts")
-                    .load(c)
-                    .await?;
+            refresh(c, clock(s)).await?;
+            // Only devices within the widest threshold of their deadline can have one due.
+            let widest = Threshold::widest_days(&AlertThresholds::default().ack_deadline);
+            let rows: Vec<FleetRow> = diesel::sql_query(format!(
+                "SELECT {FLEET_COLUMNS} FROM sched.devices WHERE NOT deleted \
+                 AND deadline <= $1 + make_interval(days => $2) ORDER BY id"
+            ))
+            .bind::<Timestamptz, _>(now)
+            .bind::<diesel::sql_types::Integer, _>(i32::try_from(widest).unwrap_or(i32::MAX))
+            .load(c)
+            .await?;
+            let subjects: Vec<String> = rows.iter().map(|d| d.id.to_string()).collect();
+            let sent: Vec<SentRow> = diesel::sql_query(
+                "SELECT subject, kind, due, threshold FROM sched.alerts \
+                 WHERE kind = 'ack_deadline' AND subject = ANY($1)",
+            )
+            .bind::<Array<Text>, _>(&subjects)
+            .load(c)
+            .await?;
             let mut already: HashMap<String, HashSet<AlertKey>> = HashMap::new();
             for r in sent {
                 let kind = match r.kind.as_str() {
@@ -500,7 +805,9 @@ pub async fn evaluate(
                 };
                 for key in due_alerts(&state, now, already.get(&subject).unwrap_or(&empty)) {
                     let kind = kind_str(key.kind);
-                    let silenced = silences.iter().any(|m| m.matches(kind, &d.site, d.id));
+                    let silenced = silences
+                        .iter()
+                        .any(|m| m.matches(kind, &d.site, Some(d.id)));
                     let message = match key.threshold {
                         Threshold::Passed => {
                             format!("{}: ACK deadline passed. {}", d.hostname, comp.reason)
@@ -515,7 +822,7 @@ pub async fn evaluate(
                     let alert = NewAlert {
                         kind,
                         severity: &comp.impact,
-                        device: d,
+                        subject: Subject::device(d),
                         due: key.due,
                         threshold: threshold_str(key.threshold),
                         message,
@@ -527,6 +834,9 @@ pub async fn evaluate(
                     }
                 }
             }
+            let (fired, quiet) = crate::pools::evaluate(c, s, now, &silences).await?;
+            ev.fired += fired;
+            ev.silenced += quiet;
             Ok::<_, diesel::result::Error>(ev)
         })
         .await?;
@@ -536,10 +846,24 @@ pub async fn evaluate(
     Ok(out)
 }
 
+/// Brings stored deadlines and statuses up to `now`, so roll-ups stay a read of counts.
+pub async fn keep_statuses(
+    s: &Scheduler,
+    now: DateTime<Utc>,
+) -> Result<(), tally_store::StoreError> {
+    let mut c = s.pool.get().await?;
+    refresh(&mut c, now).await?;
+    sweep(&mut c, now).await?;
+    Ok(())
+}
+
 /// Evaluates alerts on the configured interval, with the configured clock offset (drills).
 pub async fn run_alerts(s: Scheduler) {
     loop {
-        let now = Utc::now() + s.cfg.clock_offset;
+        let now = clock(&s);
+        if let Err(e) = keep_statuses(&s, now).await {
+            tracing::warn!(error = %e, "compliance status sweep failed");
+        }
         match evaluate(&s, now).await {
             Ok(e) if e.fired > 0 => tracing::info!(fired = e.fired, "alerts fired"),
             Ok(_) => {}

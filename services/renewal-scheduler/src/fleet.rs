@@ -59,6 +59,7 @@ pub async fn upsert(
         .bind::<Array<Int8>, _>(cols.revisions())
         .execute(c)
         .await?;
+        crate::pools::flag_devices(c, &ids).await?;
         Ok::<_, HandlerError>(())
     })
     .await

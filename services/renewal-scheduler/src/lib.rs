@@ -7,6 +7,7 @@ pub mod catalyst;
 pub mod compliance;
 pub mod cycles;
 pub mod fleet;
+pub mod pools;
 
 use tally_bus::Bus;
 use tally_store::Pool;
@@ -61,7 +62,7 @@ pub async fn run(s: Scheduler) -> Result<(), tally_bus::BusError> {
     use tally_bus::consumer::HandlerError;
     use tally_bus::proto::{
         AcksImported, AcksReceived, CollectionProgress, CollectionStarted, DevicesDeleted,
-        DevicesUpserted, TransferAccepted, UploadProgress,
+        DevicesUpserted, PoolsSynced, TransferAccepted, UploadProgress,
     };
     let mut tasks = vec![tokio::spawn(tally_bus::relay::run(
         s.bus.clone(),
@@ -97,6 +98,7 @@ pub async fn run(s: Scheduler) -> Result<(), tally_bus::BusError> {
             DevicesDeleted::SUBJECT,
             AcksReceived::SUBJECT,
             TransferAccepted::SUBJECT,
+            PoolsSynced::SUBJECT,
         ],
         move |d| {
             let s = sc.clone();
@@ -125,6 +127,9 @@ pub async fn run(s: Scheduler) -> Result<(), tally_bus::BusError> {
                             TransferAccepted::decode(d.payload)?,
                         )
                         .await;
+                    }
+                    PoolsSynced::SUBJECT => {
+                        return pools::synced(&s, &d.msg_id, PoolsSynced::decode(d.payload)?).await;
                     }
                     CollectionStarted::SUBJECT => {
                         cycles::Update::from(CollectionStarted::decode(d.payload)?)

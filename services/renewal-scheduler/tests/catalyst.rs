@@ -124,21 +124,33 @@ async fn token_auth_refuses_missing_bad_expired_and_forged_tokens() {
     }
     // Expired, signed with another key, and tampered tokens.
     let key = catalyst::token_key(SECRET);
+    let tokens = ApiTokens::parse(&format!("admin:{ADMIN},viewer:{VIEWER}")).unwrap();
+    let tok = tokens.fingerprint_of(ADMIN).unwrap();
     let expired = catalyst::issue_token(
         &key,
         Role::Admin,
         "admin-1",
+        &tok,
         chrono::Utc::now().timestamp() - 1,
     );
     let foreign = catalyst::issue_token(
         &catalyst::token_key("some-other-secret-key"),
         Role::Admin,
         "admin-1",
+        &tok,
+        chrono::Utc::now().timestamp() + 600,
+    );
+    // Signed with the right key and fresh, but for an API token that is not configured.
+    let orphan = catalyst::issue_token(
+        &key,
+        Role::Admin,
+        "admin-1",
+        "0000000000000000",
         chrono::Utc::now().timestamp() + 600,
     );
     let good = token!(&app, ADMIN);
     let tampered = format!("x{good}");
-    for bad in [expired, foreign, tampered, "garbage".to_owned()] {
+    for bad in [expired, foreign, orphan, tampered, "garbage".to_owned()] {
         assert_eq!(get!(&app, &bad, COUNT).0, 401, "{bad}");
     }
     let (status, body) = get!(&app, &good, COUNT);
@@ -155,6 +167,27 @@ async fn token_auth_refuses_missing_bad_expired_and_forged_tokens() {
         .set_json(json!({"device_uuids": ["00000000-0000-0000-0000-000000000001"]}))
         .to_request();
     assert_eq!(test::call_service(&app, req).await.status(), 403);
+    // Without the admin API token (a restart with another TALLY_API_TOKENS), tokens issued
+    // against it stop working at once; the viewer's still work.
+    let after = test::init_service(
+        App::new()
+            .app_data(web::Data::new(s.clone()))
+            .app_data(web::Data::new(
+                ApiTokens::parse(&format!("viewer:{VIEWER}")).unwrap(),
+            ))
+            .configure(catalyst::routes),
+    )
+    .await;
+    let (status, body) = get!(&after, &good, COUNT);
+    assert_eq!(status, 401);
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("no longer configured"),
+        "{body}"
+    );
+    assert_eq!(get!(&after, &viewer, COUNT).0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -281,7 +314,7 @@ async fn count_details_accounts_and_rollup() {
         &tok,
         &format!("{I}/licenses/device/00000000-0000-0000-0000-000000000005/details"),
     );
-    assert_eq!(status, 200);
+    assert_eq!(status, 200, "{d}");
     assert_eq!(d["udi"], "PID:ISR4331/K9,SN:FCW5");
     assert_eq!(d["device_type"], "Routers");
     assert_eq!(
@@ -457,4 +490,155 @@ async fn transfer_is_a_task_that_tier_assignment_completes() {
             .unwrap()
             .contains("trust token")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn term_and_usage_come_from_the_synced_pools() {
+    use tally_bus::proto::{Pool, PoolTerm, PoolsSynced};
+    let (_db, s) = scheduler().await;
+    seed(&s).await;
+    let now = chrono::Utc::now();
+    let day = |d: i64| {
+        (now + chrono::TimeDelta::days(d))
+            .format("%Y-%m-%d")
+            .to_string()
+    };
+    let term = |id: &str, q: i64, end: String| PoolTerm {
+        subscription_id: id.into(),
+        license_type: "TERM".into(),
+        quantity: q,
+        start_date: day(-700),
+        end_date: end,
+    };
+    let pool = |license: &str, level: &str, models: &[&str], q: i64, held: i64, terms| Pool {
+        virtual_account: "campus".into(),
+        license: license.into(),
+        level: level.into(),
+        quantity: q,
+        cssm_in_use: held.min(q),
+        held,
+        terms,
+        models: models.iter().map(|m| (*m).to_owned()).collect(),
+    };
+    // campus: sw-0, 2, 4 on DNA Advantage, sw-1, 3 on DNA Essentials (one bought: overcommitted).
+    tally_renewal_scheduler::pools::synced(
+        &s,
+        "pools-1",
+        PoolsSynced {
+            smart_account: "acme".into(),
+            synced_at_ms: now.timestamp_millis(),
+            pools: vec![
+                pool(
+                    "C9300 DNA Advantage, 24-port, 3Y",
+                    "dna-advantage",
+                    &["C9300-24*"],
+                    5,
+                    3,
+                    vec![term("Sub-A", 3, day(20)), term("Sub-B", 2, day(400))],
+                ),
+                pool(
+                    "C9300 DNA Essentials, 24-port, 3Y",
+                    "dna-essentials",
+                    &["C9300-24*"],
+                    1,
+                    2,
+                    vec![term("Sub-C", 1, day(-1))],
+                ),
+                pool(
+                    "Network Advantage",
+                    "network-advantage",
+                    &["C9300-24*"],
+                    10,
+                    5,
+                    vec![],
+                ),
+            ],
+        },
+    )
+    .await
+    .unwrap();
+    let app = app!(s);
+    let tok = token!(&app, VIEWER);
+    const I: &str = "/dna/intent/api/v1";
+    let (status, body) = get!(
+        &app,
+        &tok,
+        format!("{I}/licenses/term/smartAccount/acme/virtualAccount/campus?device_type=switch"),
+    );
+    assert_eq!(status, 200, "{body}");
+    let lines = body["license_details"].as_array().unwrap();
+    assert_eq!(lines.len(), 3, "{body}");
+    assert_eq!(
+        lines[0],
+        json!({
+            "model": "C9300-24", "virtual_account_name": "campus",
+            "license_term_start_date": day(-700), "license_term_end_date": day(-1),
+            "dna_level": "Essentials", "purchased_dna_license_count": "1",
+            "is_license_expired": "true",
+        })
+    );
+    assert_eq!(lines[1]["license_term_end_date"], day(20));
+    assert_eq!(lines[1]["is_license_expired"], "false");
+    // Routers have no DNA terms in campus; an unknown type is refused by name.
+    let (_, body) = get!(
+        &app,
+        &tok,
+        format!("{I}/licenses/term/smartAccount/acme/virtualAccount/campus?device_type=router"),
+    );
+    assert_eq!(body["license_details"], json!([]));
+    let (status, body) = get!(
+        &app,
+        &tok,
+        format!("{I}/licenses/term/smartAccount/acme/virtualAccount/campus?device_type=toaster"),
+    );
+    assert_eq!(status, 400);
+    assert!(
+        body["detail"].as_str().unwrap().contains("device_type"),
+        "{body}"
+    );
+    let (status, body) = get!(
+        &app,
+        &tok,
+        format!("{I}/licenses/usage/smartAccount/acme/virtualAccount/campus?device_type=switch"),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        json!({
+            "purchased_dna_license": {"total_license_count": 6, "license_count_by_type": [
+                {"license_type": "Advantage", "license_count": 5},
+                {"license_type": "Essentials", "license_count": 1}]},
+            "purchased_network_license": {"total_license_count": 10, "license_count_by_type": [
+                {"license_type": "Advantage", "license_count": 10}]},
+            "used_dna_license": {"total_license_count": 5, "license_count_by_type": [
+                {"license_type": "Advantage", "license_count": 3},
+                {"license_type": "Essentials", "license_count": 2}]},
+            "used_network_license": {"total_license_count": 5, "license_count_by_type": [
+                {"license_type": "Advantage", "license_count": 5}]},
+        })
+    );
+    let (status, _) = get!(
+        &app,
+        &tok,
+        format!("{I}/licenses/usage/smartAccount/acme/virtualAccount/nope?device_type=switch"),
+    );
+    assert_eq!(status, 404);
+    // The roll-up counts the two devices on the overcommitted pool and the terms' licenses.
+    let (_, sum) = get!(&app, &tok, format!("{I}/networkDeviceLicenses/summary"));
+    let r = &sum["response"];
+    assert_eq!(r["outOfComplianceNetworkDeviceCount"], 2, "{sum}");
+    assert_eq!(r["expiredLicensesCount"], 1);
+    assert_eq!(r["expiringLicensesCount"], 3);
+    let (_, page) = get!(
+        &app,
+        &tok,
+        format!("{I}/licenses/device/summary?page_number=1&order=asc&limit=10"),
+    );
+    let sw1 = page["response"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["device_name"] == "sw-1")
+        .unwrap();
+    assert_eq!(sw1["authorization_status"], "OUT_OF_COMPLIANCE");
 }

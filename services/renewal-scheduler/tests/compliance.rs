@@ -258,3 +258,319 @@ async fn failed_devices_raise_one_alert_per_cycle_and_stage() {
         2
     );
 }
+
+/// A deterministic spread of devices (xorshift, so a failure replays): sites, accounts, tiers,
+/// CUBE routers, and last ACKs from 200 days before `t` to `t`, some never acked.
+async fn spread_fleet(s: &Scheduler, n: usize, seed: u64, t: DateTime<Utc>) -> Vec<Uuid> {
+    let mut x = seed | 1;
+    let mut next = move || {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        x
+    };
+    let ids: Vec<Uuid> = (0..n).map(|_| Uuid::now_v7()).collect();
+    let mut acks = Vec::new();
+    let devices = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            let r = next();
+            acks.push((r % 9 != 0).then(|| t - TimeDelta::hours((r >> 8) as i64 % (200 * 24))));
+            proto::Device {
+                device_id: id.to_string(),
+                hostname: format!("dev-{i:04}"),
+                model: if r % 7 == 0 { "ISR4331" } else { "C9300-24P" }.into(),
+                site: format!("site-{}", (r >> 16) % 5),
+                smart_account: format!("sa-{}", (r >> 20) % 3),
+                virtual_account: format!("va-{}", (r >> 24) % 2),
+                is_cube: r % 7 == 0,
+                network_license: "network-advantage".into(),
+                dna_tier: ["", "dna-essentials", "dna-advantage"][((r >> 28) % 3) as usize].into(),
+                revision: 1,
+                ..Default::default()
+            }
+        })
+        .collect();
+    fleet::upsert(
+        s,
+        &format!("spread-{seed}"),
+        proto::DevicesUpserted { devices },
+    )
+    .await
+    .unwrap();
+    let mut c = s.pool.get().await.unwrap();
+    let (with, times): (Vec<Uuid>, Vec<DateTime<Utc>>) = ids
+        .iter()
+        .zip(&acks)
+        .filter_map(|(id, a)| a.map(|a| (*id, a)))
+        .unzip();
+    diesel::sql_query(
+        "UPDATE sched.devices d SET first_seen_at = $3 - interval '300 days', last_upload_at = u.t, \
+         last_ack_at = u.t FROM unnest($1::uuid[], $2::timestamptz[]) AS u(id, t) WHERE d.id = u.id",
+    )
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Uuid>, _>(&with)
+    .bind::<diesel::sql_types::Array<diesel::sql_types::Timestamptz>, _>(&times)
+    .bind::<diesel::sql_types::Timestamptz, _>(t)
+    .execute(&mut c)
+    .await
+    .unwrap();
+    diesel::sql_query(
+        "UPDATE sched.devices SET first_seen_at = $1 - interval '300 days' WHERE last_ack_at IS NULL",
+    )
+    .bind::<diesel::sql_types::Timestamptz, _>(t)
+    .execute(&mut c)
+    .await
+    .unwrap();
+    ids
+}
+
+/// The stored, maintained roll-up must say exactly what assessing every device says.
+async fn assert_rollups_match(s: &Scheduler, at: DateTime<Utc>, clock: DateTime<Utc>, what: &str) {
+    let mut c = s.pool.get().await.unwrap();
+    for by in compliance::DIMENSIONS {
+        let stored = compliance::summary(&mut c, by, at, clock).await.unwrap();
+        let rows = compliance::fleet(&mut c).await.unwrap();
+        let fresh = compliance::roll_up(&rows, by, at);
+        let key = |v: &[compliance::RollUp]| {
+            v.iter()
+                .map(|r| {
+                    (
+                        r.key.clone(),
+                        r.devices,
+                        r.in_compliance,
+                        r.ack_pending,
+                        r.out_of_compliance,
+                        r.ack_overdue,
+                        r.critical_at_risk,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(key(&stored), key(&fresh), "by {by} at {at} ({what})");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stored_rollups_equal_assessing_every_device() {
+    let (_db, s, _) = fleet_acked_at(t0()).await;
+    let t = t0() + TimeDelta::days(40);
+    for seed in [7, 1234567] {
+        spread_fleet(&s, 150, seed, t).await;
+    }
+    // The first read runs the deadline engine over every new device.
+    assert_rollups_match(&s, t, t, "first read").await;
+    // Clock moves on without a sweep: stored statuses expire and are corrected per device.
+    for days in [1, 10, 29, 31, 60, 95, 200] {
+        assert_rollups_match(&s, t + TimeDelta::days(days), t, "ahead, unswept").await;
+    }
+    // A sweep moves the stored statuses; asking about an earlier time counts every device.
+    let mut c = s.pool.get().await.unwrap();
+    let moved = compliance::sweep(&mut c, t + TimeDelta::days(45))
+        .await
+        .unwrap();
+    assert!(moved > 0, "statuses crossed a threshold in 45 days");
+    for days in [45, 46, 100, 10, 0] {
+        assert_rollups_match(
+            &s,
+            t + TimeDelta::days(days),
+            t + TimeDelta::days(45),
+            "swept",
+        )
+        .await;
+    }
+    // New ACKs, a deletion and a move to another site: counts follow in the same transaction.
+    diesel::sql_query(
+        "UPDATE sched.devices SET last_ack_at = $1, last_upload_at = $1 \
+         WHERE hostname LIKE 'dev-00%'",
+    )
+    .bind::<diesel::sql_types::Timestamptz, _>(t + TimeDelta::days(46))
+    .execute(&mut c)
+    .await
+    .unwrap();
+    diesel::sql_query("UPDATE sched.devices SET site = 'site-moved' WHERE hostname LIKE 'dev-01%'")
+        .execute(&mut c)
+        .await
+        .unwrap();
+    let gone: Vec<String> = compliance::fleet(&mut c)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|d| d.hostname.starts_with("dev-02"))
+        .map(|d| d.id.to_string())
+        .collect();
+    fleet::delete(&s, "del-1", proto::DevicesDeleted { device_ids: gone })
+        .await
+        .unwrap();
+    for days in [46, 47, 80, 140] {
+        assert_rollups_match(
+            &s,
+            t + TimeDelta::days(days),
+            t + TimeDelta::days(46),
+            "after changes",
+        )
+        .await;
+    }
+    // Every dimension counts every device once.
+    for by in compliance::DIMENSIONS {
+        assert_eq!(
+            count(
+                &s,
+                &format!("SELECT sum(n)::int8 FROM sched.compliance_counts WHERE dim = '{by}'")
+            )
+            .await,
+            count(&s, "SELECT count(*) FROM sched.devices WHERE NOT deleted").await,
+            "{by}"
+        );
+    }
+}
+
+fn pools_event(held: i64, quantity: i64, end: &str, at: DateTime<Utc>) -> proto::PoolsSynced {
+    proto::PoolsSynced {
+        smart_account: "acme".into(),
+        synced_at_ms: at.timestamp_millis(),
+        pools: vec![
+            proto::Pool {
+                virtual_account: "Campus".into(),
+                license: "C9300 DNA Advantage, 48-port, 3Y".into(),
+                level: "dna-advantage".into(),
+                quantity,
+                cssm_in_use: held.min(quantity),
+                held,
+                terms: vec![proto::PoolTerm {
+                    subscription_id: "Sub-001".into(),
+                    license_type: "TERM".into(),
+                    quantity,
+                    start_date: "2025-06-01".into(),
+                    end_date: end.into(),
+                }],
+                models: vec!["C9300-48*".into()],
+            },
+            proto::Pool {
+                virtual_account: "Campus".into(),
+                license: "Network Advantage, 48-port".into(),
+                level: "network-advantage".into(),
+                quantity: 100,
+                cssm_in_use: 3,
+                held: 3,
+                terms: vec![proto::PoolTerm {
+                    subscription_id: String::new(),
+                    license_type: "PERPETUAL".into(),
+                    quantity: 100,
+                    start_date: "2025-06-01".into(),
+                    end_date: String::new(),
+                }],
+                models: vec!["C9300-48*".into()],
+            },
+        ],
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_bring_renewal_reminders_and_out_of_compliance() {
+    use tally_renewal_scheduler::pools;
+    let (_db, s, ids) = fleet_acked_at(t0()).await;
+    let end: DateTime<Utc> = "2026-06-01T00:00:00Z".parse().unwrap();
+    let synced = t0() + TimeDelta::days(1);
+    // sw-a holds DNA Advantage in acme/Campus; CSSM sold 1 and Tally's ledger holds 2.
+    pools::synced(&s, "pools-1", pools_event(2, 1, "2026-06-01", synced))
+        .await
+        .unwrap();
+    let mut c = s.pool.get().await.unwrap();
+    let page = compliance::devices_page(
+        &mut c,
+        &compliance::DeviceFilter {
+            status: Some("out_of_compliance".into()),
+            limit: 10,
+            ..Default::default()
+        },
+        synced,
+        synced,
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        page.iter().map(|d| d.device_id).collect::<Vec<_>>(),
+        [ids[0]],
+        "only the device on the overcommitted level in that VA"
+    );
+    assert_rollups_match(&s, synced, synced, "pool over").await;
+    let kinds = |kind: &'static str| {
+        let s = &s;
+        async move {
+            count(
+                s,
+                &format!("SELECT count(*) FROM sched.alerts WHERE kind = '{kind}'"),
+            )
+            .await
+        }
+    };
+    // The pool is over: one alert; the term is 4 months out: no reminder yet.
+    let e = compliance::evaluate(&s, end - TimeDelta::days(91))
+        .await
+        .unwrap();
+    assert_eq!(
+        (kinds("out_of_compliance").await, kinds("term_end").await),
+        (1, 0)
+    );
+    assert!(e.fired >= 1);
+    // 90, 60 and 30 days before the end: one reminder each, however often evaluated.
+    for (days, want) in [(90, 1), (89, 1), (60, 2), (45, 2), (30, 3), (1, 3)] {
+        compliance::evaluate(&s, end - TimeDelta::days(days) + TimeDelta::seconds(1))
+            .await
+            .unwrap();
+        assert_eq!(kinds("term_end").await, want, "{days} days before the end");
+    }
+    assert_eq!(kinds("out_of_compliance").await, 1, "one alert per episode");
+    // The perpetual pool never gets a reminder; every reminder names the subscription.
+    assert_eq!(
+        count(&s, "SELECT count(*) FROM sched.alerts WHERE kind = 'term_end' AND subject LIKE '%Sub-001' AND message LIKE '%renew%'").await,
+        3
+    );
+    // An older announcement redelivered late changes nothing; licenses bought clear it.
+    pools::synced(
+        &s,
+        "pools-0",
+        pools_event(2, 1, "2026-06-01", synced - TimeDelta::hours(1)),
+    )
+    .await
+    .unwrap();
+    pools::synced(
+        &s,
+        "pools-2",
+        pools_event(2, 5, "2027-06-01", synced + TimeDelta::days(2)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        count(
+            &s,
+            "SELECT count(*) FROM sched.devices WHERE out_of_compliance"
+        )
+        .await,
+        0
+    );
+    assert_rollups_match(
+        &s,
+        synced + TimeDelta::days(2),
+        synced + TimeDelta::days(2),
+        "pool fixed",
+    )
+    .await;
+    // Over again later: a new episode, a new alert.
+    pools::synced(
+        &s,
+        "pools-3",
+        pools_event(9, 5, "2027-06-01", synced + TimeDelta::days(3)),
+    )
+    .await
+    .unwrap();
+    compliance::evaluate(&s, synced + TimeDelta::days(3))
+        .await
+        .unwrap();
+    assert_eq!(kinds("out_of_compliance").await, 2);
+    assert_eq!(
+        count(&s, "SELECT count(*) FROM sched.outbox WHERE subject = 'sched.alert.raised' AND payload::text LIKE '%'").await,
+        count(&s, "SELECT count(*) FROM sched.alerts WHERE NOT silenced").await,
+    );
+}

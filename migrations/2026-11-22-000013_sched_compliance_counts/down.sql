@@ -1,0 +1,20 @@
+DROP TABLE sched.pool_terms;
+DROP TABLE sched.pools;
+DROP INDEX sched.sched_devices_deadline;
+DROP TABLE sched.compliance_clock;
+DROP FUNCTION sched.compliance_until(TIMESTAMPTZ, BOOLEAN, BOOLEAN, TIMESTAMPTZ, INTERVAL);
+DROP FUNCTION sched.compliance_status(TIMESTAMPTZ, BOOLEAN, BOOLEAN, TIMESTAMPTZ, INTERVAL);
+DROP TRIGGER sched_compliance_delete ON sched.devices;
+DROP TRIGGER sched_compliance_update ON sched.devices;
+DROP TRIGGER sched_compliance_insert ON sched.devices;
+DROP FUNCTION sched.compliance_count();
+DROP FUNCTION sched.compliance_keys(TEXT, TEXT, TEXT, TEXT);
+DROP TABLE sched.compliance_counts;
+DROP TRIGGER sched_devices_dirty ON sched.devices;
+DROP FUNCTION sched.devices_dirty();
+DROP INDEX sched.sched_devices_hostname;
+DROP INDEX sched.sched_devices_risk;
+DROP INDEX sched.sched_devices_status_until;
+DROP INDEX sched.sched_devices_unassessed;
+ALTER TABLE sched.devices DROP COLUMN out_of_compliance, DROP COLUMN status_until, DROP COLUMN status, DROP COLUMN assessed,
+  DROP COLUMN critical, DROP COLUMN role, DROP COLUMN ack_pending, DROP COLUMN deadline;
