@@ -7,6 +7,7 @@ use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tally_store::testdb::TestDb;
 use tokio::process::{Child, Command};
@@ -261,6 +262,20 @@ impl Fleet {
     pub async fn summary(&self) -> Value {
         get_json(&self.http, &format!("{}/sim/summary", self.base)).await
     }
+
+    /// Every device's `show license status` (`/d/<index>/sim/status`), in index order: among
+    /// other things how many ACKs it imported (`imports`).
+    pub async fn device_statuses(&self) -> Vec<Value> {
+        use futures::StreamExt;
+        futures::stream::iter(0..self.devices)
+            .map(|i| {
+                let url = format!("{}/d/{i}/sim/status", self.base);
+                async move { get_json(&self.http, &url).await }
+            })
+            .buffered(32)
+            .collect()
+            .await
+    }
 }
 
 /// `tally sim cssm`.
@@ -328,21 +343,40 @@ pub enum Uplink<'a> {
     Offline,
 }
 
-/// `tally serve` with its own database and NATS namespace.
+/// `tally serve` with its own database and NATS namespace, or one of several replicas sharing
+/// both ([`Tally::spawn`]).
 pub struct Tally {
     pub proc: Proc,
     pub base: String,
     pub api: String,
-    pub db: TestDb,
+    pub db: Arc<TestDb>,
     pub namespace: String,
     http: reqwest::Client,
 }
 
 impl Tally {
+    /// `tally serve --target all` on a fresh database and namespace, ready.
     pub async fn start(tag: &str, uplink: Uplink<'_>) -> Self {
-        let db = TestDb::new().await.expect("creating the test database");
+        let db = Arc::new(TestDb::new().await.expect("creating the test database"));
+        let mut t = Self::spawn("tally", tag, db, &format!("e2e{tag}"), uplink, &[]);
+        t.wait_ready().await;
+        t
+    }
+
+    /// Starts `tally serve` named `name` (its log is `tally-e2e-<tag>-<name>.log`) on `db` and
+    /// NATS namespace `namespace`, without waiting for it to be ready. `extra` is added to the
+    /// environment last, so it can override any default (`TALLY_TARGET`, `TALLY_DATABASE_URL`,
+    /// `RUST_LOG`, ...).
+    pub fn spawn(
+        name: &str,
+        tag: &str,
+        db: Arc<TestDb>,
+        namespace: &str,
+        uplink: Uplink<'_>,
+        extra: &[(String, String)],
+    ) -> Self {
+        let namespace = namespace.to_owned();
         let addr = format!("127.0.0.1:{}", free_port());
-        let namespace = format!("e2e{tag}");
         let mut envs: Vec<(String, String)> = vec![
             ("TALLY_LISTEN".into(), addr.clone()),
             ("TALLY_DATABASE_URL".into(), db.url.clone()),
@@ -371,18 +405,17 @@ impl Tally {
             ]),
             Uplink::Offline => envs.push(("TALLY_UPLINK_MODE".into(), "offline".into())),
         }
-        let proc = Proc::spawn("tally", tag, &["serve".to_owned()], &envs);
+        envs.extend(extra.iter().cloned());
+        let proc = Proc::spawn(name, tag, &["serve".to_owned()], &envs);
         let base = format!("http://{addr}");
-        let mut t = Tally {
+        Tally {
             proc,
             api: format!("{base}/api/v1"),
             base,
             db,
             namespace,
             http: http_client(),
-        };
-        t.wait_ready().await;
-        t
+        }
     }
 
     pub async fn wait_ready(&mut self) {
@@ -450,13 +483,19 @@ impl Tally {
 
     /// Imports the fleet and waits until the collector knows every device.
     pub async fn import_fleet(&self, fleet: &Fleet) {
+        self.import_fleet_via(fleet, self).await;
+    }
+
+    /// Imports the fleet through this server (inventory) and waits until `collector` (a server
+    /// running rum-aggregator) knows every device.
+    pub async fn import_fleet_via(&self, fleet: &Fleet, collector: &Tally) {
         let rows = fleet.inventory_rows().await;
         let r = self.post_json("/devices/import", &Value::Array(rows)).await;
         assert_eq!(r["total"], fleet.devices, "import result {r}");
         assert_eq!(r["created"], fleet.devices, "import result {r}");
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
-            let s = self.get("/collector/status").await;
+            let s = collector.get("/collector/status").await;
             if s["devices_known"] == fleet.devices {
                 return;
             }
@@ -487,6 +526,37 @@ impl Tally {
         self.get(&format!("/cycles/{id}")).await
     }
 
+    /// POSTs an empty body with the admin token; the status and JSON body, whatever the status.
+    pub async fn post_any(&self, path: &str) -> (u16, Value) {
+        let r = self
+            .http
+            .post(format!("{}{path}", self.api))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("POST {path}: {e}"));
+        let status = r.status().as_u16();
+        (status, r.json().await.unwrap_or(Value::Null))
+    }
+
+    /// `tally_events_total{kind="<kind>"}` of this process (0 when not counted yet).
+    pub async fn events_total(&self, kind: &str) -> u64 {
+        let url = format!("{}/metrics", self.base);
+        let text = self
+            .http
+            .get(&url)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+            .text()
+            .await
+            .expect("metrics text");
+        let key = format!("tally_events_total{{kind=\"{kind}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&key))
+            .map_or(0, |v| v.trim().parse().expect("counter value"))
+    }
+
     /// Polls the cycle until it leaves `running`; panics (with the last view and the failures)
     /// after `within`, or if it ends in any state but `complete`.
     pub async fn wait_cycle_complete(&mut self, id: &str, within: Duration) -> Value {
@@ -503,7 +573,13 @@ impl Tally {
             }
             if Instant::now() > deadline {
                 let failures = self.get(&format!("/cycles/{id}/failures")).await;
-                let uplink = self.get("/uplink/status").await;
+                // Best effort: a replica without cssm-uplink has no such route.
+                let url = format!("{}/uplink/status", self.api);
+                let uplink: Value = match self.http.get(url).bearer_auth(ADMIN_TOKEN).send().await {
+                    Ok(r) if r.status().is_success() => r.json().await.unwrap_or_default(),
+                    Ok(r) => format!("HTTP {}", r.status()).into(),
+                    Err(e) => e.to_string().into(),
+                };
                 panic!(
                     "cycle still running after {within:?}: {c:#}\nuplink: {uplink:#}\nfailures: {failures:#}"
                 );
