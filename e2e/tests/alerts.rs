@@ -187,7 +187,7 @@ async fn deadline_alerts_arrive_once_each_by_nats_and_webhook() {
         );
     }
 
-    // Past the deadline, CUBE routers (they stop working) come first.
+    // Past the deadline.
     let ranked = tally
         .get(&format!(
             "/compliance/at-risk?limit=1000&at={}",
@@ -198,12 +198,20 @@ async fn deadline_alerts_arrive_once_each_by_nats_and_webhook() {
         .await;
     let ranked = ranked.as_array().unwrap();
     assert_eq!(ranked.len(), n);
-    let cubes = ranked.iter().filter(|d| d["role"] == "cube").count();
-    assert!(cubes > 0, "the simulated fleet has CUBE routers");
+    // Voice gateways (CUBE, SRST, CME) stop working: they come first, all of them.
+    let voice = |d: &serde_json::Value| matches!(d["role"].as_str(), Some("cube" | "srst" | "cme"));
+    let gateways = ranked.iter().filter(|d| voice(d)).count();
+    assert!(ranked.iter().any(|d| d["role"] == "cube"), "CUBE routers");
     assert!(
-        ranked[..cubes]
+        ranked
             .iter()
-            .all(|d| d["role"] == "cube" && d["impact"] == "critical")
+            .any(|d| d["role"] == "srst" || d["role"] == "cme"),
+        "SRST or CME routers"
+    );
+    assert!(
+        ranked[..gateways]
+            .iter()
+            .all(|d| voice(d) && d["impact"] == "critical")
     );
     assert!(ranked.iter().all(|d| d["status"] == "ack_overdue"));
     tally.proc.assert_running();

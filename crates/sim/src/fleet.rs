@@ -135,6 +135,7 @@ pub(crate) struct Profile {
     pub(crate) network_license: NetworkLicense,
     pub(crate) dna_tier: Option<DnaTier>,
     is_cube: bool,
+    voice_role: &'static str,
     site: String,
     /// Index into the fleet's virtual accounts.
     pub(crate) va: usize,
@@ -189,6 +190,13 @@ pub(crate) fn profile(seed: u64, index: usize, n_vas: usize) -> Profile {
     let router = matches!(family, Family::Isr4k | Family::C8200);
     let r2 = h(seed, index, 2);
     let is_cube = router && r2 & 1 == 0;
+    // A quarter of the other routers are SRST or CME gateways: they too stop on a missed ACK.
+    let voice_role = match (r2 >> 40) % 8 {
+        _ if is_cube => "cube",
+        0 if router => "srst",
+        1 if router => "cme",
+        _ => "",
+    };
     let software_version = VERSIONS[((r2 >> 4) % 4) as usize];
     let dna_tier = match (r2 >> 16) % 10 {
         0..=2 if router => None,
@@ -228,6 +236,7 @@ pub(crate) fn profile(seed: u64, index: usize, n_vas: usize) -> Profile {
         network_license,
         dna_tier,
         is_cube,
+        voice_role,
         site,
         va,
         serial: serial(seed, index),
@@ -251,6 +260,7 @@ impl Profile {
             Family::C9300 | Family::C9200 => "sw",
             Family::C9800 => "wlc",
             _ if self.is_cube => "cube",
+            _ if !self.voice_role.is_empty() => self.voice_role,
             _ => "rtr",
         };
         format!("{role}-{}-{index}", self.site)
@@ -353,6 +363,8 @@ pub struct DeviceInfo {
     pub network_license: String,
     pub dna_tier: Option<String>,
     pub is_cube: bool,
+    /// cube, srst, cme, or empty.
+    pub voice_role: String,
     pub username: String,
     pub password: String,
     /// Boot level after the next reload (`network_license`/`dna_tier` are the running level).
@@ -372,7 +384,7 @@ pub const SIM_ONLY_FIELDS: [&str; 4] = [
 ];
 
 // New columns go at the end: importers read by header name, older ones by position.
-const CSV_HEADER: &str = "index,hostname,udi_pid,serial,model,software_version,base_url,site,smart_account,virtual_account,network_license,dna_tier,is_cube,username,password,configured_network_license,configured_dna_tier,pending_reload";
+const CSV_HEADER: &str = "index,hostname,udi_pid,serial,model,software_version,base_url,site,smart_account,virtual_account,network_license,dna_tier,is_cube,username,password,configured_network_license,configured_dna_tier,pending_reload,voice_role";
 
 fn lock(m: &Mutex<DeviceState>) -> std::sync::MutexGuard<'_, DeviceState> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -503,6 +515,7 @@ impl FleetState {
             network_license: p.network_license.as_str().to_owned(),
             dna_tier: p.dna_tier.map(|t| t.as_str().to_owned()),
             is_cube: p.is_cube,
+            voice_role: p.voice_role.to_owned(),
             username: self.cfg.username.clone(),
             password: self.cfg.password.clone(),
             configured_network_license: configured.0.as_str().to_owned(),
@@ -653,6 +666,7 @@ impl FleetState {
             "smart_account": info.smart_account,
             "virtual_account": info.virtual_account,
             "is_cube": info.is_cube,
+            "voice_role": info.voice_role,
             "last_ack_time": ts(d.last_ack_time),
             "next_ack_deadline": ts(d.next_ack_deadline),
             "last_ack_valid": d.last_ack_valid,
@@ -968,7 +982,7 @@ async fn devices(st: Data, q: web::Query<DevicesQuery>) -> Result<HttpResponse, 
             for i in 0..st2.len() {
                 let d = st2.info(i)?;
                 out.push_str(&format!(
-                    "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
+                    "{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{},{}\n",
                     d.index,
                     d.hostname,
                     d.udi_pid,
@@ -986,7 +1000,8 @@ async fn devices(st: Data, q: web::Query<DevicesQuery>) -> Result<HttpResponse, 
                     d.password,
                     d.configured_network_license,
                     d.configured_dna_tier.unwrap_or_default(),
-                    d.pending_reload
+                    d.pending_reload,
+                    d.voice_role
                 ));
             }
             Ok(out)

@@ -457,6 +457,15 @@ async fn device_list_is_a_realistic_unique_mix() {
     for v in ["17.3.4", "17.6.5", "17.9.4a", "17.12.3"] {
         assert!(devices.iter().any(|d| d["software_version"] == v));
     }
+    // Voice gateways: CUBE, SRST and CME routers, and is_cube exactly for CUBE.
+    for role in ["cube", "srst", "cme"] {
+        assert!(devices.iter().any(|d| d["voice_role"] == role), "{role}");
+    }
+    assert!(
+        devices
+            .iter()
+            .all(|d| (d["voice_role"] == "cube") == (d["is_cube"] == true))
+    );
     assert_eq!(devices[7]["base_url"], st.device_url(7));
     assert_eq!(devices[7]["username"], "admin");
 
@@ -464,7 +473,7 @@ async fn device_list_is_a_realistic_unique_mix() {
     let mut lines = csv.lines();
     assert_eq!(
         lines.next().unwrap(),
-        "index,hostname,udi_pid,serial,model,software_version,base_url,site,smart_account,virtual_account,network_license,dna_tier,is_cube,username,password,configured_network_license,configured_dna_tier,pending_reload"
+        "index,hostname,udi_pid,serial,model,software_version,base_url,site,smart_account,virtual_account,network_license,dna_tier,is_cube,username,password,configured_network_license,configured_dna_tier,pending_reload,voice_role"
     );
     assert_eq!(lines.count(), 5000);
 
@@ -646,7 +655,7 @@ async fn boot_level_takes_effect_at_reload() {
     let csv = get_text(&c, format!("{}/sim/devices?format=csv", st.base_url())).await;
     let row = csv.lines().nth(dev + 1).unwrap();
     assert!(
-        row.ends_with(",network-advantage,dna-premier,true"),
+        row.contains(",network-advantage,dna-premier,true,"),
         "{row}"
     );
 

@@ -31,6 +31,7 @@ pub struct DeviceRow {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub groups: Vec<String>,
+    pub voice_role: String,
 }
 
 #[derive(Debug, Clone, Insertable, AsChangeset)]
@@ -53,6 +54,7 @@ pub struct NewDevice {
     #[diesel(treat_none_as_null = true)]
     pub dna_tier: Option<String>,
     pub groups: Vec<String>,
+    pub voice_role: String,
 }
 
 /// A device as the API shows it. The southbound password is never returned.
@@ -70,6 +72,8 @@ pub struct Device {
     pub virtual_account: String,
     pub username: String,
     pub is_cube: bool,
+    /// cube, srst, cme, or empty: voice gateways stop working when their ACK deadline passes.
+    pub voice_role: String,
     pub network_license: String,
     pub dna_tier: Option<String>,
     /// Operator-defined group names, in the order given.
@@ -94,6 +98,7 @@ impl From<DeviceRow> for Device {
             virtual_account: r.virtual_account,
             username: r.username,
             is_cube: r.is_cube,
+            voice_role: r.voice_role,
             network_license: r.network_license,
             dna_tier: r.dna_tier,
             groups: r.groups,
@@ -127,8 +132,13 @@ pub struct DeviceInput {
     /// Stored sealed; never returned. May be omitted when replacing a device to keep the old one.
     #[serde(default)]
     pub password: Option<String>,
+    /// Same as `voice_role: cube` (kept for existing imports).
     #[serde(default)]
     pub is_cube: Option<bool>,
+    /// Voice service the router runs: `cube`, `srst`, `cme`, or empty for none. These stop
+    /// working when their ACK deadline passes, so they rank first among devices at risk.
+    #[serde(default)]
+    pub voice_role: Option<String>,
     /// `network-essentials` (default) or `network-advantage`.
     #[serde(default)]
     pub network_license: Option<String>,
@@ -156,6 +166,7 @@ pub struct ValidDevice {
     pub username: String,
     pub password: Option<String>,
     pub is_cube: bool,
+    pub voice_role: String,
     pub network_license: NetworkLicense,
     pub dna_tier: Option<DnaTier>,
     pub groups: Vec<String>,
@@ -301,6 +312,26 @@ impl DeviceInput {
             },
         };
         let groups = groups(&mut errors, &self.groups);
+        let voice_role = match self.voice_role.as_deref().map(str::trim) {
+            None | Some("") | Some("none") if self.is_cube == Some(true) => "cube".to_owned(),
+            None | Some("") | Some("none") => String::new(),
+            Some(r @ ("cube" | "srst" | "cme")) => {
+                if self.is_cube == Some(true) && r != "cube" {
+                    errors.push(FieldError {
+                        field: "voice_role".into(),
+                        message: format!("{r:?} contradicts is_cube = true"),
+                    });
+                }
+                r.to_owned()
+            }
+            Some(other) => {
+                errors.push(FieldError {
+                    field: "voice_role".into(),
+                    message: format!("{other:?} is not one of cube, srst, cme, none"),
+                });
+                String::new()
+            }
+        };
         let udi = match udi {
             Ok(u) => Some(u),
             Err(e) => {
@@ -331,7 +362,8 @@ impl DeviceInput {
                 virtual_account,
                 username,
                 password,
-                is_cube: self.is_cube.unwrap_or(false),
+                is_cube: voice_role == "cube",
+                voice_role,
                 network_license,
                 dna_tier,
                 groups,
@@ -409,5 +441,30 @@ mod tests {
         assert_eq!(d.validate(true).unwrap_err()[0].field, "groups");
         d.groups.pop();
         assert_eq!(d.validate(true).unwrap().groups.len(), 32);
+    }
+
+    #[test]
+    fn voice_roles_are_named_and_checked() {
+        let v = |role: Option<&str>, cube: Option<bool>| {
+            DeviceInput {
+                voice_role: role.map(str::to_owned),
+                is_cube: cube,
+                ..good()
+            }
+            .validate(true)
+        };
+        let ok = v(Some("srst"), None).unwrap();
+        assert_eq!((ok.voice_role.as_str(), ok.is_cube), ("srst", false));
+        let ok = v(None, Some(true)).unwrap();
+        assert_eq!((ok.voice_role.as_str(), ok.is_cube), ("cube", true));
+        let ok = v(Some("cube"), None).unwrap();
+        assert!(ok.is_cube, "is_cube follows voice_role");
+        assert_eq!(v(Some("none"), None).unwrap().voice_role, "");
+        let e = v(Some("cme"), Some(true)).unwrap_err();
+        assert_eq!(e[0].field, "voice_role");
+        assert!(e[0].message.contains("is_cube"), "{e:?}");
+        let e = v(Some("pbx"), None).unwrap_err();
+        assert_eq!(e[0].field, "voice_role");
+        assert!(e[0].message.contains("\"pbx\""), "{e:?}");
     }
 }

@@ -19,6 +19,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         groups -> Array<Text>,
+        voice_role -> Text,
     }
 }
 

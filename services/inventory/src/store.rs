@@ -38,6 +38,7 @@ pub fn to_event(r: &DeviceRow) -> proto::Device {
         username: r.username.clone(),
         password_sealed: r.password_sealed.clone(),
         is_cube: r.is_cube,
+        voice_role: r.voice_role.clone(),
         network_license: r.network_license.clone(),
         dna_tier: r.dna_tier.clone().unwrap_or_default(),
         revision: r.revision,
@@ -63,6 +64,7 @@ fn new_device(v: &ValidDevice, id: Uuid, password_sealed: String) -> NewDevice {
         network_license: v.network_license.as_str().to_owned(),
         dna_tier: v.dna_tier.map(|t| t.as_str().to_owned()),
         groups: v.groups.clone(),
+        voice_role: v.voice_role.clone(),
     }
 }
 
@@ -129,6 +131,7 @@ pub async fn upsert_all(
                             "COALESCE(NULLIF(excluded.password_sealed, ''), inventory.devices.password_sealed)",
                         )),
                         devices::is_cube.eq(excluded(devices::is_cube)),
+                        devices::voice_role.eq(excluded(devices::voice_role)),
                         devices::network_license.eq(excluded(devices::network_license)),
                         devices::dna_tier.eq(excluded(devices::dna_tier)),
                         devices::groups.eq(excluded(devices::groups)),

@@ -51,11 +51,14 @@ pub struct FleetRow {
     /// Holds a level whose pool in its virtual account is overcommitted.
     #[diesel(sql_type = Bool)]
     pub out_of_compliance: bool,
+    /// cube, srst, cme, or empty.
+    #[diesel(sql_type = Text)]
+    pub voice_role: String,
 }
 
 const FLEET_COLUMNS: &str = "id, hostname, model, site, smart_account, virtual_account, \
     is_cube, network_license, dna_tier, first_seen_at, last_upload_at, last_ack_at, \
-    out_of_compliance";
+    out_of_compliance, voice_role";
 
 pub async fn fleet(c: &mut AsyncPgConnection) -> Result<Vec<FleetRow>, diesel::result::Error> {
     diesel::sql_query(format!(
@@ -183,12 +186,17 @@ pub async fn sweep(
     }
 }
 
-/// What a device is, as far as a missed deadline goes. Inventory flags CUBE; SRST and CME are
-/// features of the same routers and are flagged the same way until inventory tells them apart.
-pub fn role_of(model: &str, is_cube: bool) -> DeviceRole {
-    if is_cube {
-        DeviceRole::Cube
-    } else if model.starts_with("C9800") || model.starts_with("AIR-") {
+/// What a device is, as far as a missed deadline goes: inventory names the voice gateways
+/// (CUBE, SRST, CME; older producers only flag CUBE); the rest by model.
+pub fn role_of(model: &str, is_cube: bool, voice_role: &str) -> DeviceRole {
+    match voice_role {
+        "cube" => return DeviceRole::Cube,
+        "srst" => return DeviceRole::Srst,
+        "cme" => return DeviceRole::Cme,
+        _ if is_cube => return DeviceRole::Cube,
+        _ => {}
+    }
+    if model.starts_with("C9800") || model.starts_with("AIR-") {
         DeviceRole::Wlc
     } else if model.starts_with("ISR") || model.starts_with("C8") || model.starts_with("ASR") {
         DeviceRole::Router
@@ -243,7 +251,7 @@ fn entitlements(d: &FleetRow) -> Vec<(String, Deadlines)> {
 }
 
 pub fn assess(d: &FleetRow, now: DateTime<Utc>) -> (DeviceCompliance, DeviceRisk) {
-    let role = role_of(&d.model, d.is_cube);
+    let role = role_of(&d.model, d.is_cube, &d.voice_role);
     let ents = entitlements(d);
     let refs: Vec<(&str, Deadlines)> = ents.iter().map(|(n, dl)| (n.as_str(), *dl)).collect();
     let risk = DeviceRisk::assess(d.id.to_string(), role, &refs, now);
@@ -694,7 +702,7 @@ pub async fn raise_failures(
             continue;
         };
         let kind = format!("{stage}_failed");
-        let severity = impact_str(role_of(&d.model, d.is_cube).impact());
+        let severity = impact_str(role_of(&d.model, d.is_cube, &d.voice_role).impact());
         let silenced = active.iter().any(|m| m.matches(&kind, &d.site, Some(d.id)));
         let alert = NewAlert {
             kind: &kind,

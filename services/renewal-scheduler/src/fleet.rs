@@ -27,18 +27,21 @@ pub async fn upsert(
         diesel::sql_query(
             "INSERT INTO sched.devices (id, hostname, udi_pid, udi_serial, model, software_version, \
              base_url, site, groups, smart_account, virtual_account, is_cube, network_license, \
-             dna_tier, revision) \
+             dna_tier, revision, voice_role) \
              SELECT u.id, u.h, u.pid, u.sn, u.m, u.sw, u.url, u.site, \
-             ARRAY(SELECT jsonb_array_elements_text(u.g::jsonb)), u.sa, u.va, u.cube, u.net, u.dna, u.rev \
+             ARRAY(SELECT jsonb_array_elements_text(u.g::jsonb)), u.sa, u.va, u.cube, u.net, u.dna, u.rev, \
+             CASE WHEN u.vr = '' AND u.cube THEN 'cube' ELSE u.vr END \
              FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
              $7::text[], $8::text[], $9::text[], $10::text[], $11::text[], $12::bool[], $13::text[], \
-             $14::text[], $15::int8[]) AS u(id, h, pid, sn, m, sw, url, site, g, sa, va, cube, net, dna, rev) \
+             $14::text[], $15::int8[], $16::text[]) \
+             AS u(id, h, pid, sn, m, sw, url, site, g, sa, va, cube, net, dna, rev, vr) \
              ON CONFLICT (id) DO UPDATE SET hostname = excluded.hostname, udi_pid = excluded.udi_pid, \
              udi_serial = excluded.udi_serial, model = excluded.model, \
              software_version = excluded.software_version, base_url = excluded.base_url, \
              site = excluded.site, groups = excluded.groups, smart_account = excluded.smart_account, \
              virtual_account = excluded.virtual_account, is_cube = excluded.is_cube, \
              network_license = excluded.network_license, dna_tier = excluded.dna_tier, \
+             voice_role = excluded.voice_role, \
              revision = excluded.revision, updated_at = now() \
              WHERE sched.devices.revision < excluded.revision AND NOT sched.devices.deleted",
         )
@@ -57,6 +60,7 @@ pub async fn upsert(
         .bind::<Array<Text>, _>(col(|d| &d.network_license))
         .bind::<Array<Nullable<Text>>, _>(&dna)
         .bind::<Array<Int8>, _>(cols.revisions())
+        .bind::<Array<Text>, _>(col(|d| &d.voice_role))
         .execute(c)
         .await?;
         crate::pools::flag_devices(c, &ids).await?;

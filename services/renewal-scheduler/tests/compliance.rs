@@ -574,3 +574,64 @@ async fn pools_bring_renewal_reminders_and_out_of_compliance() {
         count(&s, "SELECT count(*) FROM sched.alerts WHERE NOT silenced").await,
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn srst_and_cme_gateways_rank_with_cube() {
+    let (_db, s, _) = fleet_acked_at(t0()).await;
+    let ids: Vec<Uuid> = (0..2).map(|_| Uuid::now_v7()).collect();
+    let dev = |i: usize, host: &str, role: &str| proto::Device {
+        device_id: ids[i].to_string(),
+        hostname: host.into(),
+        model: "ISR4331".into(),
+        site: "branch-02".into(),
+        smart_account: "acme".into(),
+        virtual_account: "Voice".into(),
+        voice_role: role.into(),
+        network_license: "network-advantage".into(),
+        dna_tier: "dna-essentials".into(),
+        revision: 1,
+        ..Default::default()
+    };
+    fleet::upsert(
+        &s,
+        "voice-1",
+        proto::DevicesUpserted {
+            devices: vec![dev(0, "srst-1", "srst"), dev(1, "cme-1", "cme")],
+        },
+    )
+    .await
+    .unwrap();
+    let mut c = s.pool.get().await.unwrap();
+    diesel::sql_query(
+        "UPDATE sched.devices SET first_seen_at = $1 - interval '30 days', last_upload_at = $1, \
+         last_ack_at = $1",
+    )
+    .bind::<diesel::sql_types::Timestamptz, _>(t0())
+    .execute(&mut c)
+    .await
+    .unwrap();
+    let at = t0() + TimeDelta::days(95);
+    let ranked = compliance::at_risk_page(&mut c, at, at, 10).await.unwrap();
+    let roles: Vec<(&str, &str)> = ranked
+        .iter()
+        .map(|d| (d.role.as_str(), d.impact.as_str()))
+        .collect();
+    // The three gateways first (the CUBE router flagged only by is_cube too), then switches.
+    let mut head = roles[..3].to_vec();
+    head.sort();
+    assert_eq!(
+        head,
+        [
+            ("cme", "critical"),
+            ("cube", "critical"),
+            ("srst", "critical")
+        ]
+    );
+    assert!(roles[3..].iter().all(|(_, i)| *i == "warning"), "{roles:?}");
+    let srst = ranked.iter().find(|d| d.hostname == "srst-1").unwrap();
+    assert!(
+        srst.reason.starts_with("SRST shuts down"),
+        "{}",
+        srst.reason
+    );
+}

@@ -77,6 +77,7 @@ async fn setup(devices: usize, in_projection: usize) -> Ctx {
             dna_tier: info.dna_tier.clone().unwrap_or_default(),
             revision: 1,
             groups: vec![],
+            voice_role: info.voice_role.clone(),
         });
     }
     projection::upsert(&agg, "msg-1", ev).await.unwrap();

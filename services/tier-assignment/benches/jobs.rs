@@ -69,6 +69,7 @@ async fn main() {
                 dna_tier: "dna-essentials".into(),
                 revision: 1,
                 groups: vec!["access".into()],
+                voice_role: String::new(),
             })
             .collect();
         projection::upsert(

@@ -51,6 +51,7 @@ fn sim_device(fleet: &FleetState, secrets: &SecretBox, i: usize, revision: i64) 
         dna_tier: d.dna_tier.unwrap_or_default(),
         revision,
         groups: vec![],
+        voice_role: d.voice_role,
     }
 }
 
