@@ -327,6 +327,7 @@ fn cron_decisions(schedulers: &[Tally; 2]) -> BTreeMap<String, Vec<(usize, &'sta
                 Some("scheduled cycle started") => "started",
                 Some("another replica started this tick's cycle") => "left to the other",
                 Some("scheduled cycle could not start") => "failed",
+                Some("scheduled cycle skipped: the previous cycle is still running") => "skipped",
                 _ => continue,
             };
             if let Some(tick) = v["tick"].as_str() {

@@ -54,7 +54,23 @@ pub async fn start(
         .await?;
         if n == 0 {
             // The tick was taken by another replica, or a cycle is running (unique index).
-            if tick.is_none() {
+            if let Some(t) = tick {
+                let taken: Vec<IdRow> =
+                    diesel::sql_query("SELECT id FROM sched.cycles WHERE scheduled_for = $1")
+                        .bind::<Timestamptz, _>(t)
+                        .load(c)
+                        .await?;
+                if taken.is_empty() {
+                    let running: Vec<IdRow> = diesel::sql_query(
+                        "SELECT id FROM sched.cycles WHERE state = 'running' LIMIT 1",
+                    )
+                    .load(c)
+                    .await?;
+                    if let Some(r) = running.into_iter().next() {
+                        return Err(StartError::Running(r.id));
+                    }
+                }
+            } else {
                 let running: Vec<IdRow> = diesel::sql_query(
                     "SELECT id FROM sched.cycles WHERE state = 'running' LIMIT 1",
                 )
@@ -98,6 +114,10 @@ pub async fn run_cron(s: Scheduler, cron: croner::Cron) {
         match start(&s, "schedule", Some(next)).await {
             Ok(Some(id)) => tracing::info!(cycle = %id, tick = %next, "scheduled cycle started"),
             Ok(None) => tracing::debug!(tick = %next, "another replica started this tick's cycle"),
+            Err(StartError::Running(id)) => tracing::warn!(
+                running = %id, tick = %next,
+                "scheduled cycle skipped: the previous cycle is still running"
+            ),
             Err(e) => tracing::error!(error = %e, tick = %next, "scheduled cycle could not start"),
         }
     }
