@@ -494,12 +494,29 @@ async fn device_summary(
     };
     let f = q.filters.bind()?;
     let dir = if desc { "DESC" } else { "ASC" };
-    let sql = format!(
-        "SELECT * FROM ({} WHERE {}) d ORDER BY {column} {dir}, id {dir} LIMIT {limit} OFFSET {}",
-        device_select(),
-        filter_sql(),
-        (page - 1).saturating_mul(limit)
+    let offset = (page - 1).saturating_mul(limit);
+    let plain = matches!(
+        column,
+        "hostname" | "id" | "model" | "site" | "virtual_account" | "updated_at"
     );
+    let sql = if plain {
+        // Skip to the page over the sort column and id only (an index scan), then build the
+        // page's 500 rows: deep pages stay cheap.
+        format!(
+            "SELECT d.* FROM ({select} WHERE id IN (SELECT id FROM sched.devices WHERE {filter} \
+             ORDER BY {column} {dir}, id {dir} LIMIT {limit} OFFSET {offset})) d \
+             ORDER BY {column} {dir}, id {dir}",
+            select = device_select(),
+            filter = filter_sql(),
+        )
+    } else {
+        format!(
+            "SELECT * FROM ({} WHERE {}) d ORDER BY {column} {dir}, id {dir} LIMIT {limit} \
+             OFFSET {offset}",
+            device_select(),
+            filter_sql(),
+        )
+    };
     let mut c = tally_platform::problem::conn(&s.pool).await?;
     crate::compliance::refresh(&mut c, crate::compliance::clock(&s))
         .await

@@ -88,14 +88,37 @@ pub async fn refresh(
     c: &mut AsyncPgConnection,
     now: DateTime<Utc>,
 ) -> Result<usize, diesel::result::Error> {
+    refresh_some(c, None, now).await
+}
+
+/// [`refresh`] limited to these devices: writers call it in their own transaction, so the
+/// deadline engine's cost is paid where the change happens, not by the next reader.
+pub async fn refresh_ids(
+    c: &mut AsyncPgConnection,
+    ids: &[Uuid],
+    now: DateTime<Utc>,
+) -> Result<usize, diesel::result::Error> {
+    if ids.is_empty() {
+        return Ok(0);
+    }
+    refresh_some(c, Some(ids), now).await
+}
+
+async fn refresh_some(
+    c: &mut AsyncPgConnection,
+    ids: Option<&[Uuid]>,
+    now: DateTime<Utc>,
+) -> Result<usize, diesel::result::Error> {
     let mut total = 0;
     loop {
         let n = c
             .transaction(async |c| {
                 let rows: Vec<FleetRow> = diesel::sql_query(format!(
-                    "SELECT {FLEET_COLUMNS} FROM sched.devices WHERE NOT assessed ORDER BY id \
+                    "SELECT {FLEET_COLUMNS} FROM sched.devices WHERE NOT assessed \
+                     AND ($1::uuid[] IS NULL OR id = ANY($1)) ORDER BY id \
                      LIMIT {REFRESH_CHUNK} FOR UPDATE SKIP LOCKED"
                 ))
+                .bind::<Nullable<Array<SqlUuid>>, _>(ids)
                 .load(c)
                 .await?;
                 if rows.is_empty() {

@@ -234,7 +234,7 @@ pub async fn apply(s: &Scheduler, msg_id: &str, u: Update) -> Result<(), Handler
         if !claim(c, Schema::Sched, msg_id).await? {
             return Ok(());
         }
-        crate::fleet::acks_installed(c, &u.ack_ok_devices).await?;
+        crate::fleet::acks_installed(c, &u.ack_ok_devices, crate::compliance::clock(s)).await?;
         if let Some(cycle) = cycle {
             add(c, cycle, &u).await?;
             crate::compliance::raise_failures(c, s, cycle, &u.failures).await?;

@@ -64,6 +64,7 @@ pub async fn upsert(
         .execute(c)
         .await?;
         crate::pools::flag_devices(c, &ids).await?;
+        crate::compliance::refresh_ids(c, &ids, crate::compliance::clock(s)).await?;
         Ok::<_, HandlerError>(())
     })
     .await
@@ -97,15 +98,18 @@ pub async fn acks_received(
             .bind::<Array<SqlUuid>, _>(&ids)
             .execute(c)
             .await?;
+        crate::compliance::refresh_ids(c, &ids, crate::compliance::clock(s)).await?;
         Ok::<_, HandlerError>(())
     })
     .await
 }
 
-/// These devices installed an ACK now: their reporting deadline restarts.
+/// These devices installed an ACK now: their reporting deadline restarts (and is computed
+/// again at `now`, the scheduler's clock).
 pub async fn acks_installed(
     c: &mut AsyncPgConnection,
     devices: &[Uuid],
+    now: chrono::DateTime<chrono::Utc>,
 ) -> Result<(), diesel::result::Error> {
     if devices.is_empty() {
         return Ok(());
@@ -114,5 +118,6 @@ pub async fn acks_installed(
         .bind::<Array<SqlUuid>, _>(devices)
         .execute(c)
         .await?;
+    crate::compliance::refresh_ids(c, devices, now).await?;
     Ok(())
 }

@@ -601,6 +601,18 @@ async fn srst_and_cme_gateways_rank_with_cube() {
     )
     .await
     .unwrap();
+    // The projection ran the deadline engine in its own transaction: no reader pays for it.
+    assert_eq!(
+        count(
+            &s,
+            &format!(
+                "SELECT count(*) FROM sched.devices WHERE NOT assessed AND id IN ('{}', '{}')",
+                ids[0], ids[1]
+            )
+        )
+        .await,
+        0
+    );
     let mut c = s.pool.get().await.unwrap();
     diesel::sql_query(
         "UPDATE sched.devices SET first_seen_at = $1 - interval '30 days', last_upload_at = $1, \
