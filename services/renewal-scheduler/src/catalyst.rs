@@ -26,8 +26,8 @@ use uuid::Uuid;
 /// How long a token from `/dna/system/api/v1/auth/token` stays valid (Catalyst Center: 1 hour).
 pub const TOKEN_TTL_SECS: i64 = 3600;
 pub const MAX_PAGE: i64 = 500;
-const NOT_SUPPORTED: &str =
-    "registration is done by the device's trust token; not supported by Tally";
+const NOT_SUPPORTED: &str = "deregistering is not a task in Tally: a device stops reporting and \
+     returns its licenses when it is removed from the inventory (DELETE /api/v1/devices/{id})";
 
 /// The token signing key, derived from `TALLY_SECRET_KEY` so every replica verifies the others'
 /// tokens, and separate from the credential-sealing key so one never stands in for the other.
@@ -937,18 +937,78 @@ async fn transfer(
     path: web::Path<(String, String)>,
     body: web::Json<DeviceUuids>,
 ) -> Result<HttpResponse, Problem> {
-    let caller = authorize(&req, &s, Role::Operator)?;
     let (sa, va) = path.into_inner();
+    move_devices(&req, &s, "transfer", Some(sa), va, &body).await
+}
+
+/// Register: under Smart Licensing Using Policy a device counts in the virtual account its
+/// usage is reported under, so registering it to a virtual account is moving it there (within
+/// its smart account), carried out like a transfer.
+async fn register(
+    req: HttpRequest,
+    s: web::Data<Scheduler>,
+    path: web::Path<String>,
+    body: web::Json<DeviceUuids>,
+) -> Result<HttpResponse, Problem> {
+    move_devices(&req, &s, "register", None, path.into_inner(), &body).await
+}
+
+/// Moves devices to a virtual account as a task that tier-assignment carries out. `sa` is the
+/// smart account named in the path; a register names none and takes the devices' own.
+async fn move_devices(
+    req: &HttpRequest,
+    s: &Scheduler,
+    kind: &str,
+    sa: Option<String>,
+    va: String,
+    body: &DeviceUuids,
+) -> Result<HttpResponse, Problem> {
+    let caller = authorize(req, s, Role::Operator)?;
     if va.trim().is_empty() {
         return Err(Problem::bad_request(
             "invalid-path",
             "virtual_account_name is empty",
         ));
     }
-    let mut ids = parse_uuids(&body)?;
+    let mut ids = parse_uuids(body)?;
     ids.sort_unstable();
     ids.dedup();
     let mut c = tally_platform::problem::conn(&s.pool).await?;
+    let sa = match sa {
+        Some(sa) => sa,
+        None => {
+            let accounts: Vec<Name> = diesel::sql_query(
+                "SELECT DISTINCT smart_account AS name FROM sched.devices \
+                 WHERE id = ANY($1) AND NOT deleted ORDER BY 1",
+            )
+            .bind::<Array<SqlUuid>, _>(&ids)
+            .load(&mut c)
+            .await
+            .map_err(Problem::internal)?;
+            match accounts.as_slice() {
+                [one] => one.name.clone(),
+                [] => {
+                    return Err(Problem::bad_request(
+                        "unknown-devices",
+                        "device_uuids: none of these devices is known",
+                    ));
+                }
+                many => {
+                    return Err(Problem::bad_request(
+                        "invalid-body",
+                        format!(
+                            "device_uuids: the devices are in several smart accounts ({}); \
+                             register them one smart account at a time",
+                            many.iter()
+                                .map(|n| n.name.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+    };
     #[derive(QueryableByName)]
     struct Id {
         #[diesel(sql_type = SqlUuid)]
@@ -979,14 +1039,19 @@ async fn transfer(
         ));
     }
     let id = Uuid::new_v4();
+    let what = if kind == "register" {
+        "Registration"
+    } else {
+        "Transfer"
+    };
     let progress = format!(
-        "Transfer of {} device(s) to virtual account {va} requested",
+        "{what} of {} device(s) to virtual account {va} requested",
         ids.len()
     );
     c.transaction(async |c| {
         diesel::sql_query(
             "INSERT INTO sched.catalyst_tasks (id, kind, smart_account, virtual_account, device_ids, \
-             requested_by, progress) VALUES ($1, 'transfer', $2, $3, $4, $5, $6)",
+             requested_by, progress) VALUES ($1, $7, $2, $3, $4, $5, $6)",
         )
         .bind::<SqlUuid, _>(id)
         .bind::<Text, _>(&sa)
@@ -994,6 +1059,7 @@ async fn transfer(
         .bind::<Array<SqlUuid>, _>(&ids)
         .bind::<Text, _>(&caller.name)
         .bind::<Text, _>(&progress)
+        .bind::<Text, _>(kind)
         .execute(c)
         .await?;
         tally_bus::emit(
@@ -1015,8 +1081,8 @@ async fn transfer(
     Ok(task_created(id))
 }
 
-/// Register and deregister exist only so scripts get a clear answer: under Smart Licensing
-/// Using Policy a device is trusted through its trust token, not registered by the controller.
+/// Deregister exists only so scripts get a clear answer: a device leaves licensing by leaving
+/// the inventory, which the inventory's own API does.
 async fn unsupported_task(
     req: &HttpRequest,
     s: &Scheduler,
@@ -1043,15 +1109,6 @@ async fn unsupported_task(
     .await
     .map_err(Problem::internal)?;
     Ok(task_created(id))
-}
-
-async fn register(
-    req: HttpRequest,
-    s: web::Data<Scheduler>,
-    path: web::Path<String>,
-    body: web::Json<DeviceUuids>,
-) -> Result<HttpResponse, Problem> {
-    unsupported_task(&req, &s, "register", &path.into_inner(), &body).await
 }
 
 async fn deregister(

@@ -468,12 +468,57 @@ async fn transfer_is_a_task_that_tier_assignment_completes() {
         t["response"]["failureReason"],
         "no pool for dna-advantage in wan"
     );
-    // Register is answered with a task that failed at once, saying why.
-    let req = test::TestRequest::put()
-        .uri("/dna/intent/api/v1/licenses/smartAccount/virtualAccount/wan/register")
-        .insert_header(("X-Auth-Token", tok.as_str()))
-        .set_json(json!({"device_uuids": [ids[0]]}))
-        .to_request();
+    // Register moves devices into the virtual account, within their own smart account, as a
+    // task like a transfer (the path names no smart account).
+    let put = |uri: &str, body: Value| {
+        test::TestRequest::put()
+            .uri(uri)
+            .insert_header(("X-Auth-Token", tok.as_str()))
+            .set_json(body)
+            .to_request()
+    };
+    const REGISTER: &str = "/dna/intent/api/v1/licenses/smartAccount/virtualAccount/wan/register";
+    let resp = test::call_service(&app, put(REGISTER, json!({"device_uuids": [ids[0]]}))).await;
+    assert_eq!(resp.status(), 202);
+    let v: Value = test::read_body_json(resp).await;
+    let task3 = v["response"]["taskId"].as_str().unwrap().to_owned();
+    let out: Vec<Out> =
+        diesel::sql_query("SELECT subject, payload FROM sched.outbox ORDER BY seq DESC LIMIT 1")
+            .load(&mut c)
+            .await
+            .unwrap();
+    let ev = proto::TransferRequested::decode(out[0].payload.as_slice()).unwrap();
+    assert_eq!(
+        (
+            ev.task_id.as_str(),
+            ev.smart_account.as_str(),
+            ev.virtual_account.as_str()
+        ),
+        (task3.as_str(), "acme", "wan")
+    );
+    let (_, t) = get!(&app, &tok, &format!("/dna/intent/api/v1/task/{task3}"));
+    assert_eq!(t["response"]["isError"], false, "{t}");
+    assert!(
+        t["response"]["progress"]
+            .as_str()
+            .unwrap()
+            .starts_with("Registration of 1")
+    );
+    // Unknown devices are refused by name of the field.
+    let resp = test::call_service(
+        &app,
+        put(
+            REGISTER,
+            json!({"device_uuids": ["00000000-0000-0000-0000-0000000000ff"]}),
+        ),
+    )
+    .await;
+    assert_eq!(resp.status(), 400);
+    // Deregister is answered with a task that failed at once, saying what to do instead.
+    let req = put(
+        "/dna/intent/api/v1/licenses/smartAccount/virtualAccount/deregister",
+        json!({"device_uuids": [ids[0]]}),
+    );
     let v: Value = test::read_body_json(test::call_service(&app, req).await).await;
     let (_, t) = get!(
         &app,
@@ -488,7 +533,7 @@ async fn transfer_is_a_task_that_tier_assignment_completes() {
         t["response"]["failureReason"]
             .as_str()
             .unwrap()
-            .contains("trust token")
+            .contains("DELETE /api/v1/devices")
     );
 }
 
