@@ -94,11 +94,12 @@ impl ApiTokens {
             .then(|| hex::encode(&d[..8]))
     }
 
-    /// Whether a token with this fingerprint is still configured.
-    pub fn has_fingerprint(&self, fingerprint: &str) -> bool {
+    /// The role the token with this fingerprint has now, if it is still configured.
+    pub fn role_of_fingerprint(&self, fingerprint: &str) -> Option<Role> {
         self.entries
             .iter()
-            .any(|(h, _, _)| hex::encode(&h[..8]) == fingerprint)
+            .find(|(h, _, _)| hex::encode(&h[..8]) == fingerprint)
+            .map(|(_, role, _)| *role)
     }
 
     /// The role of `token`, if it is one of ours.

@@ -312,14 +312,20 @@ impl DeviceInput {
             },
         };
         let groups = groups(&mut errors, &self.groups);
-        let voice_role = match self.voice_role.as_deref().map(str::trim) {
+        let given = self
+            .voice_role
+            .as_deref()
+            .map(|r| r.trim().to_ascii_lowercase());
+        let voice_role = match given.as_deref() {
             None | Some("") | Some("none") if self.is_cube == Some(true) => "cube".to_owned(),
             None | Some("") | Some("none") => String::new(),
             Some(r @ ("cube" | "srst" | "cme")) => {
-                if self.is_cube == Some(true) && r != "cube" {
+                if let Some(cube) = self.is_cube
+                    && cube != (r == "cube")
+                {
                     errors.push(FieldError {
                         field: "voice_role".into(),
-                        message: format!("{r:?} contradicts is_cube = true"),
+                        message: format!("{r:?} contradicts is_cube = {cube}"),
                     });
                 }
                 r.to_owned()
@@ -463,6 +469,9 @@ mod tests {
         let e = v(Some("cme"), Some(true)).unwrap_err();
         assert_eq!(e[0].field, "voice_role");
         assert!(e[0].message.contains("is_cube"), "{e:?}");
+        assert_eq!(v(Some(" SRST "), None).unwrap().voice_role, "srst");
+        let e = v(Some("cube"), Some(false)).unwrap_err();
+        assert!(e[0].message.contains("is_cube = false"), "{e:?}");
         let e = v(Some("pbx"), None).unwrap_err();
         assert_eq!(e[0].field, "voice_role");
         assert!(e[0].message.contains("\"pbx\""), "{e:?}");

@@ -150,17 +150,19 @@ fn authorize(req: &HttpRequest, s: &Scheduler, need: Role) -> Result<Caller, Pro
         .ok_or_else(|| {
             unauthorized("missing X-Auth-Token: get one from POST /dna/system/api/v1/auth/token")
         })?;
-    let (caller, tok) = verify_token(key(s)?, token.trim(), Utc::now().timestamp())
+    let (mut caller, tok) = verify_token(key(s)?, token.trim(), Utc::now().timestamp())
         .ok_or_else(|| unauthorized("invalid or expired X-Auth-Token"))?;
     // A token dies with the API token it was issued against.
     let tokens = req
         .app_data::<web::Data<ApiTokens>>()
         .ok_or_else(|| Problem::internal("API tokens not configured"))?;
-    if !tokens.has_fingerprint(&tok) {
+    let Some(now) = tokens.role_of_fingerprint(&tok) else {
         return Err(unauthorized(
             "X-Auth-Token was issued against an API token that is no longer configured",
         ));
-    }
+    };
+    // A token whose role was lowered since keeps only the lower role.
+    caller.role = caller.role.min(now);
     caller.require(need)?;
     Ok(caller)
 }

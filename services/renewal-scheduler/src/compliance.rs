@@ -73,9 +73,10 @@ pub fn clock(s: &Scheduler) -> DateTime<Utc> {
     Utc::now() + s.cfg.clock_offset
 }
 
-/// How long before its deadline a device counts as ACK pending (the domain's warning window).
+/// How long before its deadline a device counts as ACK pending (the domain's warning window),
+/// in seconds as the domain counts it (days would follow the session's time zone across DST).
 fn warn() -> String {
-    format!("interval '{WARNING_DAYS} days'")
+    format!("interval '{} seconds'", WARNING_DAYS * 86_400)
 }
 
 /// Devices looked at per statement when refreshing stored deadlines and statuses.
@@ -140,7 +141,7 @@ async fn refresh_some(
                 let w = warn();
                 diesel::sql_query(format!(
                     "UPDATE sched.devices d SET deadline = u.dl, ack_pending = u.p, role = u.r, \
-                     critical = u.c, assessed = true, \
+                     critical = u.c, assessed = true, assessed_at = $6, \
                      status = sched.compliance_status(u.dl, u.p, d.out_of_compliance, $6, {w}), \
                      status_until = sched.compliance_until(u.dl, u.p, d.out_of_compliance, $6, {w}) \
                      FROM unnest($1::uuid[], $2::timestamptz[], $3::bool[], $4::text[], $5::bool[]) \
@@ -154,7 +155,6 @@ async fn refresh_some(
                 .bind::<Timestamptz, _>(now)
                 .execute(c)
                 .await?;
-                advance_clock(c, now).await?;
                 Ok(rows.len())
             })
             .await?;
@@ -163,18 +163,6 @@ async fn refresh_some(
             return Ok(total);
         }
     }
-}
-
-/// Stored statuses are valid from the latest time they were computed at.
-async fn advance_clock(
-    c: &mut AsyncPgConnection,
-    now: DateTime<Utc>,
-) -> Result<(), diesel::result::Error> {
-    diesel::sql_query("UPDATE sched.compliance_clock SET as_of = greatest(as_of, $1)")
-        .bind::<Timestamptz, _>(now)
-        .execute(c)
-        .await?;
-    Ok(())
 }
 
 /// Moves stored statuses whose time has come (30 days before a deadline, the deadline itself)
@@ -191,14 +179,13 @@ pub async fn sweep(
                 let n = diesel::sql_query(format!(
                     "UPDATE sched.devices d SET \
                      status = sched.compliance_status(d.deadline, d.ack_pending, d.out_of_compliance, $1, {w}), \
-                     status_until = sched.compliance_until(d.deadline, d.ack_pending, d.out_of_compliance, $1, {w}) \
-                     WHERE d.id IN (SELECT id FROM sched.devices WHERE NOT deleted AND assessed \
+                     status_until = sched.compliance_until(d.deadline, d.ack_pending, d.out_of_compliance, $1, {w}), \
+                     assessed_at = $1 WHERE d.id IN (SELECT id FROM sched.devices WHERE NOT deleted AND assessed \
                      AND status_until <= $1 LIMIT {REFRESH_CHUNK} FOR UPDATE SKIP LOCKED)"
                 ))
                 .bind::<Timestamptz, _>(now)
                 .execute(c)
                 .await?;
-                advance_clock(c, now).await?;
                 Ok::<_, diesel::result::Error>(n)
             })
             .await?;
@@ -400,15 +387,17 @@ pub async fn summary(
     refresh(c, now).await?;
     #[derive(QueryableByName)]
     struct AsOf {
-        #[diesel(sql_type = Timestamptz)]
-        as_of: DateTime<Utc>,
+        #[diesel(sql_type = Nullable<Timestamptz>)]
+        as_of: Option<DateTime<Utc>>,
     }
-    let as_of = diesel::sql_query("SELECT as_of FROM sched.compliance_clock")
+    // The newest time a stored status was computed at (an index lookup).
+    let as_of = diesel::sql_query("SELECT max(assessed_at) AS as_of FROM sched.devices")
         .load::<AsOf>(c)
         .await?
         .into_iter()
         .next()
-        .map_or(DateTime::<Utc>::MAX_UTC, |r| r.as_of);
+        .and_then(|r| r.as_of)
+        .unwrap_or(DateTime::<Utc>::MIN_UTC);
     let w = warn();
     let keys = "FROM sched.devices d, sched.compliance_keys(d.smart_account, d.virtual_account, \
                 d.site, d.dna_tier) k WHERE NOT d.deleted AND k.dim = $1";

@@ -33,20 +33,38 @@ pub fn parse_date(s: &str) -> Option<DateTime<Utc>> {
         })
 }
 
-/// Devices holding a level whose pool in their virtual account is overcommitted.
+/// Devices holding a level whose pool in their virtual account is overcommitted, where the
+/// pool's license fits the device's model (an exact model or a `prefix*` pattern; a pool no
+/// rule names fits every model).
 const OVER: &str = "EXISTS (SELECT 1 FROM sched.pools p WHERE p.smart_account = d.smart_account \
      AND p.virtual_account = d.virtual_account AND p.over_since IS NOT NULL \
-     AND p.level <> '' AND p.level IN (d.network_license, d.dna_tier))";
+     AND p.level <> '' AND p.level IN (d.network_license, d.dna_tier) \
+     AND (cardinality(p.models) = 0 OR EXISTS (SELECT 1 FROM unnest(p.models) m \
+     WHERE d.model = m OR (right(m, 1) = '*' AND starts_with(d.model, left(m, -1))))))";
 
-/// Flags (or clears) out-of-compliance on the devices of one smart account.
-async fn flag_account(c: &mut AsyncPgConnection, sa: &str) -> Result<(), diesel::result::Error> {
-    diesel::sql_query(format!(
+#[derive(QueryableByName)]
+struct IdRow {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+}
+
+/// Flags (or clears) out-of-compliance on the devices of one smart account, and runs the
+/// deadline engine for the devices it changed.
+async fn flag_account(
+    c: &mut AsyncPgConnection,
+    sa: &str,
+    now: DateTime<Utc>,
+) -> Result<(), diesel::result::Error> {
+    let changed: Vec<IdRow> = diesel::sql_query(format!(
         "UPDATE sched.devices d SET out_of_compliance = {OVER} \
-         WHERE d.smart_account = $1 AND NOT d.deleted AND d.out_of_compliance IS DISTINCT FROM {OVER}"
+         WHERE d.smart_account = $1 AND NOT d.deleted AND d.out_of_compliance IS DISTINCT FROM {OVER} \
+         RETURNING d.id"
     ))
     .bind::<Text, _>(sa)
-    .execute(c)
+    .load(c)
     .await?;
+    let ids: Vec<Uuid> = changed.into_iter().map(|r| r.id).collect();
+    compliance::refresh_ids(c, &ids, now).await?;
     Ok(())
 }
 
@@ -88,18 +106,18 @@ pub async fn synced(
         if !claim(c, Schema::Sched, msg_id).await? {
             return Ok(());
         }
-        #[derive(QueryableByName)]
-        struct Last {
-            #[diesel(sql_type = Nullable<Timestamptz>)]
-            t: Option<DateTime<Utc>>,
-        }
-        let last: Last =
-            diesel::sql_query("SELECT max(synced_at) AS t FROM sched.pools WHERE smart_account = $1")
-                .bind::<Text, _>(&ev.smart_account)
-                .get_result(c)
-                .await?;
-        // A redelivered older announcement must not undo a newer one.
-        if last.t.is_some_and(|t| t > at) {
+        // One announcement per smart account at a time; a redelivered older one must not undo
+        // a newer one (even one that emptied the account).
+        let newer = diesel::sql_query(
+            "INSERT INTO sched.pool_syncs (smart_account, synced_at) VALUES ($1, $2) \
+             ON CONFLICT (smart_account) DO UPDATE SET synced_at = excluded.synced_at \
+             WHERE sched.pool_syncs.synced_at <= excluded.synced_at",
+        )
+        .bind::<Text, _>(&ev.smart_account)
+        .bind::<Timestamptz, _>(at)
+        .execute(c)
+        .await?;
+        if newer == 0 {
             return Ok(());
         }
         let prior: Vec<OverRow> = diesel::sql_query(
@@ -192,7 +210,7 @@ pub async fn synced(
         .bind::<Array<Nullable<Timestamptz>>, _>(&end)
         .execute(c)
         .await?;
-        flag_account(c, &ev.smart_account).await?;
+        flag_account(c, &ev.smart_account, compliance::clock(s)).await?;
         Ok::<_, HandlerError>(())
     })
     .await
@@ -303,9 +321,11 @@ pub async fn evaluate(
     let terms: Vec<TermRow> = diesel::sql_query(
         "SELECT smart_account, virtual_account, license, line, subscription_id, quantity, end_date \
          FROM sched.pool_terms WHERE end_date IS NOT NULL AND upper(license_type) <> 'PERPETUAL' \
-         AND end_date <= $1 ORDER BY end_date, 1, 2, 3, 4",
+         AND end_date <= $1 AND end_date > $2 ORDER BY end_date, 1, 2, 3, 4",
     )
     .bind::<Timestamptz, _>(now + TimeDelta::days(widest))
+    // Terms that have already ended get no reminder (the roll-up counts them as expired).
+    .bind::<Timestamptz, _>(now)
     .load(c)
     .await?;
     let subject_of = |t: &TermRow| {

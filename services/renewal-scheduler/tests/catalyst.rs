@@ -188,6 +188,23 @@ async fn token_auth_refuses_missing_bad_expired_and_forged_tokens() {
         "{body}"
     );
     assert_eq!(get!(&after, &viewer, COUNT).0, 200);
+    // The admin's API token reconfigured as a viewer's: its X-Auth-Token reads, starts nothing.
+    let lowered = test::init_service(
+        App::new()
+            .app_data(web::Data::new(s.clone()))
+            .app_data(web::Data::new(
+                ApiTokens::parse(&format!("viewer:{ADMIN}")).unwrap(),
+            ))
+            .configure(catalyst::routes),
+    )
+    .await;
+    assert_eq!(get!(&lowered, &good, COUNT).0, 200);
+    let req = test::TestRequest::post()
+        .uri("/dna/intent/api/v1/licenses/smartAccount/acme/virtualAccount/wan/device/transfer")
+        .insert_header(("X-Auth-Token", good.as_str()))
+        .set_json(json!({"device_uuids": ["00000000-0000-0000-0000-000000000001"]}))
+        .to_request();
+    assert_eq!(test::call_service(&lowered, req).await.status(), 403);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -515,7 +515,7 @@ async fn pools_bring_renewal_reminders_and_out_of_compliance() {
     );
     assert!(e.fired >= 1);
     // 90, 60 and 30 days before the end: one reminder each, however often evaluated.
-    for (days, want) in [(90, 1), (89, 1), (60, 2), (45, 2), (30, 3), (1, 3)] {
+    for (days, want) in [(90, 1), (89, 1), (60, 2), (45, 2), (30, 3), (1, 3), (-5, 3)] {
         compliance::evaluate(&s, end - TimeDelta::days(days) + TimeDelta::seconds(1))
             .await
             .unwrap();
@@ -569,6 +569,38 @@ async fn pools_bring_renewal_reminders_and_out_of_compliance() {
         .await
         .unwrap();
     assert_eq!(kinds("out_of_compliance").await, 2);
+    assert_eq!(
+        count(
+            &s,
+            "SELECT count(*) FROM sched.devices WHERE out_of_compliance"
+        )
+        .await,
+        1
+    );
+    // A pool for other models (C9200s) being over does not touch the C9300 in that VA.
+    let mut other = pools_event(9, 5, "2027-06-01", synced + TimeDelta::days(4));
+    other.pools[0].models = vec!["C9200-48*".into()];
+    pools::synced(&s, "pools-4", other).await.unwrap();
+    assert_eq!(
+        count(
+            &s,
+            "SELECT count(*) FROM sched.devices WHERE out_of_compliance"
+        )
+        .await,
+        0
+    );
+    // An announcement that empties the account is not undone by an older one delivered late.
+    let mut empty = pools_event(0, 0, "", synced + TimeDelta::days(6));
+    empty.pools.clear();
+    pools::synced(&s, "pools-6", empty).await.unwrap();
+    pools::synced(
+        &s,
+        "pools-5",
+        pools_event(9, 5, "2027-06-01", synced + TimeDelta::days(5)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(count(&s, "SELECT count(*) FROM sched.pools").await, 0);
     assert_eq!(
         count(&s, "SELECT count(*) FROM sched.outbox WHERE subject = 'sched.alert.raised' AND payload::text LIKE '%'").await,
         count(&s, "SELECT count(*) FROM sched.alerts WHERE NOT silenced").await,
