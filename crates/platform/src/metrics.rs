@@ -48,6 +48,19 @@ pub fn render() -> String {
     String::from_utf8(buf).unwrap_or_default()
 }
 
+/// This process's peak resident memory (VmHWM) in MiB, for benchmarks; 0 where /proc is absent.
+pub fn peak_rss_mib() -> f64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
+        })
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -19,18 +19,6 @@ use utoipa_actix_web::AppExt;
 const TOKEN: &str = "viewer:bench-viewer-token-0123456789";
 const SECRET: &str = "bench-secret-key-0123456789";
 
-fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
-        })
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 fn pct(sorted: &[Duration], p: f64) -> f64 {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i].as_secs_f64() * 1000.0
@@ -239,5 +227,8 @@ async fn main() {
         "\nsweep one day ahead: {moved} devices changed status in {:.2} s",
         started.elapsed().as_secs_f64()
     );
-    println!("bench peak RSS: {:.0} MiB", rss_mib());
+    println!(
+        "bench peak RSS: {:.0} MiB",
+        tally_platform::metrics::peak_rss_mib()
+    );
 }

@@ -131,10 +131,10 @@ async fn refresh_some(
                 let mut roles = Vec::with_capacity(rows.len());
                 let mut critical = Vec::with_capacity(rows.len());
                 for d in &rows {
-                    let (comp, risk) = assess(d, now);
+                    let (comp, risk, ack_pending) = assess_pending(d, now);
                     ids.push(d.id);
                     deadlines.push(risk.deadline);
-                    pending.push(entitlements(d).iter().any(|(_, dl)| dl.ack_pending));
+                    pending.push(ack_pending);
                     roles.push(comp.role);
                     critical.push(risk.impact == Impact::Critical);
                 }
@@ -261,6 +261,12 @@ fn entitlements(d: &FleetRow) -> Vec<(String, Deadlines)> {
 }
 
 pub fn assess(d: &FleetRow, now: DateTime<Utc>) -> (DeviceCompliance, DeviceRisk) {
+    let (c, risk, _) = assess_pending(d, now);
+    (c, risk)
+}
+
+/// [`assess`], and whether an ACK is outstanding for any of the device's entitlements.
+fn assess_pending(d: &FleetRow, now: DateTime<Utc>) -> (DeviceCompliance, DeviceRisk, bool) {
     let role = role_of(&d.model, d.is_cube, &d.voice_role);
     let ents = entitlements(d);
     let refs: Vec<(&str, Deadlines)> = ents.iter().map(|(n, dl)| (n.as_str(), *dl)).collect();
@@ -289,7 +295,7 @@ pub fn assess(d: &FleetRow, now: DateTime<Utc>) -> (DeviceCompliance, DeviceRisk
         last_ack_at: d.last_ack_at,
         reason: risk.reason.clone(),
     };
-    (c, risk)
+    (c, risk, pending)
 }
 
 fn impact_str(i: Impact) -> &'static str {

@@ -19,18 +19,6 @@ const SA: &str = "acme.example";
 const MODELS: [&str; 4] = ["C9300-48P", "C9300-24P", "C9200-48P", "C9200-24P"];
 const VAS: [&str; 3] = ["Campus", "Branch", "Voice"];
 
-fn rss_mib() -> f64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(str::to_owned))
-        })
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 #[tokio::main(flavor = "multi_thread")]
 async fn main() {
     let n: usize = std::env::args()
@@ -151,5 +139,8 @@ async fn main() {
         "job commit (validate again under the lock + write job, items, ledger): {commit:.2} s"
     );
     println!("dry-run + commit: {:.2} s", dry[1] + commit);
-    println!("bench process peak RSS: {:.0} MiB", rss_mib());
+    println!(
+        "bench process peak RSS: {:.0} MiB",
+        tally_platform::metrics::peak_rss_mib()
+    );
 }
