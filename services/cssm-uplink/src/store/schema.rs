@@ -1,0 +1,51 @@
+// @generated automatically by Diesel CLI.
+
+pub mod uplink {
+    diesel::table! {
+        uplink.acks (batch_id, device_id) {
+            batch_id -> Uuid,
+            device_id -> Uuid,
+            report_ids -> Array<Nullable<Int8>>,
+            ack -> Text,
+            created_at -> Timestamptz,
+        }
+    }
+
+    diesel::table! {
+        uplink.batches (id) {
+            id -> Uuid,
+            mode -> Text,
+            smart_account -> Text,
+            virtual_account -> Text,
+            nonce -> Text,
+            state -> Text,
+            poll_id -> Nullable<Text>,
+            attempts -> Int4,
+            next_attempt_at -> Timestamptz,
+            error -> Nullable<Text>,
+            reports -> Int4,
+            devices -> Int4,
+            created_at -> Timestamptz,
+            updated_at -> Timestamptz,
+        }
+    }
+
+    diesel::table! {
+        uplink.reports (udi_pid, udi_serial, report_id) {
+            udi_pid -> Text,
+            udi_serial -> Text,
+            report_id -> Int8,
+            device_id -> Uuid,
+            cycle_id -> Nullable<Uuid>,
+            smart_account -> Text,
+            virtual_account -> Text,
+            body -> Bytea,
+            state -> Text,
+            batch_id -> Nullable<Uuid>,
+            error -> Nullable<Text>,
+            received_at -> Timestamptz,
+        }
+    }
+
+    diesel::allow_tables_to_appear_in_same_query!(acks, batches, reports,);
+}

@@ -1,0 +1,83 @@
+// @generated automatically by Diesel CLI.
+
+pub mod rum {
+    diesel::table! {
+        rum.ack_imports (id) {
+            id -> Uuid,
+            device_id -> Uuid,
+            cycle_id -> Nullable<Uuid>,
+            report_ids -> Array<Nullable<Int8>>,
+            ack -> Text,
+            state -> Text,
+            attempts -> Int4,
+            lease_until -> Nullable<Timestamptz>,
+            error -> Nullable<Text>,
+            created_at -> Timestamptz,
+            finished_at -> Nullable<Timestamptz>,
+        }
+    }
+
+    diesel::table! {
+        rum.collections (cycle_id, device_id) {
+            cycle_id -> Uuid,
+            device_id -> Uuid,
+            state -> Text,
+            attempts -> Int4,
+            lease_until -> Nullable<Timestamptz>,
+            error -> Nullable<Text>,
+            reports_new -> Int4,
+            finished_at -> Nullable<Timestamptz>,
+        }
+    }
+
+    diesel::table! {
+        rum.devices (id) {
+            id -> Uuid,
+            udi_pid -> Text,
+            udi_serial -> Text,
+            hostname -> Text,
+            base_url -> Text,
+            smart_account -> Text,
+            virtual_account -> Text,
+            username -> Text,
+            password_sealed -> Text,
+            revision -> Int8,
+            deleted -> Bool,
+        }
+    }
+
+    diesel::table! {
+        rum.quarantine (id) {
+            id -> Int8,
+            device_id -> Nullable<Uuid>,
+            cycle_id -> Nullable<Uuid>,
+            reason -> Text,
+            body -> Bytea,
+            received_at -> Timestamptz,
+        }
+    }
+
+    diesel::table! {
+        rum.reports (udi_pid, udi_serial, report_id) {
+            udi_pid -> Text,
+            udi_serial -> Text,
+            report_id -> Int8,
+            device_id -> Uuid,
+            cycle_id -> Nullable<Uuid>,
+            entitlement_tag -> Text,
+            software_version -> Text,
+            usage_count -> Int8,
+            end_time -> Int8,
+            body -> Bytea,
+            received_at -> Timestamptz,
+        }
+    }
+
+    diesel::allow_tables_to_appear_in_same_query!(
+        ack_imports,
+        collections,
+        devices,
+        quarantine,
+        reports,
+    );
+}
