@@ -70,7 +70,7 @@ pub async fn fleet(c: &mut AsyncPgConnection) -> Result<Vec<FleetRow>, diesel::r
 
 /// The scheduler's clock: real time plus the configured drill offset.
 pub fn clock(s: &Scheduler) -> DateTime<Utc> {
-    Utc::now() + s.cfg.clock_offset
+    s.now()
 }
 
 /// How long before its deadline a device counts as ACK pending (the domain's warning window),

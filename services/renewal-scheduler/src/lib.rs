@@ -6,8 +6,10 @@ pub mod api;
 pub mod catalyst;
 pub mod compliance;
 pub mod cycles;
+pub mod deadlines;
 pub mod fleet;
 pub mod pools;
+pub mod store;
 
 use tally_bus::Bus;
 use tally_store::Pool;
@@ -43,6 +45,13 @@ pub struct Scheduler {
     pub cfg: std::sync::Arc<Config>,
     /// Alert webhooks (their secrets are sealed); `None` delivers alerts on NATS only.
     pub webhooks: Option<tally_webhook::Webhooks>,
+}
+
+impl Scheduler {
+    /// The scheduler's clock: real time plus the configured drill offset.
+    pub fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now() + self.cfg.clock_offset
+    }
 }
 
 pub use api::routes;
