@@ -4,6 +4,7 @@
 pub mod consumer;
 pub mod projection;
 pub mod relay;
+pub mod router;
 
 use async_nats::jetstream;
 use std::time::Duration;

@@ -1,8 +1,7 @@
 //! What every service's copy of inventory's devices does the same way.
 
 use crate::{consumer::HandlerError, proto};
-use diesel::sql_types::{Array, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::AsyncConnection;
 use tally_store::outbox::{Schema, claim};
 use uuid::Uuid;
 
@@ -29,13 +28,7 @@ pub async fn delete_devices(
         if !claim(c, schema, msg_id).await? {
             return Ok(());
         }
-        diesel::sql_query(format!(
-            "UPDATE {}.devices SET deleted = true WHERE id = ANY($1)",
-            schema.as_str()
-        ))
-        .bind::<Array<SqlUuid>, _>(&ids)
-        .execute(c)
-        .await?;
+        tally_store::projection::mark_devices_deleted(c, schema, &ids).await?;
         Ok::<_, HandlerError>(())
     })
     .await

@@ -4,10 +4,12 @@
 pub mod auth;
 pub mod csv_body;
 pub mod metrics;
+pub mod page;
 pub mod problem;
 pub mod secret;
 
 pub use auth::{ApiTokens, Caller, Role};
+pub use page::{Page, PageRules};
 pub use problem::{FieldError, Problem};
 pub use secret::SecretBox;
 

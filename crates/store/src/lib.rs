@@ -2,7 +2,9 @@
 //! Postgres schema per service), the transactional outbox and inbox tables, and per-test databases.
 
 pub mod outbox;
+pub mod projection;
 pub mod testdb;
+pub mod text_enum;
 
 use diesel_async::{
     AsyncPgConnection,

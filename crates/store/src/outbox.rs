@@ -105,3 +105,34 @@ pub async fn claim(
     .await?;
     Ok(n == 1)
 }
+
+/// The work of one message, on the connection of the transaction that claims its id.
+pub type Work<'c, R, E> = std::pin::Pin<Box<dyn Future<Output = Result<R, E>> + Send + 'c>>;
+
+/// Runs `work` exactly once per `msg_id`: in one transaction that first claims the id in the
+/// schema's inbox. `None` when the message was handled before (its work is skipped). Every
+/// consumer handler goes through this, so a redelivered message never does its work twice.
+///
+/// ```ignore
+/// once(&mut conn, Schema::Rum, &msg_id, |c| Box::pin(async move { store::upsert(c, &ev).await })).await?;
+/// ```
+pub async fn once<R, E, F>(
+    conn: &mut AsyncPgConnection,
+    schema: Schema,
+    msg_id: &str,
+    work: F,
+) -> Result<Option<R>, E>
+where
+    F: for<'c> FnOnce(&'c mut AsyncPgConnection) -> Work<'c, R, E> + Send,
+    E: From<diesel::result::Error> + Send,
+    R: Send,
+{
+    use diesel_async::AsyncConnection;
+    conn.transaction(async |c| {
+        if !claim(c, schema, msg_id).await? {
+            return Ok(None);
+        }
+        work(c).await.map(Some)
+    })
+    .await
+}
