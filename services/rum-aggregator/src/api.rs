@@ -3,11 +3,10 @@
 
 use crate::Aggregator;
 use crate::collect::check_reports;
+use crate::store::{self, AckImportState, CollectionState, Page, Scope};
 use actix_web::{HttpResponse, get, post, web};
 use chrono::{DateTime, Utc};
-use diesel::QueryableByName;
-use diesel::sql_types::{Array, BigInt, Bytea, Nullable, Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use diesel_async::AsyncConnection;
 use serde::{Deserialize, Serialize};
 use tally_bus::proto;
 use tally_domain::{Udi, rum};
@@ -43,7 +42,7 @@ pub struct Filter {
 }
 
 impl Filter {
-    fn page(&self) -> Result<(i64, i64), Problem> {
+    fn page(&self) -> Result<Page, Problem> {
         let limit = self.limit.unwrap_or(100);
         if !(1..=1000).contains(&limit) {
             return Err(Problem::validation(vec![FieldError {
@@ -51,34 +50,56 @@ impl Filter {
                 message: "must be between 1 and 1000".into(),
             }]));
         }
-        Ok((limit, self.offset.unwrap_or(0).max(0)))
+        Ok(Page {
+            limit,
+            offset: self.offset.unwrap_or(0).max(0),
+        })
+    }
+
+    fn scope(&self) -> Scope {
+        Scope {
+            device_id: self.device_id,
+            cycle_id: self.cycle_id,
+        }
+    }
+
+    /// The state asked for; `Err` when it names no state of `S`, so no row can match.
+    fn state<S: std::str::FromStr>(&self) -> Result<Option<S>, S::Err> {
+        self.state.as_deref().map(str::parse).transpose()
     }
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema, QueryableByName)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ReportMeta {
-    #[diesel(sql_type = SqlUuid)]
     pub device_id: Uuid,
-    #[diesel(sql_type = Text)]
     pub udi_pid: String,
-    #[diesel(sql_type = Text)]
     pub udi_serial: String,
-    #[diesel(sql_type = BigInt)]
     pub report_id: i64,
-    #[diesel(sql_type = Nullable<SqlUuid>)]
     pub cycle_id: Option<Uuid>,
-    #[diesel(sql_type = Text)]
     pub entitlement_tag: String,
-    #[diesel(sql_type = Text)]
     pub software_version: String,
-    #[diesel(sql_type = BigInt)]
     pub usage_count: i64,
-    #[diesel(sql_type = BigInt)]
     pub end_time: i64,
-    #[diesel(sql_type = BigInt)]
     pub bytes: i64,
-    #[diesel(sql_type = Timestamptz)]
     pub received_at: DateTime<Utc>,
+}
+
+impl From<store::reports::ReportRow> for ReportMeta {
+    fn from(r: store::reports::ReportRow) -> Self {
+        Self {
+            device_id: r.device_id,
+            udi_pid: r.udi_pid,
+            udi_serial: r.udi_serial,
+            report_id: r.report_id,
+            cycle_id: r.cycle_id,
+            entitlement_tag: r.entitlement_tag,
+            software_version: r.software_version,
+            usage_count: r.usage_count,
+            end_time: r.end_time,
+            bytes: i64::from(r.bytes),
+            received_at: r.received_at,
+        }
+    }
 }
 
 /// Reports stored, newest first.
@@ -88,27 +109,10 @@ async fn list_reports(
     agg: web::Data<Aggregator>,
     f: web::Query<Filter>,
 ) -> Result<web::Json<Vec<ReportMeta>>, Problem> {
-    let (limit, offset) = f.page()?;
+    let page = f.page()?;
     let mut conn = tally_platform::problem::conn(&agg.pool).await?;
-    let rows = diesel::sql_query(
-        "SELECT device_id, udi_pid, udi_serial, report_id, cycle_id, entitlement_tag, software_version, \
-         usage_count, end_time, octet_length(body)::int8 AS bytes, received_at FROM rum.reports \
-         WHERE ($1::uuid IS NULL OR device_id = $1) AND ($2::uuid IS NULL OR cycle_id = $2) \
-         ORDER BY received_at DESC, report_id LIMIT $3 OFFSET $4",
-    )
-    .bind::<Nullable<SqlUuid>, _>(f.device_id)
-    .bind::<Nullable<SqlUuid>, _>(f.cycle_id)
-    .bind::<BigInt, _>(limit)
-    .bind::<BigInt, _>(offset)
-    .load(&mut conn)
-    .await?;
-    Ok(web::Json(rows))
-}
-
-#[derive(QueryableByName)]
-struct Body {
-    #[diesel(sql_type = Bytea)]
-    body: Vec<u8>,
+    let rows = store::reports::list(&mut conn, f.scope(), page).await?;
+    Ok(web::Json(rows.into_iter().map(ReportMeta::from).collect()))
 }
 
 /// The report object exactly as the device sent it.
@@ -120,19 +124,12 @@ async fn raw_report(
 ) -> Result<HttpResponse, Problem> {
     let (device, report) = *path;
     let mut conn = tally_platform::problem::conn(&agg.pool).await?;
-    let rows: Vec<Body> =
-        diesel::sql_query("SELECT body FROM rum.reports WHERE device_id = $1 AND report_id = $2")
-            .bind::<SqlUuid, _>(device)
-            .bind::<BigInt, _>(report)
-            .load(&mut conn)
-            .await?;
-    let row = rows
-        .into_iter()
-        .next()
+    let body = store::reports::raw_body(&mut conn, device, report)
+        .await?
         .ok_or_else(|| Problem::not_found("report", format!("{report} of device {device}")))?;
     Ok(HttpResponse::Ok()
         .content_type("application/json")
-        .body(row.body))
+        .body(body))
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -140,20 +137,6 @@ pub struct UploadResult {
     pub reports: usize,
     pub accepted: usize,
     pub duplicates: usize,
-}
-
-#[derive(QueryableByName)]
-struct KnownDevice {
-    #[diesel(sql_type = SqlUuid)]
-    id: Uuid,
-    #[diesel(sql_type = Text)]
-    udi_pid: String,
-    #[diesel(sql_type = Text)]
-    udi_serial: String,
-    #[diesel(sql_type = Text)]
-    smart_account: String,
-    #[diesel(sql_type = Text)]
-    virtual_account: String,
 }
 
 /// Upload a report file (`<smartLicense>` envelope, as `license smart save usage` writes it) for
@@ -185,17 +168,7 @@ async fn upload_reports(
     let mut udis: Vec<Udi> = reports.iter().map(|(i, _)| i.udi.clone()).collect();
     udis.sort();
     udis.dedup();
-    let known: Vec<KnownDevice> = diesel::sql_query(
-        "SELECT id, udi_pid, udi_serial, smart_account, virtual_account FROM rum.devices \
-         WHERE NOT deleted AND (udi_pid || ':' || udi_serial) = ANY($1)",
-    )
-    .bind::<Array<Text>, _>(
-        udis.iter()
-            .map(|u| format!("{}:{}", u.udi_pid, u.udi_serial_number))
-            .collect::<Vec<_>>(),
-    )
-    .load(&mut conn)
-    .await?;
+    let known = store::devices::known_by_udi(&mut conn, &udis).await?;
     for u in &udis {
         if !known
             .iter()
@@ -226,23 +199,7 @@ async fn upload_reports(
             let checked = check_reports(&udi, mine);
             let mut ev = proto::ReportsCollected::default();
             for a in checked.accepted {
-                let n = diesel::sql_query(
-                    "INSERT INTO rum.reports (udi_pid, udi_serial, report_id, device_id, entitlement_tag, \
-                     software_version, usage_count, end_time, body) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9) \
-                     ON CONFLICT DO NOTHING",
-                )
-                .bind::<Text, _>(&k.udi_pid)
-                .bind::<Text, _>(&k.udi_serial)
-                .bind::<BigInt, _>(a.info.report_id as i64)
-                .bind::<SqlUuid, _>(k.id)
-                .bind::<Text, _>(&a.info.entitlement_tag)
-                .bind::<Text, _>(&a.info.software_version)
-                .bind::<BigInt, _>(i64::try_from(a.info.count).unwrap_or(i64::MAX))
-                .bind::<BigInt, _>(a.info.end_time)
-                .bind::<Bytea, _>(a.raw.as_bytes())
-                .execute(c)
-                .await?;
-                if n == 1 {
+                if store::reports::insert_uploaded(c, k.id, &a.info, &a.raw).await? {
                     accepted += 1;
                     ev.reports.push(proto::CollectedReport {
                         device_id: k.id.to_string(),
@@ -269,42 +226,28 @@ async fn upload_reports(
     }))
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema, QueryableByName)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Quarantined {
-    #[diesel(sql_type = BigInt)]
     pub id: i64,
-    #[diesel(sql_type = Nullable<SqlUuid>)]
     pub device_id: Option<Uuid>,
-    #[diesel(sql_type = Nullable<SqlUuid>)]
     pub cycle_id: Option<Uuid>,
-    #[diesel(sql_type = Text)]
     pub reason: String,
     /// The rejected bytes as text (lossy if not UTF-8).
-    #[diesel(sql_type = Bytea, deserialize_as = LossyText)]
     pub body: String,
-    #[diesel(sql_type = Timestamptz)]
     pub received_at: DateTime<Utc>,
 }
 
-/// Bytes shown as text; quarantined bodies need not be UTF-8.
-struct LossyText(String);
-
-impl From<LossyText> for String {
-    fn from(t: LossyText) -> Self {
-        t.0
-    }
-}
-
-impl diesel::deserialize::FromSql<Bytea, diesel::pg::Pg> for LossyText {
-    fn from_sql(bytes: diesel::pg::PgValue<'_>) -> diesel::deserialize::Result<Self> {
-        Ok(Self(String::from_utf8_lossy(bytes.as_bytes()).into_owned()))
-    }
-}
-
-impl diesel::deserialize::Queryable<Bytea, diesel::pg::Pg> for LossyText {
-    type Row = Self;
-    fn build(row: Self) -> diesel::deserialize::Result<Self> {
-        Ok(row)
+impl From<store::reports::QuarantineRow> for Quarantined {
+    fn from(r: store::reports::QuarantineRow) -> Self {
+        Self {
+            id: r.id,
+            device_id: r.device_id,
+            cycle_id: r.cycle_id,
+            reason: r.reason,
+            // Quarantined bodies need not be UTF-8.
+            body: String::from_utf8_lossy(&r.body).into_owned(),
+            received_at: r.received_at,
+        }
     }
 }
 
@@ -315,36 +258,34 @@ async fn list_quarantine(
     agg: web::Data<Aggregator>,
     f: web::Query<Filter>,
 ) -> Result<web::Json<Vec<Quarantined>>, Problem> {
-    let (limit, offset) = f.page()?;
+    let page = f.page()?;
     let mut conn = tally_platform::problem::conn(&agg.pool).await?;
-    let rows = diesel::sql_query(
-        "SELECT id, device_id, cycle_id, reason, body, received_at \
-         FROM rum.quarantine WHERE ($1::uuid IS NULL OR device_id = $1) AND ($2::uuid IS NULL OR cycle_id = $2) \
-         ORDER BY id DESC LIMIT $3 OFFSET $4",
-    )
-    .bind::<Nullable<SqlUuid>, _>(f.device_id)
-    .bind::<Nullable<SqlUuid>, _>(f.cycle_id)
-    .bind::<BigInt, _>(limit)
-    .bind::<BigInt, _>(offset)
-    .load(&mut conn)
-    .await?;
-    Ok(web::Json(rows))
+    let rows = store::reports::list_quarantine(&mut conn, f.scope(), page).await?;
+    Ok(web::Json(rows.into_iter().map(Quarantined::from).collect()))
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema, QueryableByName)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Collection {
-    #[diesel(sql_type = SqlUuid)]
     pub cycle_id: Uuid,
-    #[diesel(sql_type = SqlUuid)]
     pub device_id: Uuid,
-    #[diesel(sql_type = Text)]
-    pub state: String,
-    #[diesel(sql_type = Nullable<Text>)]
+    #[schema(value_type = String)]
+    pub state: CollectionState,
     pub error: Option<String>,
-    #[diesel(sql_type = diesel::sql_types::Int4)]
     pub reports_new: i32,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
     pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<store::collections::CollectionRow> for Collection {
+    fn from(r: store::collections::CollectionRow) -> Self {
+        Self {
+            cycle_id: r.cycle_id,
+            device_id: r.device_id,
+            state: r.state,
+            error: r.error,
+            reports_new: r.reports_new,
+            finished_at: r.finished_at,
+        }
+    }
 }
 
 /// Per-device collection outcome in each cycle.
@@ -354,44 +295,44 @@ async fn list_collections(
     agg: web::Data<Aggregator>,
     f: web::Query<Filter>,
 ) -> Result<web::Json<Vec<Collection>>, Problem> {
-    let (limit, offset) = f.page()?;
+    let page = f.page()?;
+    let Ok(state) = f.state::<CollectionState>() else {
+        return Ok(web::Json(Vec::new()));
+    };
     let mut conn = tally_platform::problem::conn(&agg.pool).await?;
-    let rows = diesel::sql_query(
-        "SELECT cycle_id, device_id, state, error, reports_new, finished_at FROM rum.collections \
-         WHERE ($1::uuid IS NULL OR device_id = $1) AND ($2::uuid IS NULL OR cycle_id = $2) \
-         AND ($3::text IS NULL OR state = $3) ORDER BY cycle_id, device_id LIMIT $4 OFFSET $5",
-    )
-    .bind::<Nullable<SqlUuid>, _>(f.device_id)
-    .bind::<Nullable<SqlUuid>, _>(f.cycle_id)
-    .bind::<Nullable<Text>, _>(f.state.clone())
-    .bind::<BigInt, _>(limit)
-    .bind::<BigInt, _>(offset)
-    .load(&mut conn)
-    .await?;
-    Ok(web::Json(rows))
+    let rows = store::collections::list(&mut conn, f.scope(), state, page).await?;
+    Ok(web::Json(rows.into_iter().map(Collection::from).collect()))
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema, QueryableByName)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct AckImport {
-    #[diesel(sql_type = SqlUuid)]
     pub id: Uuid,
-    #[diesel(sql_type = SqlUuid)]
     pub device_id: Uuid,
-    #[diesel(sql_type = Nullable<SqlUuid>)]
     pub cycle_id: Option<Uuid>,
-    #[diesel(sql_type = Array<BigInt>)]
     pub report_ids: Vec<i64>,
-    #[diesel(sql_type = Text)]
-    pub state: String,
-    #[diesel(sql_type = Nullable<Text>)]
+    #[schema(value_type = String)]
+    pub state: AckImportState,
     pub error: Option<String>,
-    #[diesel(sql_type = diesel::sql_types::Int4)]
     pub attempts: i32,
     /// The ACK document, for devices that must be given it by hand.
-    #[diesel(sql_type = Text)]
     pub ack: String,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
     pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl From<store::ack_imports::AckImportRow> for AckImport {
+    fn from(r: store::ack_imports::AckImportRow) -> Self {
+        Self {
+            id: r.id,
+            device_id: r.device_id,
+            cycle_id: r.cycle_id,
+            report_ids: r.report_ids.into_iter().flatten().collect(),
+            state: r.state,
+            error: r.error,
+            attempts: r.attempts,
+            ack: r.ack,
+            finished_at: r.finished_at,
+        }
+    }
 }
 
 /// ACKs handed (or to hand) to devices, with each outcome.
@@ -401,21 +342,13 @@ async fn list_ack_imports(
     agg: web::Data<Aggregator>,
     f: web::Query<Filter>,
 ) -> Result<web::Json<Vec<AckImport>>, Problem> {
-    let (limit, offset) = f.page()?;
+    let page = f.page()?;
+    let Ok(state) = f.state::<AckImportState>() else {
+        return Ok(web::Json(Vec::new()));
+    };
     let mut conn = tally_platform::problem::conn(&agg.pool).await?;
-    let rows = diesel::sql_query(
-        "SELECT id, device_id, cycle_id, report_ids, state, error, attempts, ack, finished_at FROM rum.ack_imports \
-         WHERE ($1::uuid IS NULL OR device_id = $1) AND ($2::uuid IS NULL OR cycle_id = $2) \
-         AND ($3::text IS NULL OR state = $3) ORDER BY created_at DESC LIMIT $4 OFFSET $5",
-    )
-    .bind::<Nullable<SqlUuid>, _>(f.device_id)
-    .bind::<Nullable<SqlUuid>, _>(f.cycle_id)
-    .bind::<Nullable<Text>, _>(f.state.clone())
-    .bind::<BigInt, _>(limit)
-    .bind::<BigInt, _>(offset)
-    .load(&mut conn)
-    .await?;
-    Ok(web::Json(rows))
+    let rows = store::ack_imports::list(&mut conn, f.scope(), state, page).await?;
+    Ok(web::Json(rows.into_iter().map(AckImport::from).collect()))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -437,28 +370,17 @@ async fn retry_ack_imports(
     body: web::Json<RetryRequest>,
 ) -> Result<web::Json<RetryResult>, Problem> {
     let mut conn = tally_platform::problem::conn(&agg.pool).await?;
-    let n = diesel::sql_query(
-        "UPDATE rum.ack_imports SET state = 'pending' WHERE state = 'failed' \
-         AND ($1::uuid IS NULL OR cycle_id = $1)",
-    )
-    .bind::<Nullable<SqlUuid>, _>(body.cycle_id)
-    .execute(&mut conn)
-    .await?;
+    let n = store::ack_imports::retry_failed(&mut conn, body.cycle_id).await?;
     Ok(web::Json(RetryResult { requeued: n }))
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema, QueryableByName)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CollectorStatus {
     /// Devices the collector knows from inventory's events.
-    #[diesel(sql_type = BigInt)]
     pub devices_known: i64,
-    #[diesel(sql_type = BigInt)]
     pub collections_pending: i64,
-    #[diesel(sql_type = BigInt)]
     pub ack_imports_pending: i64,
-    #[diesel(sql_type = BigInt)]
     pub reports_stored: i64,
-    #[diesel(sql_type = BigInt)]
     pub reports_quarantined: i64,
 }
 
@@ -469,17 +391,12 @@ async fn collector_status(
     agg: web::Data<Aggregator>,
 ) -> Result<web::Json<CollectorStatus>, Problem> {
     let mut conn = tally_platform::problem::conn(&agg.pool).await?;
-    let rows: Vec<CollectorStatus> = diesel::sql_query(
-        "SELECT (SELECT count(*) FROM rum.devices WHERE NOT deleted) AS devices_known, \
-         (SELECT count(*) FROM rum.collections WHERE state = 'pending') AS collections_pending, \
-         (SELECT count(*) FROM rum.ack_imports WHERE state = 'pending') AS ack_imports_pending, \
-         (SELECT count(*) FROM rum.reports) AS reports_stored, \
-         (SELECT count(*) FROM rum.quarantine) AS reports_quarantined",
-    )
-    .load(&mut conn)
-    .await?;
-    rows.into_iter()
-        .next()
-        .map(web::Json)
-        .ok_or_else(|| Problem::internal("status query returned no row"))
+    let s = store::status(&mut conn).await?;
+    Ok(web::Json(CollectorStatus {
+        devices_known: s.devices_known,
+        collections_pending: s.collections_pending,
+        ack_imports_pending: s.ack_imports_pending,
+        reports_stored: s.reports_stored,
+        reports_quarantined: s.reports_quarantined,
+    }))
 }

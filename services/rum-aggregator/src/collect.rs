@@ -3,9 +3,9 @@
 //! the `ReportsCollected` events in one transaction.
 
 use crate::Aggregator;
-use diesel::QueryableByName;
-use diesel::sql_types::{Array, BigInt, Bool, Int4, Nullable, Text, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use crate::store::collections::{self, CollectionJob as Job, CollectionState, Outcomes};
+use crate::store::reports::{self, NewQuarantine, NewReports, ReportKey};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use futures::StreamExt;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
@@ -34,13 +34,7 @@ pub async fn start_cycle(
         if !claim(c, Schema::Rum, msg_id).await? {
             return Ok(());
         }
-        let n = diesel::sql_query(
-            "INSERT INTO rum.collections (cycle_id, device_id) \
-             SELECT $1, id FROM rum.devices WHERE NOT deleted ON CONFLICT DO NOTHING",
-        )
-        .bind::<SqlUuid, _>(cycle)
-        .execute(c)
-        .await?;
+        let n = collections::queue_cycle(c, cycle).await?;
         tally_bus::emit(
             c,
             Schema::Rum,
@@ -54,30 +48,6 @@ pub async fn start_cycle(
         Ok::<_, HandlerError>(())
     })
     .await
-}
-
-#[derive(QueryableByName, Debug, Clone)]
-struct Job {
-    #[diesel(sql_type = SqlUuid)]
-    cycle_id: Uuid,
-    #[diesel(sql_type = SqlUuid)]
-    device_id: Uuid,
-    #[diesel(sql_type = Text)]
-    udi_pid: String,
-    #[diesel(sql_type = Text)]
-    udi_serial: String,
-    #[diesel(sql_type = Text)]
-    base_url: String,
-    #[diesel(sql_type = Text)]
-    username: String,
-    #[diesel(sql_type = Text)]
-    password_sealed: String,
-    #[diesel(sql_type = Text)]
-    smart_account: String,
-    #[diesel(sql_type = Text)]
-    virtual_account: String,
-    #[diesel(sql_type = Bool)]
-    deleted: bool,
 }
 
 /// One accepted report: what was read off it, and its exact text.
@@ -187,16 +157,7 @@ pub async fn collect_slice(agg: &Aggregator) -> Result<usize, tally_store::Store
     let mut conn = agg.pool.get().await?;
     let n = conn
         .transaction(async |c| {
-            let jobs: Vec<Job> = diesel::sql_query(
-                "SELECT c.cycle_id, c.device_id, d.udi_pid, d.udi_serial, d.base_url, d.username, \
-                 d.password_sealed, d.smart_account, d.virtual_account, d.deleted \
-                 FROM rum.collections c JOIN rum.devices d ON d.id = c.device_id \
-                 WHERE c.state = 'pending' ORDER BY c.cycle_id, c.device_id \
-                 LIMIT $1 FOR UPDATE OF c SKIP LOCKED",
-            )
-            .bind::<BigInt, _>(agg.cfg.slice)
-            .load(c)
-            .await?;
+            let jobs = collections::claim_slice(c, agg.cfg.slice).await?;
             if jobs.is_empty() {
                 return Ok(0);
             }
@@ -213,122 +174,41 @@ pub async fn collect_slice(agg: &Aggregator) -> Result<usize, tally_store::Store
     Ok(n)
 }
 
-#[derive(QueryableByName)]
-struct Key {
-    #[diesel(sql_type = Text)]
-    udi_pid: String,
-    #[diesel(sql_type = Text)]
-    udi_serial: String,
-    #[diesel(sql_type = BigInt)]
-    report_id: i64,
-}
-
-/// New reports as columns, for one `INSERT ... SELECT FROM unnest(...)`.
-#[derive(Default)]
-struct ReportColumns {
-    pid: Vec<String>,
-    serial: Vec<String>,
-    report_id: Vec<i64>,
-    device: Vec<Uuid>,
-    cycle: Vec<Uuid>,
-    tag: Vec<String>,
-    version: Vec<String>,
-    count: Vec<i64>,
-    end_time: Vec<i64>,
-    body: Vec<Vec<u8>>,
-}
-
-impl ReportColumns {
-    fn push(&mut self, device: Uuid, cycle: Uuid, a: &Accepted) {
-        self.pid.push(a.info.udi.udi_pid.clone());
-        self.serial.push(a.info.udi.udi_serial_number.clone());
-        // Report ids are u64 on the wire; stored bit-for-bit in a BIGINT.
-        self.report_id.push(a.info.report_id as i64);
-        self.device.push(device);
-        self.cycle.push(cycle);
-        self.tag.push(a.info.entitlement_tag.clone());
-        self.version.push(a.info.software_version.clone());
-        self.count
-            .push(i64::try_from(a.info.count).unwrap_or(i64::MAX));
-        self.end_time.push(a.info.end_time);
-        self.body.push(a.raw.clone().into_bytes());
-    }
-}
-
-/// Per-device outcomes as columns, for one `UPDATE ... FROM unnest(...)`.
-#[derive(Default)]
-struct OutcomeColumns {
-    cycle: Vec<Uuid>,
-    device: Vec<Uuid>,
-    state: Vec<String>,
-    error: Vec<Option<String>>,
-    reports_new: Vec<i32>,
-}
-
 async fn commit(
     c: &mut AsyncPgConnection,
     outcomes: Vec<Outcome>,
 ) -> Result<(), diesel::result::Error> {
     // 1. Reports, deduplicated on (udi, report_id): only the new ones travel on.
-    let mut cols = ReportColumns::default();
+    let mut cols = NewReports::default();
     for o in &outcomes {
         for a in &o.checked.accepted {
-            cols.push(o.job.device_id, o.job.cycle_id, a);
+            cols.push(o.job.device_id, o.job.cycle_id, &a.info, &a.raw);
         }
     }
-    let new: HashSet<(String, String, i64)> = if cols.pid.is_empty() {
-        HashSet::new()
-    } else {
-        let keys: Vec<Key> = diesel::sql_query(
-            "INSERT INTO rum.reports (udi_pid, udi_serial, report_id, device_id, cycle_id, \
-             entitlement_tag, software_version, usage_count, end_time, body) \
-             SELECT * FROM unnest($1::text[], $2::text[], $3::int8[], $4::uuid[], $5::uuid[], \
-             $6::text[], $7::text[], $8::int8[], $9::int8[], $10::bytea[]) \
-             ON CONFLICT DO NOTHING RETURNING udi_pid, udi_serial, report_id",
-        )
-        .bind::<Array<Text>, _>(&cols.pid)
-        .bind::<Array<Text>, _>(&cols.serial)
-        .bind::<Array<BigInt>, _>(&cols.report_id)
-        .bind::<Array<SqlUuid>, _>(&cols.device)
-        .bind::<Array<SqlUuid>, _>(&cols.cycle)
-        .bind::<Array<Text>, _>(&cols.tag)
-        .bind::<Array<Text>, _>(&cols.version)
-        .bind::<Array<BigInt>, _>(&cols.count)
-        .bind::<Array<BigInt>, _>(&cols.end_time)
-        .bind::<Array<diesel::sql_types::Bytea>, _>(&cols.body)
-        .load(c)
-        .await?;
-        keys.into_iter()
-            .map(|k| (k.udi_pid, k.udi_serial, k.report_id))
-            .collect()
-    };
+    let new: HashSet<ReportKey> = reports::insert_new(c, &cols).await?.into_iter().collect();
 
     // 2. Quarantine, outcomes, tallies.
-    let mut q: (Vec<Uuid>, Vec<Uuid>, Vec<String>, Vec<Vec<u8>>) = Default::default();
-    let mut upd = OutcomeColumns::default();
+    let mut q = NewQuarantine::default();
+    let mut upd = Outcomes::default();
     let mut tallies: BTreeMap<Uuid, CycleTally> = BTreeMap::new();
     for o in outcomes {
         let t = tallies.entry(o.job.cycle_id).or_default();
         for (reason, body) in o.checked.quarantined {
-            q.0.push(o.job.device_id);
-            q.1.push(o.job.cycle_id);
-            q.2.push(reason);
-            q.3.push(body);
+            q.device.push(o.job.device_id);
+            q.cycle.push(o.job.cycle_id);
+            q.reason.push(reason);
+            q.body.push(body);
             t.quarantined += 1;
         }
         let mut fresh = 0i32;
         for a in o.checked.accepted {
-            let key = (
-                a.info.udi.udi_pid.clone(),
-                a.info.udi.udi_serial_number.clone(),
-                a.info.report_id as i64,
-            );
+            let key = ReportKey::of(&a.info);
             if new.contains(&key) {
                 fresh += 1;
                 t.reports.push(proto::CollectedReport {
                     device_id: o.job.device_id.to_string(),
-                    udi_pid: key.0,
-                    udi_serial: key.1,
+                    udi_pid: key.udi_pid,
+                    udi_serial: key.udi_serial,
                     report_id: a.info.report_id,
                     smart_account: o.job.smart_account.clone(),
                     virtual_account: o.job.virtual_account.clone(),
@@ -355,37 +235,16 @@ async fn commit(
         }
         upd.cycle.push(o.job.cycle_id);
         upd.device.push(o.job.device_id);
-        upd.state
-            .push(if o.error.is_none() { "done" } else { "failed" }.to_owned());
+        upd.state.push(if o.error.is_none() {
+            CollectionState::Done
+        } else {
+            CollectionState::Failed
+        });
         upd.error.push(o.error);
         upd.reports_new.push(fresh);
     }
-    if !q.0.is_empty() {
-        diesel::sql_query(
-            "INSERT INTO rum.quarantine (device_id, cycle_id, reason, body) \
-             SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::bytea[])",
-        )
-        .bind::<Array<SqlUuid>, _>(&q.0)
-        .bind::<Array<SqlUuid>, _>(&q.1)
-        .bind::<Array<Text>, _>(&q.2)
-        .bind::<Array<diesel::sql_types::Bytea>, _>(&q.3)
-        .execute(c)
-        .await?;
-    }
-    diesel::sql_query(
-        "UPDATE rum.collections c SET state = u.state, error = u.error, reports_new = u.n, \
-         attempts = c.attempts + 1, finished_at = now() \
-         FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int4[]) \
-         AS u(cycle_id, device_id, state, error, n) \
-         WHERE c.cycle_id = u.cycle_id AND c.device_id = u.device_id",
-    )
-    .bind::<Array<SqlUuid>, _>(&upd.cycle)
-    .bind::<Array<SqlUuid>, _>(&upd.device)
-    .bind::<Array<Text>, _>(&upd.state)
-    .bind::<Array<Nullable<Text>>, _>(&upd.error)
-    .bind::<Array<Int4>, _>(&upd.reports_new)
-    .execute(c)
-    .await?;
+    reports::quarantine(c, &q).await?;
+    collections::finish(c, &upd).await?;
 
     // 3. Events: counts ride on the first message of each cycle, reports are split by size.
     for (cycle, t) in tallies {

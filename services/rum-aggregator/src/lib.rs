@@ -13,7 +13,7 @@ pub mod api;
 pub mod collect;
 pub mod import;
 pub mod projection;
-pub mod schema;
+pub mod store;
 
 use std::{sync::Arc, time::Duration};
 use tally_bus::{Bus, consumer::HandlerError};
