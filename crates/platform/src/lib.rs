@@ -1,7 +1,9 @@
 //! What every service needs at its edges: HTTP errors as `application/problem+json`, bearer-token
-//! auth with roles, secrets sealing, health and metrics, logging and TLS provider setup.
+//! auth with roles (and the Catalyst Center API's `X-Auth-Token` derived from it), secrets
+//! sealing, health and metrics, logging and TLS provider setup.
 
 pub mod auth;
+pub mod catalyst_token;
 pub mod csv_body;
 pub mod metrics;
 pub mod page;
