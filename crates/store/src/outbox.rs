@@ -106,29 +106,43 @@ pub async fn claim(
     Ok(n == 1)
 }
 
-/// The work of one message, on the connection of the transaction that claims its id.
-pub type Work<'c, R, E> = std::pin::Pin<Box<dyn Future<Output = Result<R, E>> + Send + 'c>>;
+/// An async closure over the connection whose future is `Send` (what `AsyncFnOnce` alone
+/// cannot say); as diesel-async's transaction asks of its callback.
+pub trait Work<C, R>: AsyncFnOnce(C) -> R + FnOnce(C) -> <Self as Work<C, R>>::Fut {
+    type Fut: Future<Output = R>;
+}
+
+impl<F, C, Fut, R> Work<C, R> for F
+where
+    F: AsyncFnOnce(C) -> R + FnOnce(C) -> Fut,
+    Fut: Future<Output = R>,
+{
+    type Fut = Fut;
+}
 
 /// Runs `work` exactly once per `msg_id`: in one transaction that first claims the id in the
-/// schema's inbox. `None` when the message was handled before (its work is skipped). Every
-/// consumer handler goes through this, so a redelivered message never does its work twice.
+/// schema's inbox. `None` when the message was handled before (its work is skipped). A
+/// redelivered message therefore never does its work twice, and work that fails claims nothing.
 ///
 /// ```ignore
-/// once(&mut conn, Schema::Rum, &msg_id, |c| Box::pin(async move { store::upsert(c, &ev).await })).await?;
+/// once(&mut conn, Schema::Rum, &msg_id, async |c| store::upsert(c, &ev).await).await?;
 /// ```
-pub async fn once<R, E, F>(
+pub async fn once<'a, R, E, F>(
     conn: &mut AsyncPgConnection,
     schema: Schema,
     msg_id: &str,
     work: F,
 ) -> Result<Option<R>, E>
 where
-    F: for<'c> FnOnce(&'c mut AsyncPgConnection) -> Work<'c, R, E> + Send,
-    E: From<diesel::result::Error> + Send,
-    R: Send,
+    for<'r> F: AsyncFnOnce(&'r mut AsyncPgConnection) -> Result<R, E>
+        + Work<&'r mut AsyncPgConnection, Result<R, E>, Fut: Send>
+        + Send
+        + 'a,
+    E: From<diesel::result::Error> + Send + 'a,
+    R: Send + 'a,
 {
     use diesel_async::AsyncConnection;
-    conn.transaction(async |c| {
+    conn.transaction(async move |c| {
         if !claim(c, schema, msg_id).await? {
             return Ok(None);
         }

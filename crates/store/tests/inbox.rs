@@ -3,7 +3,7 @@
 
 use diesel::sql_types::{BigInt, Text};
 use diesel_async::RunQueryDsl;
-use tally_store::outbox::{Schema, Work, once};
+use tally_store::outbox::{Schema, once};
 
 #[derive(diesel::QueryableByName)]
 struct Count {
@@ -19,47 +19,46 @@ async fn sites(c: &mut tally_store::PgConn) -> i64 {
         .n
 }
 
-/// Work that adds one site; a fn so the closure's signature is higher-ranked over the connection.
-fn add(
-    name: &'static str,
-) -> impl for<'c> FnOnce(&'c mut tally_store::PgConn) -> Work<'c, usize, diesel::result::Error> + Send
-{
-    move |c| {
-        Box::pin(async move {
-            diesel::sql_query("INSERT INTO inventory.sites (name) VALUES ($1)")
-                .bind::<Text, _>(name)
-                .execute(c)
-                .await
-        })
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn work_runs_once_per_message_id_and_a_failure_claims_nothing() {
     let db = tally_store::testdb::TestDb::new().await.unwrap();
     let pool = tally_store::pool(&db.url, 2).unwrap();
     let mut c = pool.get().await.unwrap();
-    assert_eq!(
-        once(&mut c, Schema::Inventory, "m1", add("a"))
+    // Borrows from the test (as a handler borrows its event) are fine.
+    let names = [String::from("a"), String::from("b"), String::from("c")];
+    let add = async |c: &mut tally_store::PgConn, name: &str| {
+        diesel::sql_query("INSERT INTO inventory.sites (name) VALUES ($1)")
+            .bind::<Text, _>(name)
+            .execute(c)
             .await
-            .unwrap(),
+    };
+    assert_eq!(
+        once(&mut c, Schema::Inventory, "m1", async |c| add(c, &names[0])
+            .await)
+        .await
+        .unwrap(),
         Some(1)
     );
     // Redelivered: skipped, nothing written.
     assert_eq!(
-        once(&mut c, Schema::Inventory, "m1", add("b"))
-            .await
-            .unwrap(),
+        once(&mut c, Schema::Inventory, "m1", async |c| add(c, &names[1])
+            .await)
+        .await
+        .unwrap(),
         None
     );
     assert_eq!(sites(&mut c).await, 1);
     // Work that fails rolls back its claim too, so the redelivery does the work.
-    let err = once(&mut c, Schema::Inventory, "m2", add("a")).await;
+    let err = once(&mut c, Schema::Inventory, "m2", async |c| {
+        add(c, &names[0]).await
+    })
+    .await;
     assert!(err.is_err(), "duplicate site name must fail");
     assert_eq!(
-        once(&mut c, Schema::Inventory, "m2", add("c"))
-            .await
-            .unwrap(),
+        once(&mut c, Schema::Inventory, "m2", async |c| add(c, &names[2])
+            .await)
+        .await
+        .unwrap(),
         Some(1)
     );
     assert_eq!(sites(&mut c).await, 2);
