@@ -1,18 +1,19 @@
 //! REST routes under `/api/v1/uplink`: batches, status, offline export and ACK bundle import.
 
+use crate::store::{self, BatchMode, BatchState};
 use crate::{Mode, Uplink, offline};
 use actix_web::{HttpResponse, get, post, web};
 use chrono::{DateTime, Utc};
-use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Int4, Nullable, Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::RunQueryDsl;
 use serde::{Deserialize, Serialize};
-use tally_platform::{FieldError, Problem};
+use tally_platform::{PageRules, Problem};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 /// Largest ACK bundle accepted.
 pub const MAX_ACK_BUNDLE_BYTES: usize = 512 * 1024 * 1024;
+
+/// Batches per page: 100 unless asked, at most 1000.
+const BATCH_PAGES: PageRules = PageRules::new(100, 1000);
 
 pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(list_batches)
@@ -31,32 +32,41 @@ pub struct BatchFilter {
     pub offset: Option<i64>,
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema, QueryableByName)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Batch {
-    #[diesel(sql_type = SqlUuid)]
     pub id: Uuid,
-    #[diesel(sql_type = Text)]
-    pub mode: String,
-    #[diesel(sql_type = Text)]
+    #[schema(value_type = String)]
+    pub mode: BatchMode,
     pub smart_account: String,
-    #[diesel(sql_type = Text)]
     pub virtual_account: String,
-    #[diesel(sql_type = Text)]
-    pub state: String,
-    #[diesel(sql_type = Nullable<Text>)]
+    #[schema(value_type = String)]
+    pub state: BatchState,
     pub poll_id: Option<String>,
-    #[diesel(sql_type = Int4)]
     pub attempts: i32,
-    #[diesel(sql_type = Nullable<Text>)]
     pub error: Option<String>,
-    #[diesel(sql_type = Int4)]
     pub reports: i32,
-    #[diesel(sql_type = Int4)]
     pub devices: i32,
-    #[diesel(sql_type = Timestamptz)]
     pub created_at: DateTime<Utc>,
-    #[diesel(sql_type = Timestamptz)]
     pub updated_at: DateTime<Utc>,
+}
+
+impl From<store::batches::BatchRow> for Batch {
+    fn from(r: store::batches::BatchRow) -> Self {
+        Self {
+            id: r.id,
+            mode: r.mode,
+            smart_account: r.smart_account,
+            virtual_account: r.virtual_account,
+            state: r.state,
+            poll_id: r.poll_id,
+            attempts: r.attempts,
+            error: r.error,
+            reports: r.reports,
+            devices: r.devices,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
 }
 
 /// Upload batches, newest first.
@@ -66,39 +76,36 @@ async fn list_batches(
     up: web::Data<Uplink>,
     f: web::Query<BatchFilter>,
 ) -> Result<web::Json<Vec<Batch>>, Problem> {
-    let limit = f.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(Problem::validation(vec![FieldError {
-            field: "limit".into(),
-            message: "must be between 1 and 1000".into(),
-        }]));
-    }
+    // A negative offset has always meant the first page here, not an error.
+    let page = BATCH_PAGES.page(f.limit, f.offset.map(|o| o.max(0)))?;
+    // A state no batch can be in matches no batch.
+    let Ok(state) = f.state.as_deref().map(str::parse::<BatchState>).transpose() else {
+        return Ok(web::Json(Vec::new()));
+    };
     let mut conn = tally_platform::problem::conn(&up.pool).await?;
-    let rows = diesel::sql_query(
-        "SELECT id, mode, smart_account, virtual_account, state, poll_id, attempts, error, reports, devices, \
-         created_at, updated_at FROM uplink.batches WHERE ($1::text IS NULL OR state = $1) \
-         ORDER BY created_at DESC LIMIT $2 OFFSET $3",
-    )
-    .bind::<Nullable<Text>, _>(f.state.clone())
-    .bind::<BigInt, _>(limit)
-    .bind::<BigInt, _>(f.offset.unwrap_or(0).max(0))
-    .load(&mut conn)
-    .await?;
-    Ok(web::Json(rows))
+    let rows = store::batches::list(&mut conn, state, page).await?;
+    Ok(web::Json(rows.into_iter().map(Batch::from).collect()))
 }
 
-#[derive(Debug, Serialize, Deserialize, ToSchema, QueryableByName)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct ReportCounts {
-    #[diesel(sql_type = BigInt)]
     pub pending: i64,
-    #[diesel(sql_type = BigInt)]
     pub batched: i64,
-    #[diesel(sql_type = BigInt)]
     pub exported: i64,
-    #[diesel(sql_type = BigInt)]
     pub acked: i64,
-    #[diesel(sql_type = BigInt)]
     pub failed: i64,
+}
+
+impl From<store::reports::Counts> for ReportCounts {
+    fn from(c: store::reports::Counts) -> Self {
+        Self {
+            pending: c.pending,
+            batched: c.batched,
+            exported: c.exported,
+            acked: c.acked,
+            failed: c.failed,
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -112,19 +119,7 @@ pub struct UplinkStatus {
 #[get("/uplink/status")]
 async fn status(up: web::Data<Uplink>) -> Result<web::Json<UplinkStatus>, Problem> {
     let mut conn = tally_platform::problem::conn(&up.pool).await?;
-    let rows: Vec<ReportCounts> = diesel::sql_query(
-        "SELECT count(*) FILTER (WHERE state = 'pending') AS pending, \
-         count(*) FILTER (WHERE state = 'batched') AS batched, \
-         count(*) FILTER (WHERE state = 'exported') AS exported, \
-         count(*) FILTER (WHERE state = 'acked') AS acked, \
-         count(*) FILTER (WHERE state = 'failed') AS failed FROM uplink.reports",
-    )
-    .load(&mut conn)
-    .await?;
-    let reports = rows
-        .into_iter()
-        .next()
-        .ok_or_else(|| Problem::internal("status query returned no row"))?;
+    let reports = store::reports::counts(&mut conn).await?.into();
     Ok(web::Json(UplinkStatus {
         mode: up.cfg.mode,
         reports,
@@ -179,15 +174,7 @@ pub struct Requeued {
 #[post("/uplink/offline/requeue")]
 async fn requeue_exported(up: web::Data<Uplink>) -> Result<web::Json<Requeued>, Problem> {
     let mut conn = tally_platform::problem::conn(&up.pool).await?;
-    let n = diesel::sql_query(
-        "UPDATE uplink.reports SET state = 'pending', batch_id = NULL WHERE state = 'exported'",
-    )
-    .execute(&mut conn)
-    .await?;
-    diesel::sql_query(
-        "UPDATE uplink.batches SET state = 'failed', error = 'requeued by operator' WHERE state = 'exported'",
-    )
-    .execute(&mut conn)
-    .await?;
+    let n = store::reports::requeue_exported(&mut conn).await?;
+    store::batches::fail_exported(&mut conn).await?;
     Ok(web::Json(Requeued { reports: n }))
 }

@@ -1,9 +1,10 @@
 //! Online path: accept collected reports, form batches, send them, poll for ACKs.
 
 use crate::Uplink;
-use diesel::QueryableByName;
-use diesel::sql_types::{Array, BigInt, Bytea, Int4, Nullable, Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use crate::store::batches::{self, DueBatch, NewBatch};
+use crate::store::reports::{self, BatchReport, NO_ACK, NewReports, ReportKey};
+use crate::store::{BatchMode, BatchState, ReportState, acks};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 use tally_bus::{consumer::HandlerError, proto};
@@ -12,23 +13,8 @@ use tally_domain::Udi;
 use tally_store::outbox::{Schema, claim};
 use uuid::Uuid;
 
-/// Advisory lock key serialising batch forming ("uplink" in ASCII).
-const FORM_LOCK: i64 = 0x75_70_6c_69_6e_6b;
-
 /// Most ACKs in one `AcksReceived` message (each ACK document is about 1 KiB).
 const ACKS_PER_EVENT: usize = 400;
-
-/// Reports of one event as columns, for one `INSERT ... SELECT FROM unnest(...)`.
-#[derive(Default)]
-struct Columns {
-    pid: Vec<String>,
-    serial: Vec<String>,
-    report_id: Vec<i64>,
-    device: Vec<Uuid>,
-    sa: Vec<String>,
-    va: Vec<String>,
-    body: Vec<Vec<u8>>,
-}
 
 pub async fn accept(
     up: &Uplink,
@@ -37,7 +23,7 @@ pub async fn accept(
 ) -> Result<(), HandlerError> {
     let mut conn = up.pool.get().await.map_err(tally_store::StoreError::from)?;
     let cycle = Uuid::parse_str(&ev.cycle_id).ok();
-    let mut cols = Columns::default();
+    let mut cols = NewReports::default();
     for r in ev.reports {
         let device = Uuid::parse_str(&r.device_id)
             .map_err(|e| HandlerError::Poison(format!("device id {:?}: {e}", r.device_id)))?;
@@ -53,50 +39,10 @@ pub async fn accept(
         if !claim(c, Schema::Uplink, msg_id).await? || cols.pid.is_empty() {
             return Ok(());
         }
-        diesel::sql_query(
-            "INSERT INTO uplink.reports (udi_pid, udi_serial, report_id, device_id, cycle_id, \
-             smart_account, virtual_account, body) \
-             SELECT u.p, u.s, u.r, u.d, $5, u.sa, u.va, u.b FROM unnest($1::text[], $2::text[], \
-             $3::int8[], $4::uuid[], $6::text[], $7::text[], $8::bytea[]) AS u(p, s, r, d, sa, va, b) \
-             ON CONFLICT DO NOTHING",
-        )
-        .bind::<Array<Text>, _>(&cols.pid)
-        .bind::<Array<Text>, _>(&cols.serial)
-        .bind::<Array<BigInt>, _>(&cols.report_id)
-        .bind::<Array<SqlUuid>, _>(&cols.device)
-        .bind::<Nullable<SqlUuid>, _>(cycle)
-        .bind::<Array<Text>, _>(&cols.sa)
-        .bind::<Array<Text>, _>(&cols.va)
-        .bind::<Array<Bytea>, _>(&cols.body)
-        .execute(c)
-        .await?;
+        reports::insert(c, &cols, cycle).await?;
         Ok::<_, HandlerError>(())
     })
     .await
-}
-
-#[derive(QueryableByName)]
-struct Group {
-    #[diesel(sql_type = Text)]
-    smart_account: String,
-    #[diesel(sql_type = Text)]
-    virtual_account: String,
-    #[diesel(sql_type = BigInt)]
-    n: i64,
-    #[diesel(sql_type = Timestamptz)]
-    oldest: chrono::DateTime<chrono::Utc>,
-}
-
-#[derive(QueryableByName)]
-struct Pick {
-    #[diesel(sql_type = Text)]
-    udi_pid: String,
-    #[diesel(sql_type = Text)]
-    udi_serial: String,
-    #[diesel(sql_type = BigInt)]
-    report_id: i64,
-    #[diesel(sql_type = SqlUuid)]
-    device_id: Uuid,
 }
 
 /// Forms batches from pending reports: per smart/virtual account, full ones at once, the rest
@@ -109,32 +55,17 @@ pub async fn form_batches(up: &Uplink, force: bool) -> Result<usize, tally_store
         .transaction(async |c| {
             // One former at a time (senders and replicas alike): two formers skipping each
             // other's locked rows would split a device's reports over two batches.
-            diesel::sql_query("SELECT pg_advisory_xact_lock($1)")
-                .bind::<BigInt, _>(FORM_LOCK)
-                .execute(c)
-                .await?;
-            let groups: Vec<Group> = diesel::sql_query(
-                "SELECT smart_account, virtual_account, count(*)::int8 AS n, min(received_at) AS oldest \
-                 FROM uplink.reports WHERE state = 'pending' GROUP BY 1, 2",
-            )
-            .load(c)
-            .await?;
+            batches::lock_forming(c).await?;
+            let groups = reports::pending_groups(c).await?;
             let mut formed = 0;
             for g in groups {
                 let ripe = force || g.n >= max || g.oldest + linger <= chrono::Utc::now();
                 if !ripe {
                     continue;
                 }
-                let mut picks: Vec<Pick> = diesel::sql_query(
-                    "SELECT udi_pid, udi_serial, report_id, device_id FROM uplink.reports \
-                     WHERE state = 'pending' AND smart_account = $1 AND virtual_account = $2 \
-                     ORDER BY device_id, report_id LIMIT $3 FOR UPDATE SKIP LOCKED",
-                )
-                .bind::<Text, _>(&g.smart_account)
-                .bind::<Text, _>(&g.virtual_account)
-                .bind::<BigInt, _>(max + 1)
-                .load(c)
-                .await?;
+                let mut picks: Vec<ReportKey> =
+                    reports::claim_pending(c, &g.smart_account, &g.virtual_account, max + 1)
+                        .await?;
                 // A device's reports travel together: when the cap cuts through a device, it
                 // waits for the next batch (unless it alone exceeds the cap).
                 if let Some(beyond) = picks.get(max as usize).map(|p| p.device_id) {
@@ -150,91 +81,27 @@ pub async fn form_batches(up: &Uplink, force: bool) -> Result<usize, tally_store
                 let id = Uuid::now_v7();
                 let mut devices: Vec<Uuid> = picks.iter().map(|p| p.device_id).collect();
                 devices.dedup();
-                diesel::sql_query(
-                    "INSERT INTO uplink.batches (id, mode, smart_account, virtual_account, nonce, state, reports, devices) \
-                     VALUES ($1, 'online', $2, $3, $4, 'new', $5, $6)",
+                batches::insert(
+                    c,
+                    &NewBatch {
+                        id,
+                        mode: BatchMode::Online,
+                        smart_account: &g.smart_account,
+                        virtual_account: &g.virtual_account,
+                        nonce: &Uuid::new_v4().to_string(),
+                        state: BatchState::New,
+                        reports: picks.len() as i32,
+                        devices: devices.len() as i32,
+                    },
                 )
-                .bind::<SqlUuid, _>(id)
-                .bind::<Text, _>(&g.smart_account)
-                .bind::<Text, _>(&g.virtual_account)
-                .bind::<Text, _>(Uuid::new_v4().to_string())
-                .bind::<Int4, _>(picks.len() as i32)
-                .bind::<Int4, _>(devices.len() as i32)
-                .execute(c)
                 .await?;
-                mark(c, &picks, "batched", Some(id)).await?;
+                reports::mark(c, &picks, ReportState::Batched, Some(id)).await?;
                 formed += 1;
             }
             Ok::<_, diesel::result::Error>(formed)
         })
         .await?;
     Ok(n)
-}
-
-async fn mark(
-    c: &mut AsyncPgConnection,
-    picks: &[Pick],
-    state: &str,
-    batch: Option<Uuid>,
-) -> Result<usize, diesel::result::Error> {
-    diesel::sql_query(
-        "UPDATE uplink.reports r SET state = $4, batch_id = $5 FROM unnest($1::text[], $2::text[], $3::int8[]) \
-         AS u(p, s, id) WHERE r.udi_pid = u.p AND r.udi_serial = u.s AND r.report_id = u.id",
-    )
-    .bind::<Array<Text>, _>(picks.iter().map(|p| p.udi_pid.clone()).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(picks.iter().map(|p| p.udi_serial.clone()).collect::<Vec<_>>())
-    .bind::<Array<BigInt>, _>(picks.iter().map(|p| p.report_id).collect::<Vec<_>>())
-    .bind::<Text, _>(state)
-    .bind::<Nullable<SqlUuid>, _>(batch)
-    .execute(c)
-    .await
-}
-
-#[derive(QueryableByName, Debug)]
-pub(crate) struct BatchRow {
-    #[diesel(sql_type = SqlUuid)]
-    pub id: Uuid,
-    #[diesel(sql_type = Text)]
-    pub smart_account: String,
-    #[diesel(sql_type = Text)]
-    pub virtual_account: String,
-    #[diesel(sql_type = Text)]
-    pub nonce: String,
-    #[diesel(sql_type = Text)]
-    pub state: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    pub poll_id: Option<String>,
-    #[diesel(sql_type = Int4)]
-    pub attempts: i32,
-}
-
-#[derive(QueryableByName, Debug)]
-pub(crate) struct BatchReport {
-    #[diesel(sql_type = Text)]
-    pub udi_pid: String,
-    #[diesel(sql_type = Text)]
-    pub udi_serial: String,
-    #[diesel(sql_type = BigInt)]
-    pub report_id: i64,
-    #[diesel(sql_type = SqlUuid)]
-    pub device_id: Uuid,
-    #[diesel(sql_type = Nullable<SqlUuid>)]
-    pub cycle_id: Option<Uuid>,
-    #[diesel(sql_type = Bytea)]
-    pub body: Vec<u8>,
-}
-
-pub(crate) async fn batch_reports(
-    c: &mut AsyncPgConnection,
-    batch: Uuid,
-) -> Result<Vec<BatchReport>, diesel::result::Error> {
-    diesel::sql_query(
-        "SELECT udi_pid, udi_serial, report_id, device_id, cycle_id, body FROM uplink.reports \
-         WHERE batch_id = $1 ORDER BY device_id, report_id",
-    )
-    .bind::<SqlUuid, _>(batch)
-    .load(c)
-    .await
 }
 
 /// Polls come every `poll_initial` at first (CSSM usually answers within seconds), then back off
@@ -255,18 +122,11 @@ pub async fn step(up: &Uplink) -> Result<bool, tally_store::StoreError> {
     let mut conn = up.pool.get().await?;
     let worked = conn
         .transaction(async |c| {
-            let due: Vec<BatchRow> = diesel::sql_query(
-                "SELECT id, smart_account, virtual_account, nonce, state, poll_id, attempts FROM uplink.batches \
-                 WHERE state IN ('new', 'polling') AND mode = 'online' AND next_attempt_at <= now() \
-                 ORDER BY next_attempt_at LIMIT 1 FOR UPDATE SKIP LOCKED",
-            )
-            .load(c)
-            .await?;
-            let Some(b) = due.into_iter().next() else {
+            let Some(b) = batches::claim_due(c).await? else {
                 return Ok(false);
             };
-            let reports = batch_reports(c, b.id).await?;
-            if b.state == "new" {
+            let reports = reports::of_batch(c, b.id).await?;
+            if b.state == BatchState::New {
                 send(up, &cssm, c, &b, &reports).await?;
             } else if let Some(poll_id) = &b.poll_id {
                 poll(up, &cssm, c, &b, poll_id, &reports).await?;
@@ -280,18 +140,11 @@ pub async fn step(up: &Uplink) -> Result<bool, tally_store::StoreError> {
 async fn retry_later(
     up: &Uplink,
     c: &mut AsyncPgConnection,
-    b: &BatchRow,
+    b: &DueBatch,
     error: &str,
 ) -> Result<(), diesel::result::Error> {
     tracing::warn!(batch = %b.id, error, "CSSM call failed; will retry");
-    diesel::sql_query(
-        "UPDATE uplink.batches SET attempts = attempts + 1, error = $2, next_attempt_at = $3, updated_at = now() WHERE id = $1",
-    )
-    .bind::<SqlUuid, _>(b.id)
-    .bind::<Text, _>(error)
-    .bind::<Timestamptz, _>(chrono::Utc::now() + backoff(up, b.attempts))
-    .execute(c)
-    .await?;
+    batches::retry_later(c, b.id, error, chrono::Utc::now() + backoff(up, b.attempts)).await?;
     Ok(())
 }
 
@@ -299,7 +152,7 @@ async fn send(
     up: &Uplink,
     cssm: &tally_cssm::CssmClient,
     c: &mut AsyncPgConnection,
-    b: &BatchRow,
+    b: &DueBatch,
     reports: &[BatchReport],
 ) -> Result<(), diesel::result::Error> {
     let udis: Vec<(Uuid, Udi)> = {
@@ -334,15 +187,7 @@ async fn send(
         .await
     {
         Ok(UploadOutcome::Accepted { poll_id }) => {
-            diesel::sql_query(
-                "UPDATE uplink.batches SET state = 'polling', poll_id = $2, attempts = 0, error = NULL, \
-                 next_attempt_at = $3, updated_at = now() WHERE id = $1",
-            )
-            .bind::<SqlUuid, _>(b.id)
-            .bind::<Text, _>(&poll_id)
-            .bind::<Timestamptz, _>(chrono::Utc::now() + backoff(up, 0))
-            .execute(c)
-            .await?;
+            batches::accepted(c, b.id, &poll_id, chrono::Utc::now() + backoff(up, 0)).await?;
             tracing::info!(batch = %b.id, reports = reports.len(), devices = udis.len(), "batch accepted by CSSM");
             Ok(())
         }
@@ -359,7 +204,7 @@ async fn send(
 /// rest go back to pending and travel in the next batch; otherwise the whole batch fails.
 async fn refused(
     c: &mut AsyncPgConnection,
-    b: &BatchRow,
+    b: &DueBatch,
     reports: &[BatchReport],
     message: &str,
     duplicates: &[(Udi, u64)],
@@ -375,41 +220,22 @@ async fn refused(
     let (dups, rest): (Vec<&BatchReport>, Vec<&BatchReport>) =
         reports.iter().partition(|r| is_dup(r));
     let requeue = !dups.is_empty();
-    let to_pick = |v: &[&BatchReport]| -> Vec<Pick> {
-        v.iter()
-            .map(|r| Pick {
-                udi_pid: r.udi_pid.clone(),
-                udi_serial: r.udi_serial.clone(),
-                report_id: r.report_id,
-                device_id: r.device_id,
-            })
-            .collect()
-    };
+    let keys = |v: &[&BatchReport]| -> Vec<ReportKey> { v.iter().map(|r| r.key()).collect() };
     let failed: Vec<&BatchReport> = if requeue {
         dups.clone()
     } else {
         reports.iter().collect()
     };
-    diesel::sql_query(
-        "UPDATE uplink.reports r SET state = 'failed', error = $4 FROM unnest($1::text[], $2::text[], $3::int8[]) \
-         AS u(p, s, id) WHERE r.udi_pid = u.p AND r.udi_serial = u.s AND r.report_id = u.id",
-    )
-    .bind::<Array<Text>, _>(failed.iter().map(|r| r.udi_pid.clone()).collect::<Vec<_>>())
-    .bind::<Array<Text>, _>(failed.iter().map(|r| r.udi_serial.clone()).collect::<Vec<_>>())
-    .bind::<Array<BigInt>, _>(failed.iter().map(|r| r.report_id).collect::<Vec<_>>())
-    .bind::<Text, _>(if requeue { "CSSM already has this report (duplicate)" } else { message })
-    .execute(c)
-    .await?;
+    let why = if requeue {
+        "CSSM already has this report (duplicate)"
+    } else {
+        message
+    };
+    reports::fail(c, &keys(&failed), why).await?;
     if requeue {
-        mark(c, &to_pick(&rest), "pending", None).await?;
+        reports::mark(c, &keys(&rest), ReportState::Pending, None).await?;
     }
-    diesel::sql_query(
-        "UPDATE uplink.batches SET state = 'failed', error = $2, updated_at = now() WHERE id = $1",
-    )
-    .bind::<SqlUuid, _>(b.id)
-    .bind::<Text, _>(message)
-    .execute(c)
-    .await?;
+    batches::fail(c, b.id, message).await?;
     // Devices left with nothing in flight will get no ACK from this cycle: say so.
     let requeued: std::collections::HashSet<Uuid> = if requeue {
         rest.iter().map(|r| r.device_id).collect()
@@ -446,19 +272,13 @@ async fn poll(
     up: &Uplink,
     cssm: &tally_cssm::CssmClient,
     c: &mut AsyncPgConnection,
-    b: &BatchRow,
+    b: &DueBatch,
     poll_id: &str,
     reports: &[BatchReport],
 ) -> Result<(), diesel::result::Error> {
     match cssm.poll(poll_id).await {
         Ok(PollOutcome::Pending) => {
-            diesel::sql_query(
-                "UPDATE uplink.batches SET attempts = attempts + 1, next_attempt_at = $2, updated_at = now() WHERE id = $1",
-            )
-            .bind::<SqlUuid, _>(b.id)
-            .bind::<Timestamptz, _>(chrono::Utc::now() + backoff(up, b.attempts + 1))
-            .execute(c)
-            .await?;
+            batches::poll_later(c, b.id, chrono::Utc::now() + backoff(up, b.attempts + 1)).await?;
             Ok(())
         }
         Ok(PollOutcome::Complete(acks)) => {
@@ -473,7 +293,7 @@ async fn poll(
                     Some((a.sudi, a.report_ids, doc))
                 })
                 .collect();
-            complete(c, b.id, reports, docs, "online").await
+            complete(c, b.id, reports, docs, BatchMode::Online).await
         }
         Err(e) => retry_later(up, c, b, &e.to_string()).await,
     }
@@ -486,7 +306,7 @@ pub(crate) async fn complete(
     batch: Uuid,
     reports: &[BatchReport],
     acks: Vec<(Udi, Vec<u64>, String)>,
-    source: &str,
+    source: BatchMode,
 ) -> Result<(), diesel::result::Error> {
     let mut by_udi: HashMap<(String, String), (Uuid, Option<Uuid>)> = HashMap::new();
     for r in reports {
@@ -519,20 +339,12 @@ pub(crate) async fn complete(
         });
     }
     if !events.is_empty() {
-        diesel::sql_query(
-            "INSERT INTO uplink.acks (batch_id, device_id, report_ids, ack) \
-             SELECT $1, u.d, COALESCE(string_to_array(NULLIF(u.r, ''), ',')::int8[], '{}'), u.a \
-             FROM unnest($2::uuid[], $3::text[], $4::text[]) AS u(d, r, a) ON CONFLICT DO NOTHING",
-        )
-        .bind::<SqlUuid, _>(batch)
-        .bind::<Array<SqlUuid>, _>(
-            events
+        let rows = acks::NewAcks {
+            device: events
                 .iter()
                 .filter_map(|e| Uuid::parse_str(&e.device_id).ok())
-                .collect::<Vec<_>>(),
-        )
-        .bind::<Array<Text>, _>(
-            events
+                .collect(),
+            report_ids: events
                 .iter()
                 .map(|e| {
                     e.report_ids
@@ -541,27 +353,13 @@ pub(crate) async fn complete(
                         .collect::<Vec<_>>()
                         .join(",")
                 })
-                .collect::<Vec<_>>(),
-        )
-        .bind::<Array<Text>, _>(events.iter().map(|e| e.ack.clone()).collect::<Vec<_>>())
-        .execute(c)
-        .await?;
+                .collect(),
+            ack: events.iter().map(|e| e.ack.clone()).collect(),
+        };
+        acks::insert(c, batch, &rows).await?;
     }
-    diesel::sql_query(
-        "UPDATE uplink.reports SET state = CASE WHEN device_id = ANY($2) THEN 'acked' ELSE 'failed' END, \
-         error = CASE WHEN device_id = ANY($2) THEN NULL ELSE 'CSSM returned no ACK for this device' END \
-         WHERE batch_id = $1",
-    )
-    .bind::<SqlUuid, _>(batch)
-    .bind::<Array<SqlUuid>, _>(acked.iter().copied().collect::<Vec<_>>())
-    .execute(c)
-    .await?;
-    diesel::sql_query(
-        "UPDATE uplink.batches SET state = 'complete', error = NULL, updated_at = now() WHERE id = $1",
-    )
-    .bind::<SqlUuid, _>(batch)
-    .execute(c)
-    .await?;
+    reports::settle(c, batch, &acked.iter().copied().collect::<Vec<_>>()).await?;
+    batches::complete(c, batch).await?;
     let mut per_cycle: BTreeMap<String, proto::UploadProgress> = BTreeMap::new();
     let mut missing = std::collections::HashSet::new();
     for r in reports {
@@ -581,7 +379,7 @@ pub(crate) async fn complete(
                 e.devices_failed += 1;
                 e.failures.push(proto::DeviceFailure {
                     device_id: r.device_id.to_string(),
-                    reason: "CSSM returned no ACK for this device".into(),
+                    reason: NO_ACK.into(),
                 });
             }
         }
@@ -596,12 +394,12 @@ pub(crate) async fn complete(
             Schema::Uplink,
             &proto::AcksReceived {
                 acks: chunk.to_vec(),
-                source: source.to_owned(),
+                source: source.as_str().to_owned(),
             },
         )
         .await?;
     }
-    tracing::info!(batch = %batch, acks = acked.len(), source, "ACKs received");
+    tracing::info!(batch = %batch, acks = acked.len(), source = source.as_str(), "ACKs received");
     Ok(())
 }
 

@@ -10,6 +10,7 @@
 pub mod api;
 pub mod batch;
 pub mod offline;
+pub mod store;
 
 use std::{sync::Arc, time::Duration};
 use tally_bus::Bus;

@@ -2,23 +2,16 @@
 //! take CSSM's ACK bundle back. File names carry Tally's device id, which routes each ACK home.
 
 use crate::Uplink;
-use crate::batch::{BatchReport, batch_reports, complete};
-use diesel::QueryableByName;
-use diesel::sql_types::{Array, Int4, Text, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, RunQueryDsl};
+use crate::batch::complete;
+use crate::store::batches::{self, NewBatch};
+use crate::store::reports::{self, BatchReport};
+use crate::store::{BatchMode, BatchState};
+use diesel_async::AsyncConnection;
 use std::collections::BTreeMap;
 use tally_domain::bundle::{AckBundle, DeviceFile, UsageBundle, VaUsage};
 use tally_domain::{ack, rum};
 use tally_platform::{FieldError, Problem};
 use uuid::Uuid;
-
-#[derive(QueryableByName)]
-struct Pending {
-    #[diesel(sql_type = Text)]
-    smart_account: String,
-    #[diesel(sql_type = Text)]
-    virtual_account: String,
-}
 
 pub struct Export {
     pub file_name: String,
@@ -34,12 +27,7 @@ pub async fn export(up: &Uplink, smart_account: Option<&str>) -> Result<Export, 
     let created_by = up.cfg.created_by.clone();
     let sa_filter = smart_account.map(str::to_owned);
     conn.transaction(async |c| {
-        let groups: Vec<Pending> = diesel::sql_query(
-            "SELECT DISTINCT smart_account, virtual_account FROM uplink.reports WHERE state = 'pending' \
-             ORDER BY 1, 2",
-        )
-        .load(c)
-        .await?;
+        let groups = reports::pending_accounts(c).await?;
         let mut sas: Vec<&str> = groups.iter().map(|g| g.smart_account.as_str()).collect();
         sas.dedup();
         let sa = match (&sa_filter, sas.as_slice()) {
@@ -48,13 +36,19 @@ pub async fn export(up: &Uplink, smart_account: Option<&str>) -> Result<Export, 
                 return Err(Problem::not_found("pending reports for smart account", s));
             }
             (None, []) => {
-                return Err(Problem::conflict("nothing-to-export", "no reports are waiting for upload"));
+                return Err(Problem::conflict(
+                    "nothing-to-export",
+                    "no reports are waiting for upload",
+                ));
             }
             (None, [one]) => (*one).to_owned(),
             (None, many) => {
                 return Err(Problem::validation(vec![FieldError {
                     field: "smart_account".into(),
-                    message: format!("several smart accounts have pending reports ({}); name one", many.join(", ")),
+                    message: format!(
+                        "several smart accounts have pending reports ({}); name one",
+                        many.join(", ")
+                    ),
                 }]));
             }
         };
@@ -69,16 +63,8 @@ pub async fn export(up: &Uplink, smart_account: Option<&str>) -> Result<Export, 
         let (mut reports_n, mut devices_n) = (0, 0);
         for g in groups.iter().filter(|g| g.smart_account == sa) {
             let id = Uuid::now_v7();
-            diesel::sql_query(
-                "UPDATE uplink.reports SET state = 'exported', batch_id = $1 WHERE state = 'pending' \
-                 AND smart_account = $2 AND virtual_account = $3",
-            )
-            .bind::<SqlUuid, _>(id)
-            .bind::<Text, _>(&sa)
-            .bind::<Text, _>(&g.virtual_account)
-            .execute(c)
-            .await?;
-            let reports = batch_reports(c, id).await?;
+            reports::export_pending(c, &sa, &g.virtual_account, id).await?;
+            let reports = reports::of_batch(c, id).await?;
             let mut by_device: BTreeMap<Uuid, Vec<String>> = BTreeMap::new();
             for r in &reports {
                 by_device
@@ -95,17 +81,19 @@ pub async fn export(up: &Uplink, smart_account: Option<&str>) -> Result<Export, 
                     content,
                 });
             }
-            diesel::sql_query(
-                "INSERT INTO uplink.batches (id, mode, smart_account, virtual_account, nonce, state, reports, devices) \
-                 VALUES ($1, 'offline', $2, $3, $4, 'exported', $5, $6)",
+            batches::insert(
+                c,
+                &NewBatch {
+                    id,
+                    mode: BatchMode::Offline,
+                    smart_account: &sa,
+                    virtual_account: &g.virtual_account,
+                    nonce: &bundle.file_name(),
+                    state: BatchState::Exported,
+                    reports: reports.len() as i32,
+                    devices: devices.len() as i32,
+                },
             )
-            .bind::<SqlUuid, _>(id)
-            .bind::<Text, _>(&sa)
-            .bind::<Text, _>(&g.virtual_account)
-            .bind::<Text, _>(bundle.file_name())
-            .bind::<Int4, _>(reports.len() as i32)
-            .bind::<Int4, _>(devices.len() as i32)
-            .execute(c)
             .await?;
             reports_n += reports.len();
             devices_n += devices.len();
@@ -131,16 +119,6 @@ pub struct AckImportResult {
     pub files: usize,
     pub devices_acked: usize,
     pub batches_completed: usize,
-}
-
-#[derive(QueryableByName)]
-struct Owner {
-    #[diesel(sql_type = SqlUuid)]
-    device_id: Uuid,
-    #[diesel(sql_type = SqlUuid)]
-    batch_id: Uuid,
-    #[diesel(sql_type = diesel::sql_types::BigInt)]
-    report_id: i64,
 }
 
 /// Takes CSSM's ACK bundle: every file must name a device with exported reports and hold a
@@ -169,12 +147,7 @@ pub async fn import_acks(up: &Uplink, bytes: &[u8]) -> Result<AckImportResult, P
     }
     let mut conn = up.pool.get().await.map_err(tally_store::StoreError::from)?;
     let ids: Vec<Uuid> = parsed.iter().map(|(id, _, _)| *id).collect();
-    let owners: Vec<Owner> = diesel::sql_query(
-        "SELECT device_id, batch_id, report_id FROM uplink.reports WHERE state = 'exported' AND device_id = ANY($1)",
-    )
-    .bind::<Array<SqlUuid>, _>(&ids)
-    .load(&mut conn)
-    .await?;
+    let owners = reports::exported_of(&mut conn, &ids).await?;
     let mut by_batch: BTreeMap<Uuid, Vec<(tally_domain::Udi, Vec<u64>, String)>> = BTreeMap::new();
     for (id, a, doc) in parsed {
         // The export the ACK answers is the one holding the reports it names (a device can sit
@@ -201,9 +174,9 @@ pub async fn import_acks(up: &Uplink, bytes: &[u8]) -> Result<AckImportResult, P
     let batches = by_batch.len();
     conn.transaction(async |c| {
         for (batch, acks) in by_batch {
-            let reports: Vec<BatchReport> = batch_reports(c, batch).await?;
+            let reports: Vec<BatchReport> = reports::of_batch(c, batch).await?;
             devices_acked += acks.len();
-            complete(c, batch, &reports, acks, "offline").await?;
+            complete(c, batch, &reports, acks, BatchMode::Offline).await?;
         }
         Ok::<_, diesel::result::Error>(())
     })

@@ -649,3 +649,109 @@ struct ReportId {
     #[diesel(sql_type = BigInt)]
     report_id: i64,
 }
+
+/// Batches, status and requeue through the REST routes, as `tally serve` mounts them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_list_batches_count_reports_and_requeue_exports() {
+    use actix_web::{App, test};
+    use utoipa_actix_web::AppExt;
+    let (_db, up) = uplink(None, 5000).await;
+    let fleet = Fleet::new(4);
+    let ev = fleet.collect();
+    let total = ev.reports.len() as i64;
+    batch::accept(&up, "m-1", ev).await.unwrap();
+    let (app, _api) = App::new()
+        .into_utoipa_app()
+        .app_data(actix_web::web::Data::new(up.clone()))
+        .service(utoipa_actix_web::scope("/api/v1").configure(tally_cssm_uplink::routes))
+        .split_for_parts();
+    let app = test::init_service(app).await;
+    let get = |uri: &str| test::TestRequest::get().uri(uri).to_request();
+    let json = |resp: actix_web::dev::ServiceResponse| async move {
+        let status = resp.status().as_u16();
+        let body: serde_json::Value = test::read_body_json(resp).await;
+        (status, body)
+    };
+
+    let (s, st) = json(test::call_service(&app, get("/api/v1/uplink/status")).await).await;
+    assert_eq!(s, 200);
+    assert_eq!(st["mode"], "offline");
+    assert_eq!(
+        st["reports"],
+        serde_json::json!({"pending": total, "batched": 0, "exported": 0, "acked": 0, "failed": 0})
+    );
+
+    offline::export(&up, None).await.unwrap();
+    let (s, st) = json(test::call_service(&app, get("/api/v1/uplink/status")).await).await;
+    assert_eq!(s, 200);
+    assert_eq!(
+        (&st["reports"]["pending"], &st["reports"]["exported"]),
+        (&serde_json::json!(0), &serde_json::json!(total))
+    );
+
+    let (s, list) = json(test::call_service(&app, get("/api/v1/uplink/batches")).await).await;
+    assert_eq!(s, 200);
+    let list = list.as_array().unwrap();
+    // One exported batch per virtual account.
+    let n = count(&up, "SELECT count(*) FROM uplink.batches").await as usize;
+    assert!(n >= 1);
+    assert_eq!(list.len(), n);
+    for b in list {
+        assert_eq!(
+            (&b["mode"], &b["state"]),
+            (&"offline".into(), &"exported".into())
+        );
+        assert!(b["poll_id"].is_null() && b["error"].is_null());
+    }
+    let sum = |f: &str| list.iter().map(|b| b[f].as_i64().unwrap()).sum::<i64>();
+    assert_eq!((sum("reports"), sum("devices")), (total, 4));
+    for (uri, want) in [
+        ("/api/v1/uplink/batches?state=exported", n),
+        ("/api/v1/uplink/batches?state=new", 0),
+        // A state no batch can be in lists nothing; it is not an error.
+        ("/api/v1/uplink/batches?state=bogus", 0),
+        // A negative offset is the first page.
+        ("/api/v1/uplink/batches?offset=-5", n),
+        ("/api/v1/uplink/batches?offset=1", n - 1),
+        ("/api/v1/uplink/batches?limit=1", 1),
+        ("/api/v1/uplink/batches?limit=1000", n),
+    ] {
+        let (s, list) = json(test::call_service(&app, get(uri)).await).await;
+        assert_eq!(
+            (s, list.as_array().map(Vec::len)),
+            (200, Some(want)),
+            "{uri}"
+        );
+    }
+    for uri in [
+        "/api/v1/uplink/batches?limit=0",
+        "/api/v1/uplink/batches?limit=1001",
+    ] {
+        let (s, p) = json(test::call_service(&app, get(uri)).await).await;
+        assert_eq!(s, 422, "{uri}");
+        assert_eq!(p["detail"], "limit: must be between 1 and 1000", "{uri}");
+    }
+
+    let req = test::TestRequest::post()
+        .uri("/api/v1/uplink/offline/requeue")
+        .to_request();
+    let (s, r) = json(test::call_service(&app, req).await).await;
+    assert_eq!((s, &r["reports"]), (200, &serde_json::json!(total)));
+    let (_, list) = json(test::call_service(&app, get("/api/v1/uplink/batches")).await).await;
+    for b in list.as_array().unwrap() {
+        assert_eq!(
+            (&b["state"], &b["error"]),
+            (&"failed".into(), &"requeued by operator".into())
+        );
+    }
+    let (_, st) = json(test::call_service(&app, get("/api/v1/uplink/status")).await).await;
+    assert_eq!(st["reports"]["pending"], total);
+    assert_eq!(
+        count(
+            &up,
+            "SELECT count(*) FROM uplink.reports WHERE batch_id IS NOT NULL"
+        )
+        .await,
+        0
+    );
+}
