@@ -1,20 +1,23 @@
 //! REST routes under `/api/v1/tiers`: catalogue, rules, pools and drift, dry-run plans, jobs
 //! (create, follow, per-device results, cancel), the device ledger and history (JSON or CSV).
 
+use crate::Tiers;
 use crate::jobs::{self, Job, JobError};
 use crate::plan::{Plan, PlanRequest};
 use crate::pools::{self, PoolView, SyncError, SyncSummary};
-use crate::{Tiers, store};
+use crate::store::devices::LedgerQuery;
+use crate::store::history::HistoryQuery;
+use crate::store::{self, DeviceState, HistoryKind, ItemState, JobState};
 use actix_web::{HttpRequest, HttpResponse, delete, get, http::StatusCode, post, put, web};
 use chrono::{DateTime, Utc};
-use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Int4, Jsonb, Nullable, Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::RunQueryDsl;
 use serde::{Deserialize, Serialize};
+use std::{fmt::Display, str::FromStr};
 use tally_domain::{DnaTier, NetworkLicense, rules::Rules};
-use tally_platform::{Caller, FieldError, Problem, auth::Role};
+use tally_platform::{Caller, FieldError, Page, Problem, auth::Role};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
+
+pub use crate::store::{HistoryEntry, JobItem, LedgerDevice};
 
 pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(catalogue)
@@ -67,48 +70,50 @@ impl From<JobError> for Problem {
     }
 }
 
-fn db(e: diesel::result::Error) -> Problem {
-    Problem::internal(e)
+/// `value` is not one of `allowed`: a 422 naming the field, not an empty list.
+fn not_one_of(field: &str, value: &str, allowed: &[impl Display]) -> Problem {
+    let allowed: Vec<String> = allowed.iter().map(ToString::to_string).collect();
+    Problem::validation(vec![FieldError {
+        field: field.into(),
+        message: format!("{value:?} is not one of {}", allowed.join(", ")),
+    }])
 }
 
-/// A filter value that can only be one of `allowed`: anything else is a 422, not an empty list.
-fn one_of(field: &str, value: Option<&str>, allowed: &[&str]) -> Result<(), Problem> {
+/// A filter value that can only be one of `allowed`.
+fn one_of<T: FromStr + Display + PartialEq>(
+    field: &str,
+    value: Option<&str>,
+    allowed: &[T],
+) -> Result<Option<T>, Problem> {
     match value {
-        Some(v) if !allowed.contains(&v) => Err(Problem::validation(vec![FieldError {
-            field: field.into(),
-            message: format!("{v:?} is not one of {}", allowed.join(", ")),
-        }])),
+        None => Ok(None),
+        Some(v) => match v.parse::<T>() {
+            Ok(t) if allowed.contains(&t) => Ok(Some(t)),
+            _ => Err(not_one_of(field, v, allowed)),
+        },
+    }
+}
+
+const DNA_FILTER: &[&str] = &["none", "dna-essentials", "dna-advantage", "dna-premier"];
+
+fn dna_filter(value: Option<&str>) -> Result<(), Problem> {
+    match value {
+        Some(v) if !DNA_FILTER.contains(&v) => Err(not_one_of("dna_tier", v, DNA_FILTER)),
         _ => Ok(()),
     }
 }
 
-fn dna_filter(value: Option<&str>) -> Result<(), Problem> {
-    one_of(
-        "dna_tier",
-        value,
-        &["none", "dna-essentials", "dna-advantage", "dna-premier"],
-    )
-}
-
-const JOB_STATES: &[&str] = &[
-    "applying",
-    "rolling_back",
-    "done",
-    "partial",
-    "failed",
-    "rolled_back",
-    "cancelled",
-];
-const ITEM_STATES: &[&str] = &[
-    "pending",
-    "applied",
-    "confirmed",
-    "failed",
-    "rejected",
-    "cancelled",
-    "revert_pending",
-    "reverted",
-    "revert_failed",
+/// The item states a list can be narrowed to.
+const ITEM_FILTER: &[ItemState] = &[
+    ItemState::Pending,
+    ItemState::Applied,
+    ItemState::Confirmed,
+    ItemState::Failed,
+    ItemState::Rejected,
+    ItemState::Cancelled,
+    ItemState::RevertPending,
+    ItemState::Reverted,
+    ItemState::RevertFailed,
 ];
 
 fn check_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, Problem> {
@@ -120,6 +125,13 @@ fn check_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, Proble
         }]));
     }
     Ok(l)
+}
+
+fn page(limit: Option<i64>, offset: Option<i64>, default: i64, max: i64) -> Result<Page, Problem> {
+    Ok(Page {
+        limit: check_limit(limit, default, max)?,
+        offset: offset.unwrap_or(0).max(0),
+    })
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -151,7 +163,7 @@ pub struct RulesDoc {
 #[get("/tiers/rules")]
 async fn get_rules(t: web::Data<Tiers>) -> Result<web::Json<RulesDoc>, Problem> {
     let mut c = tally_platform::problem::conn(&t.pool).await?;
-    let r = store::load_rules(&mut c).await.map_err(db)?;
+    let r = store::load_rules(&mut c).await?;
     Ok(web::Json(RulesDoc {
         version: r.version,
         rules: r.rules,
@@ -189,25 +201,8 @@ async fn put_rules(
     })?;
     let doc = serde_json::to_value(&rules).map_err(Problem::internal)?;
     let mut c = tally_platform::problem::conn(&t.pool).await?;
-    #[derive(QueryableByName)]
-    struct V {
-        #[diesel(sql_type = BigInt)]
-        version: i64,
-    }
-    let v: V = diesel::sql_query(
-        "INSERT INTO tiers.rules (id, doc, version, updated_by) VALUES (1, $1, 1, $2) \
-         ON CONFLICT (id) DO UPDATE SET doc = excluded.doc, version = tiers.rules.version + 1, \
-         updated_by = excluded.updated_by, updated_at = now() RETURNING version",
-    )
-    .bind::<Jsonb, _>(&doc)
-    .bind::<Text, _>(&caller.name)
-    .get_result(&mut c)
-    .await
-    .map_err(db)?;
-    Ok(web::Json(RulesDoc {
-        version: v.version,
-        rules,
-    }))
+    let version = store::rules::replace(&mut c, &doc, &caller.name).await?;
+    Ok(web::Json(RulesDoc { version, rules }))
 }
 
 /// Goes back to the shipped default rules (admin).
@@ -216,10 +211,7 @@ async fn put_rules(
 async fn reset_rules(t: web::Data<Tiers>, caller: Caller) -> Result<web::Json<RulesDoc>, Problem> {
     caller.require(Role::Admin)?;
     let mut c = tally_platform::problem::conn(&t.pool).await?;
-    diesel::sql_query("DELETE FROM tiers.rules")
-        .execute(&mut c)
-        .await
-        .map_err(db)?;
+    store::rules::reset(&mut c).await?;
     Ok(web::Json(RulesDoc {
         version: 0,
         rules: Rules::defaults(),
@@ -243,7 +235,7 @@ async fn list_pools(
     q: web::Query<FormatQuery>,
 ) -> Result<HttpResponse, Problem> {
     let mut c = tally_platform::problem::conn(&t.pool).await?;
-    let pools = pools::list(&mut c).await.map_err(db)?;
+    let pools = pools::list(&mut c).await?;
     pools_response(&req, q.format.as_deref(), pools)
 }
 
@@ -297,8 +289,7 @@ async fn drift(
 ) -> Result<HttpResponse, Problem> {
     let mut c = tally_platform::problem::conn(&t.pool).await?;
     let pools: Vec<PoolView> = pools::list(&mut c)
-        .await
-        .map_err(db)?
+        .await?
         .into_iter()
         .filter(|p| p.drift != Some(0))
         .collect();
@@ -373,9 +364,8 @@ async fn import_pools(
     let mut c = tally_platform::problem::conn(&t.pool).await?;
     use diesel_async::AsyncConnection;
     c.transaction(async |c| pools::store_pools(c, &imp.smart_account, &imp.licenses).await)
-        .await
-        .map_err(db)?;
-    Ok(web::Json(pools::list(&mut c).await.map_err(db)?))
+        .await?;
+    Ok(web::Json(pools::list(&mut c).await?))
 }
 
 /// Dry-run: exactly what a job with this request would change, the pool impact and every
@@ -388,7 +378,7 @@ async fn dry_run(
 ) -> Result<web::Json<Plan>, Problem> {
     let target = body.validate().map_err(Problem::validation)?;
     let mut c = tally_platform::problem::conn(&t.pool).await?;
-    let plan = jobs::compute(&mut c, &body, &target).await.map_err(db)?;
+    let plan = jobs::compute(&mut c, &body, &target).await?;
     Ok(web::Json(plan))
 }
 
@@ -445,20 +435,10 @@ async fn list_jobs(
     t: web::Data<Tiers>,
     f: web::Query<JobFilter>,
 ) -> Result<web::Json<Vec<Job>>, Problem> {
-    let limit = check_limit(f.limit, 50, 1000)?;
-    one_of("state", f.state.as_deref(), JOB_STATES)?;
+    let page = page(f.limit, f.offset, 50, 1000)?;
+    let state = one_of("state", f.state.as_deref(), JobState::ALL)?;
     let mut c = tally_platform::problem::conn(&t.pool).await?;
-    let rows = diesel::sql_query(format!(
-        "SELECT {} FROM tiers.jobs WHERE ($1::text IS NULL OR state = $1) \
-         ORDER BY created_at DESC LIMIT $2 OFFSET $3",
-        jobs::JOB_COLUMNS
-    ))
-    .bind::<Nullable<Text>, _>(f.state.clone())
-    .bind::<BigInt, _>(limit)
-    .bind::<BigInt, _>(f.offset.unwrap_or(0).max(0))
-    .load(&mut c)
-    .await
-    .map_err(db)?;
+    let rows = store::jobs::list(&mut c, state, page).await?;
     Ok(web::Json(rows))
 }
 
@@ -468,42 +448,9 @@ async fn list_jobs(
 async fn get_job(t: web::Data<Tiers>, id: web::Path<Uuid>) -> Result<web::Json<Job>, Problem> {
     let mut c = tally_platform::problem::conn(&t.pool).await?;
     jobs::get(&mut c, *id)
-        .await
-        .map_err(db)?
+        .await?
         .map(web::Json)
         .ok_or_else(|| Problem::not_found("job", *id))
-}
-
-#[derive(Debug, Default, Serialize, Deserialize, ToSchema, QueryableByName)]
-pub struct JobItem {
-    #[diesel(sql_type = SqlUuid)]
-    pub device_id: Uuid,
-    #[diesel(sql_type = Text)]
-    pub hostname: String,
-    /// pending, pushing, applied, confirmed, failed, rejected, cancelled, revert_pending,
-    /// reverting, reverted, revert_failed.
-    #[diesel(sql_type = Text)]
-    pub state: String,
-    #[diesel(sql_type = Text)]
-    pub from_network: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    pub from_dna: Option<String>,
-    #[diesel(sql_type = Text)]
-    pub from_va: String,
-    #[diesel(sql_type = Text)]
-    pub to_network: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    pub to_dna: Option<String>,
-    #[diesel(sql_type = Text)]
-    pub to_va: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    pub to_dna_pool: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    pub error: Option<String>,
-    #[diesel(sql_type = Int4)]
-    pub attempts: i32,
-    #[diesel(sql_type = Timestamptz)]
-    pub updated_at: DateTime<Utc>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -525,24 +472,13 @@ async fn job_items(
     req: HttpRequest,
     f: web::Query<ItemFilter>,
 ) -> Result<HttpResponse, Problem> {
-    let limit = check_limit(f.limit, 100_000, 1_000_000)?;
-    one_of("state", f.state.as_deref(), ITEM_STATES)?;
+    let page = page(f.limit, f.offset, 100_000, 1_000_000)?;
+    let state = one_of("state", f.state.as_deref(), ITEM_FILTER)?;
     let mut c = tally_platform::problem::conn(&t.pool).await?;
-    if jobs::get(&mut c, *id).await.map_err(db)?.is_none() {
+    if jobs::get(&mut c, *id).await?.is_none() {
         return Err(Problem::not_found("job", *id));
     }
-    let rows: Vec<JobItem> = diesel::sql_query(
-        "SELECT device_id, hostname, state, from_network, from_dna, from_va, to_network, to_dna, \
-         to_va, to_dna_pool, error, attempts, updated_at FROM tiers.job_items \
-         WHERE job_id = $1 AND ($2::text IS NULL OR state = $2) ORDER BY seq LIMIT $3 OFFSET $4",
-    )
-    .bind::<SqlUuid, _>(*id)
-    .bind::<Nullable<Text>, _>(f.state.clone())
-    .bind::<BigInt, _>(limit)
-    .bind::<BigInt, _>(f.offset.unwrap_or(0).max(0))
-    .load(&mut c)
-    .await
-    .map_err(db)?;
+    let rows = store::items::list(&mut c, *id, state, page).await?;
     if tally_platform::csv_body::wanted(&req, f.format.as_deref()) {
         return tally_platform::csv_body::response(&rows);
     }
@@ -555,37 +491,6 @@ async fn job_items(
 #[post("/tiers/jobs/{id}/cancel")]
 async fn cancel_job(t: web::Data<Tiers>, id: web::Path<Uuid>) -> Result<web::Json<Job>, Problem> {
     Ok(web::Json(jobs::cancel(&t, *id).await?))
-}
-
-#[derive(Debug, Default, Serialize, Deserialize, ToSchema, QueryableByName)]
-pub struct LedgerDevice {
-    #[diesel(sql_type = SqlUuid)]
-    pub id: Uuid,
-    #[diesel(sql_type = Text)]
-    pub hostname: String,
-    #[diesel(sql_type = Text)]
-    pub model: String,
-    #[diesel(sql_type = Text)]
-    pub site: String,
-    #[diesel(sql_type = Text)]
-    pub smart_account: String,
-    #[diesel(sql_type = Text)]
-    pub virtual_account: String,
-    #[diesel(sql_type = Text)]
-    pub network_license: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    pub dna_tier: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    pub network_pool: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    pub dna_pool: Option<String>,
-    /// active, applying, pending_reload.
-    #[diesel(sql_type = Text)]
-    pub state: String,
-    #[diesel(sql_type = Nullable<SqlUuid>)]
-    pub job_id: Option<Uuid>,
-    #[diesel(sql_type = Nullable<Text>)]
-    pub reported_dna_tier: Option<String>,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -610,62 +515,22 @@ async fn list_ledger(
     req: HttpRequest,
     f: web::Query<LedgerFilter>,
 ) -> Result<HttpResponse, Problem> {
-    let limit = check_limit(f.limit, 1000, 1_000_000)?;
-    one_of(
-        "state",
-        f.state.as_deref(),
-        &["active", "applying", "pending_reload"],
-    )?;
+    let page = page(f.limit, f.offset, 1000, 1_000_000)?;
+    let state = one_of("state", f.state.as_deref(), DeviceState::ALL)?;
     dna_filter(f.dna_tier.as_deref())?;
-    let model = f.model.as_deref().map(store::like);
+    let filter = LedgerQuery {
+        site: f.site.as_deref(),
+        group: f.group.as_deref(),
+        model: f.model.as_deref().map(store::like),
+        dna_tier: f.dna_tier.as_deref(),
+        state,
+    };
     let mut c = tally_platform::problem::conn(&t.pool).await?;
-    let rows: Vec<LedgerDevice> = diesel::sql_query(
-        "SELECT id, hostname, model, site, smart_account, virtual_account, network_license, dna_tier, \
-         network_pool, dna_pool, state, job_id, reported_dna_tier FROM tiers.devices \
-         WHERE NOT deleted AND ($1::text IS NULL OR site = $1) AND ($2::text IS NULL OR $2 = ANY(groups)) \
-         AND ($3::text IS NULL OR model LIKE $3) AND ($4::text IS NULL OR coalesce(dna_tier, 'none') = $4) \
-         AND ($5::text IS NULL OR state = $5) ORDER BY hostname, id LIMIT $6 OFFSET $7",
-    )
-    .bind::<Nullable<Text>, _>(f.site.clone())
-    .bind::<Nullable<Text>, _>(f.group.clone())
-    .bind::<Nullable<Text>, _>(model)
-    .bind::<Nullable<Text>, _>(f.dna_tier.clone())
-    .bind::<Nullable<Text>, _>(f.state.clone())
-    .bind::<BigInt, _>(limit)
-    .bind::<BigInt, _>(f.offset.unwrap_or(0).max(0))
-    .load(&mut c)
-    .await
-    .map_err(db)?;
+    let rows = store::devices::ledger(&mut c, filter, page).await?;
     if tally_platform::csv_body::wanted(&req, f.format.as_deref()) {
         return tally_platform::csv_body::response(&rows);
     }
     Ok(HttpResponse::Ok().json(rows))
-}
-
-#[derive(Debug, Default, Serialize, Deserialize, ToSchema, QueryableByName)]
-pub struct HistoryEntry {
-    #[diesel(sql_type = BigInt)]
-    pub id: i64,
-    #[diesel(sql_type = SqlUuid)]
-    pub device_id: Uuid,
-    #[diesel(sql_type = Nullable<Text>)]
-    pub hostname: Option<String>,
-    #[diesel(sql_type = Timestamptz)]
-    pub at: DateTime<Utc>,
-    /// tier, virtual_account, ack.
-    #[diesel(sql_type = Text)]
-    pub kind: String,
-    /// configured, confirmed, reverted, acknowledged.
-    #[diesel(sql_type = Text)]
-    pub event: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    pub from_value: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    pub to_value: Option<String>,
-    #[diesel(sql_type = Nullable<SqlUuid>)]
-    pub job_id: Option<Uuid>,
-    #[diesel(sql_type = Text)]
-    pub detail: String,
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -692,32 +557,17 @@ async fn history(
     f: web::Query<HistoryFilter>,
 ) -> Result<HttpResponse, Problem> {
     let limit = check_limit(f.limit, 10_000, 1_000_000)?;
-    if let Some(k) = &f.kind
-        && !matches!(k.as_str(), "tier" | "virtual_account" | "ack")
-    {
-        return Err(Problem::validation(vec![FieldError {
-            field: "kind".into(),
-            message: format!("{k:?} is not one of tier, virtual_account, ack"),
-        }]));
-    }
+    let kind = one_of("kind", f.kind.as_deref(), HistoryKind::ALL)?;
+    let filter = HistoryQuery {
+        device_id: f.device_id,
+        kind,
+        job_id: f.job_id,
+        since: f.since,
+        until: f.until,
+        after: f.after.unwrap_or(0),
+    };
     let mut c = tally_platform::problem::conn(&t.pool).await?;
-    let rows: Vec<HistoryEntry> = diesel::sql_query(
-        "SELECT h.id, h.device_id, d.hostname, h.at, h.kind, h.event, h.from_value, h.to_value, \
-         h.job_id, h.detail FROM tiers.history h LEFT JOIN tiers.devices d ON d.id = h.device_id \
-         WHERE ($1::uuid IS NULL OR h.device_id = $1) AND ($2::text IS NULL OR h.kind = $2) \
-         AND ($3::uuid IS NULL OR h.job_id = $3) AND ($4::timestamptz IS NULL OR h.at >= $4) \
-         AND ($5::timestamptz IS NULL OR h.at < $5) AND h.id > $6 ORDER BY h.id LIMIT $7",
-    )
-    .bind::<Nullable<SqlUuid>, _>(f.device_id)
-    .bind::<Nullable<Text>, _>(f.kind.clone())
-    .bind::<Nullable<SqlUuid>, _>(f.job_id)
-    .bind::<Nullable<Timestamptz>, _>(f.since)
-    .bind::<Nullable<Timestamptz>, _>(f.until)
-    .bind::<BigInt, _>(f.after.unwrap_or(0))
-    .bind::<BigInt, _>(limit)
-    .load(&mut c)
-    .await
-    .map_err(db)?;
+    let rows = store::history::list(&mut c, filter, limit).await?;
     if tally_platform::csv_body::wanted(&req, f.format.as_deref()) {
         return tally_platform::csv_body::response(&rows);
     }

@@ -9,10 +9,11 @@
 //! or is rolling back meanwhile, the item is configured back instead. Devices then wait for a
 //! reload; their next RUM report confirms it.
 
+use crate::plan::Mode;
+use crate::store::history::{self, HistoryEvent, HistoryKind, NewEntries};
+use crate::store::{self, ItemState, JobState, devices, items};
 use crate::{Tiers, jobs};
-use diesel::QueryableByName;
-use diesel::sql_types::{Array, Int4, Nullable, Text, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use futures::StreamExt;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
@@ -21,51 +22,7 @@ use tally_domain::{DnaTier, NetworkLicense, rum};
 use tally_store::outbox::{Schema, claim};
 use uuid::Uuid;
 
-#[derive(QueryableByName, Debug, Clone)]
-pub struct Work {
-    #[diesel(sql_type = SqlUuid)]
-    job_id: Uuid,
-    #[diesel(sql_type = SqlUuid)]
-    device_id: Uuid,
-    #[diesel(sql_type = Text)]
-    state: String,
-    #[diesel(sql_type = Text)]
-    from_network: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    from_dna: Option<String>,
-    #[diesel(sql_type = Text)]
-    from_va: String,
-    #[diesel(sql_type = Text)]
-    to_network: String,
-    #[diesel(sql_type = Nullable<Text>)]
-    to_dna: Option<String>,
-    #[diesel(sql_type = Text)]
-    to_va: String,
-    #[diesel(sql_type = Text)]
-    base_url: String,
-    #[diesel(sql_type = Text)]
-    username: String,
-    #[diesel(sql_type = Text)]
-    password_sealed: String,
-    #[diesel(sql_type = diesel::sql_types::Bool)]
-    deleted: bool,
-    #[diesel(sql_type = SqlUuid)]
-    claim: Uuid,
-}
-
-impl Work {
-    fn reverting(&self) -> bool {
-        self.state == "reverting"
-    }
-    /// The levels this push configures.
-    fn levels(&self) -> (&str, Option<&str>, &str) {
-        if self.reverting() {
-            (&self.from_network, self.from_dna.as_deref(), &self.from_va)
-        } else {
-            (&self.to_network, self.to_dna.as_deref(), &self.to_va)
-        }
-    }
-}
+pub use crate::store::items::Work;
 
 /// A push and how it went.
 type Outcome = (Work, Result<(), String>);
@@ -117,30 +74,7 @@ pub async fn claim_slice(t: &Tiers) -> Result<Vec<Work>, tally_store::StoreError
     let mut conn = t.pool.get().await?;
     let lease_ms = i64::try_from(t.cfg.claim_lease.as_millis()).unwrap_or(i64::MAX);
     let work = conn
-        .transaction(async |c| {
-            diesel::sql_query(
-                "WITH picked AS ( \
-                   SELECT i.job_id, i.device_id, \
-                   CASE WHEN i.state IN ('pending', 'pushing') AND j.state = 'applying' THEN 'pushing' \
-                        ELSE 'reverting' END AS next \
-                   FROM tiers.job_items i JOIN tiers.jobs j ON j.id = i.job_id \
-                   WHERE (i.state = 'pending' AND j.state = 'applying') \
-                      OR (i.state = 'revert_pending' AND j.state = 'rolling_back') \
-                      OR (i.state IN ('pushing', 'reverting') AND i.claimed_until < now()) \
-                   ORDER BY i.job_id, i.seq LIMIT $1 FOR UPDATE OF i SKIP LOCKED) \
-                 UPDATE tiers.job_items i SET state = p.next, claim = gen_random_uuid(), \
-                   claimed_until = now() + $2 * interval '1 millisecond', updated_at = now() \
-                 FROM picked p, tiers.devices d \
-                 WHERE i.job_id = p.job_id AND i.device_id = p.device_id AND d.id = i.device_id \
-                 RETURNING i.job_id, i.device_id, i.state, i.from_network, i.from_dna, i.from_va, \
-                   i.to_network, i.to_dna, i.to_va, d.base_url, d.username, d.password_sealed, \
-                   d.deleted, i.claim",
-            )
-            .bind::<diesel::sql_types::BigInt, _>(t.cfg.slice)
-            .bind::<diesel::sql_types::BigInt, _>(lease_ms)
-            .load::<Work>(c)
-            .await
-        })
+        .transaction(async |c| items::claim(c, t.cfg.slice, lease_ms).await)
         .await?;
     Ok(work)
 }
@@ -194,35 +128,13 @@ async fn commit_outcomes(
     job: Uuid,
     items: Vec<Outcome>,
 ) -> Result<(), diesel::result::Error> {
-    #[derive(QueryableByName)]
-    struct J {
-        #[diesel(sql_type = Text)]
-        state: String,
-        #[diesel(sql_type = Text)]
-        mode: String,
-    }
-    let j: J = diesel::sql_query("SELECT state, mode FROM tiers.jobs WHERE id = $1 FOR UPDATE")
-        .bind::<SqlUuid, _>(job)
-        .get_result(c)
-        .await?;
+    let (state, mode) = store::jobs::lock(c, job).await?;
     // Only outcomes whose claim still stands: past its lease another worker may own the item.
-    #[derive(QueryableByName)]
-    struct Held {
-        #[diesel(sql_type = SqlUuid)]
-        device_id: Uuid,
-    }
     let claims: Vec<Uuid> = items.iter().map(|(w, _)| w.claim).collect();
-    let held: HashSet<Uuid> = diesel::sql_query(
-        "SELECT device_id FROM tiers.job_items WHERE job_id = $1 AND claim = ANY($2) \
-         AND state IN ('pushing', 'reverting') FOR UPDATE",
-    )
-    .bind::<SqlUuid, _>(job)
-    .bind::<Array<SqlUuid>, _>(&claims)
-    .load::<Held>(c)
-    .await?
-    .into_iter()
-    .map(|h| h.device_id)
-    .collect();
+    let held: HashSet<Uuid> = items::lock_held(c, job, &claims)
+        .await?
+        .into_iter()
+        .collect();
     let items: Vec<Outcome> = items
         .into_iter()
         .filter(|(w, _)| held.contains(&w.device_id))
@@ -230,10 +142,10 @@ async fn commit_outcomes(
     if items.is_empty() {
         return Ok(());
     }
-    let all_or_nothing = j.mode == crate::plan::Mode::AllOrNothing.as_str();
+    let all_or_nothing = mode == Mode::AllOrNothing;
     let any_failed = items.iter().any(|(w, r)| !w.reverting() && r.is_err());
     // An all-or-nothing job undoes everything once one device fails.
-    let rolling_back = j.state == "rolling_back" || (all_or_nothing && any_failed);
+    let rolling_back = state == JobState::RollingBack || (all_or_nothing && any_failed);
     let mut s = Sets::default();
     for (w, r) in items {
         match (w.reverting(), r) {
@@ -249,41 +161,20 @@ async fn commit_outcomes(
         <[(Work, String)]>::first(&s.failed).map(|(w, e)| format!("device {}: {e}", w.device_id));
 
     let configured: Vec<&Work> = s.applied.iter().chain(&s.to_revert).collect();
-    set_items(c, job, &ids(&s.applied), "applied", None).await?;
-    set_items(c, job, &ids(&s.to_revert), "revert_pending", None).await?;
-    for (w, e) in &s.failed {
-        set_items(c, job, &[w.device_id], "failed", Some(e)).await?;
-    }
-    for (w, e) in &s.revert_failed {
-        let msg = format!("could not configure the old level back: {e}");
-        set_items(c, job, &[w.device_id], "revert_failed", Some(&msg)).await?;
-    }
-    set_items(c, job, &ids(&s.reverted), "reverted", None).await?;
+    record_items(c, job, &s).await?;
 
     // Ledger: configured devices wait for their reload; failed ones never changed.
-    diesel::sql_query(
-        "UPDATE tiers.devices SET state = 'pending_reload' WHERE id = ANY($1) AND job_id = $2",
-    )
-    .bind::<Array<SqlUuid>, _>(ids(&s.applied))
-    .bind::<SqlUuid, _>(job)
-    .execute(c)
-    .await?;
+    devices::mark_pending_reload(c, job, &ids(&s.applied)).await?;
     let failed_ids: Vec<Uuid> = s.failed.iter().map(|(w, _)| w.device_id).collect();
-    jobs::restore_ledger(c, job, &failed_ids).await?;
-    jobs::restore_ledger(c, job, &ids(&s.reverted)).await?;
+    devices::restore_ledger(c, job, &failed_ids).await?;
+    devices::restore_ledger(c, job, &ids(&s.reverted)).await?;
     // Left at the new level by a failed revert: that is what the device now has.
     let stuck: Vec<Uuid> = s.revert_failed.iter().map(|(w, _)| w.device_id).collect();
-    diesel::sql_query(
-        "UPDATE tiers.devices SET state = 'pending_reload' WHERE id = ANY($1) AND job_id = $2",
-    )
-    .bind::<Array<SqlUuid>, _>(&stuck)
-    .bind::<SqlUuid, _>(job)
-    .execute(c)
-    .await?;
+    devices::mark_pending_reload(c, job, &stuck).await?;
 
-    history(c, job, &configured, "configured", false).await?;
+    write_history(c, job, &configured, HistoryEvent::Configured, false).await?;
     let reverted: Vec<&Work> = s.reverted.iter().collect();
-    history(c, job, &reverted, "reverted", true).await?;
+    write_history(c, job, &reverted, HistoryEvent::Reverted, true).await?;
 
     let mut changed: Vec<proto::DeviceLicense> = Vec::new();
     for (w, back) in configured
@@ -313,17 +204,15 @@ async fn commit_outcomes(
         .await?;
     }
     let count = |n: usize| i32::try_from(n).unwrap_or(i32::MAX);
-    diesel::sql_query(
-        "UPDATE tiers.jobs SET applied = applied + $2, failed = failed + $3, reverted = reverted + $4, \
-         updated_at = now() WHERE id = $1",
+    store::jobs::add_outcomes(
+        c,
+        job,
+        count(configured.len()),
+        count(s.failed.len() + s.revert_failed.len()),
+        count(s.reverted.len()),
     )
-    .bind::<SqlUuid, _>(job)
-    .bind::<Int4, _>(count(configured.len()))
-    .bind::<Int4, _>(count(s.failed.len() + s.revert_failed.len()))
-    .bind::<Int4, _>(count(s.reverted.len()))
-    .execute(c)
     .await?;
-    if rolling_back && j.state == "applying" {
+    if rolling_back && state == JobState::Applying {
         jobs::begin_rollback(c, job, first_error.as_deref().unwrap_or("a device failed")).await?;
     }
     jobs::finalize_if_done(c, job).await?;
@@ -331,54 +220,43 @@ async fn commit_outcomes(
     Ok(())
 }
 
+/// Each item's outcome.
+async fn record_items(
+    c: &mut AsyncPgConnection,
+    job: Uuid,
+    s: &Sets,
+) -> Result<(), diesel::result::Error> {
+    items::set_outcome(c, job, &ids(&s.applied), ItemState::Applied, None).await?;
+    items::set_outcome(c, job, &ids(&s.to_revert), ItemState::RevertPending, None).await?;
+    for (w, e) in &s.failed {
+        items::set_outcome(c, job, &[w.device_id], ItemState::Failed, Some(e)).await?;
+    }
+    for (w, e) in &s.revert_failed {
+        let msg = format!("could not configure the old level back: {e}");
+        items::set_outcome(c, job, &[w.device_id], ItemState::RevertFailed, Some(&msg)).await?;
+    }
+    items::set_outcome(c, job, &ids(&s.reverted), ItemState::Reverted, None).await
+}
+
 fn ids(w: &[Work]) -> Vec<Uuid> {
     w.iter().map(|w| w.device_id).collect()
 }
 
-async fn set_items(
-    c: &mut AsyncPgConnection,
-    job: Uuid,
-    devices: &[Uuid],
-    state: &str,
-    error: Option<&str>,
-) -> Result<(), diesel::result::Error> {
-    if devices.is_empty() {
-        return Ok(());
-    }
-    diesel::sql_query(
-        "UPDATE tiers.job_items SET state = $3, error = coalesce($4, error), attempts = attempts + 1, \
-         updated_at = now() WHERE job_id = $1 AND device_id = ANY($2)",
-    )
-    .bind::<SqlUuid, _>(job)
-    .bind::<Array<SqlUuid>, _>(devices)
-    .bind::<Text, _>(state)
-    .bind::<Nullable<Text>, _>(error)
-    .execute(c)
-    .await?;
-    Ok(())
-}
-
 /// One history row per changed level and per changed virtual account.
-async fn history(
+async fn write_history(
     c: &mut AsyncPgConnection,
     job: Uuid,
     items: &[&Work],
-    event: &str,
+    event: HistoryEvent,
     back: bool,
 ) -> Result<(), diesel::result::Error> {
-    let mut dev = Vec::new();
-    let mut kind = Vec::new();
-    let mut from = Vec::new();
-    let mut to = Vec::new();
+    let mut e = NewEntries::default();
     for w in items {
         let old = level_text(&w.from_network, w.from_dna.as_deref());
         let new = level_text(&w.to_network, w.to_dna.as_deref());
         let (a, b) = if back { (new, old) } else { (old, new) };
         if a != b {
-            dev.push(w.device_id);
-            kind.push("tier".to_owned());
-            from.push(a);
-            to.push(b);
+            e.push(w.device_id, HistoryKind::Tier, a, b);
         }
         if w.from_va != w.to_va {
             let (a, b) = if back {
@@ -386,44 +264,15 @@ async fn history(
             } else {
                 (&w.from_va, &w.to_va)
             };
-            dev.push(w.device_id);
-            kind.push("virtual_account".to_owned());
-            from.push(a.clone());
-            to.push(b.clone());
+            e.push(
+                w.device_id,
+                HistoryKind::VirtualAccount,
+                a.clone(),
+                b.clone(),
+            );
         }
     }
-    insert_history(c, &dev, &kind, event, &from, &to, Some(job), "").await
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn insert_history(
-    c: &mut AsyncPgConnection,
-    devices: &[Uuid],
-    kinds: &[String],
-    event: &str,
-    from: &[String],
-    to: &[String],
-    job: Option<Uuid>,
-    detail: &str,
-) -> Result<(), diesel::result::Error> {
-    if devices.is_empty() {
-        return Ok(());
-    }
-    diesel::sql_query(
-        "INSERT INTO tiers.history (device_id, kind, event, from_value, to_value, job_id, detail) \
-         SELECT u.d, u.k, $2, nullif(u.f, ''), nullif(u.t, ''), $6, $7 \
-         FROM unnest($1::uuid[], $3::text[], $4::text[], $5::text[]) AS u(d, k, f, t)",
-    )
-    .bind::<Array<SqlUuid>, _>(devices)
-    .bind::<Text, _>(event)
-    .bind::<Array<Text>, _>(kinds)
-    .bind::<Array<Text>, _>(from)
-    .bind::<Array<Text>, _>(to)
-    .bind::<Nullable<SqlUuid>, _>(job)
-    .bind::<Text, _>(detail)
-    .execute(c)
-    .await?;
-    Ok(())
+    history::insert(c, &e, event, Some(job), "").await
 }
 
 /// The DNA tier an entitlement tag names (`...C9300_DNA_Advantage,1.0_...`), if any.
@@ -492,28 +341,7 @@ pub async fn confirm_from_reports(
         if !claim(c, Schema::Tiers, msg_id).await? {
             return Ok(());
         }
-        #[derive(QueryableByName)]
-        struct Pending {
-            #[diesel(sql_type = SqlUuid)]
-            id: Uuid,
-            #[diesel(sql_type = Text)]
-            network_license: String,
-            #[diesel(sql_type = Nullable<Text>)]
-            dna_tier: Option<String>,
-            #[diesel(sql_type = Nullable<SqlUuid>)]
-            job_id: Option<Uuid>,
-        }
-        let pending: Vec<Pending> = diesel::sql_query(
-            // Only once the job that configured it has ended: until then the job may still
-            // configure the device back, and a confirmed device would look free to other jobs.
-            "SELECT d.id, d.network_license, d.dna_tier, d.job_id FROM tiers.devices d \
-             LEFT JOIN tiers.jobs j ON j.id = d.job_id \
-             WHERE d.id = ANY($1) AND d.state = 'pending_reload' \
-             AND (j.id IS NULL OR j.state NOT IN ('applying', 'rolling_back')) FOR UPDATE OF d",
-        )
-        .bind::<Array<SqlUuid>, _>(&ids)
-        .load(c)
-        .await?;
+        let pending = devices::lock_awaiting_reload(c, &ids).await?;
         let mut confirmed: Vec<Confirmed> = Vec::new();
         for p in pending {
             let want: Option<DnaTier> = p.dna_tier.as_deref().and_then(|d| d.parse().ok());
@@ -540,35 +368,16 @@ pub async fn confirm_from_reports(
             return Ok(());
         }
         let dev: Vec<Uuid> = confirmed.iter().map(|c| c.0).collect();
-        diesel::sql_query(
-            "UPDATE tiers.devices SET state = 'active', job_id = NULL, \
-             reported_dna_tier = dna_tier, reported_at = now() WHERE id = ANY($1)",
-        )
-        .bind::<Array<SqlUuid>, _>(&dev)
-        .execute(c)
-        .await?;
+        devices::confirm(c, &dev).await?;
         let mut per_job: BTreeMap<Uuid, Vec<Uuid>> = BTreeMap::new();
         for (d, j, _) in &confirmed {
             if let Some(j) = j {
                 per_job.entry(*j).or_default().push(*d);
             }
         }
-        for (job, devices) in &per_job {
-            let n = diesel::sql_query(
-                "UPDATE tiers.job_items SET state = 'confirmed', updated_at = now() \
-                 WHERE job_id = $1 AND device_id = ANY($2) AND state = 'applied'",
-            )
-            .bind::<SqlUuid, _>(job)
-            .bind::<Array<SqlUuid>, _>(devices)
-            .execute(c)
-            .await?;
-            diesel::sql_query(
-                "UPDATE tiers.jobs SET confirmed = confirmed + $2, updated_at = now() WHERE id = $1",
-            )
-            .bind::<SqlUuid, _>(job)
-            .bind::<Int4, _>(i32::try_from(n).unwrap_or(i32::MAX))
-            .execute(c)
-            .await?;
+        for (job, devs) in &per_job {
+            let n = items::confirm(c, *job, devs).await?;
+            store::jobs::add_confirmed(c, *job, i32::try_from(n).unwrap_or(i32::MAX)).await?;
             jobs::emit_changed(c, *job).await?;
         }
         // Each confirmation names the job that configured it.
@@ -577,21 +386,12 @@ pub async fn confirm_from_reports(
             groups.entry(row.1).or_default().push(row);
         }
         for (job, rows) in groups {
-            let dev: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
-            let kinds = vec!["tier".to_owned(); dev.len()];
-            let empty = vec![String::new(); dev.len()];
-            let to: Vec<String> = rows.iter().map(|r| r.2.clone()).collect();
-            insert_history(
-                c,
-                &dev,
-                &kinds,
-                "confirmed",
-                &empty,
-                &to,
-                job,
-                &format!("reported in cycle {}", ev.cycle_id),
-            )
-            .await?;
+            let mut e = NewEntries::default();
+            for (device, _, level) in rows {
+                e.push(*device, HistoryKind::Tier, String::new(), level.clone());
+            }
+            let detail = format!("reported in cycle {}", ev.cycle_id);
+            history::insert(c, &e, HistoryEvent::Confirmed, job, &detail).await?;
         }
         Ok::<_, HandlerError>(())
     })
@@ -617,19 +417,12 @@ pub async fn record_acks(
         if !claim(c, Schema::Tiers, msg_id).await? {
             return Ok(());
         }
-        let kinds = vec!["ack".to_owned(); dev.len()];
-        let empty = vec![String::new(); dev.len()];
-        insert_history(
-            c,
-            &dev,
-            &kinds,
-            "acknowledged",
-            &empty,
-            &empty,
-            None,
-            &format!("ACK installed, cycle {}", ev.cycle_id),
-        )
-        .await?;
+        let mut e = NewEntries::default();
+        for d in &dev {
+            e.push(*d, HistoryKind::Ack, String::new(), String::new());
+        }
+        let detail = format!("ACK installed, cycle {}", ev.cycle_id);
+        history::insert(c, &e, HistoryEvent::Acknowledged, None, &detail).await?;
         Ok::<_, HandlerError>(())
     })
     .await

@@ -2,6 +2,7 @@
 //! pure function of the devices, the rules and the pools, so a dry-run and the job that follows
 //! compute exactly the same thing (the job recomputes it under the commit lock).
 
+use crate::store::DeviceState;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap};
@@ -207,7 +208,7 @@ pub struct DeviceView {
     pub hostname: String,
     pub model: String,
     pub software_version: String,
-    pub state: String,
+    pub state: DeviceState,
     pub current: Levels,
 }
 
@@ -335,7 +336,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             .unwrap_or_else(|| cur.virtual_account.clone());
         // A device waiting for its reload may be given another level (its configuration is
         // simply replaced); one whose push is in flight may not.
-        if d.state == "applying" {
+        if d.state == DeviceState::Applying {
             violations.push(Violation::new(
                 "device-busy",
                 "one job per device at a time",
@@ -568,7 +569,7 @@ mod tests {
             hostname: format!("sw-{i:05}"),
             model: model.into(),
             software_version: "17.9.4a".into(),
-            state: "active".into(),
+            state: DeviceState::Active,
             current: Levels {
                 smart_account: SA.into(),
                 virtual_account: va.into(),
@@ -712,7 +713,7 @@ mod tests {
             device(1, "C9300-48P", Some("dna-essentials"), "Campus"),
             device(2, "C9300-48P", Some("dna-essentials"), "Campus"),
         ];
-        devices[1].state = "applying".into();
+        devices[1].state = DeviceState::Applying;
         let p = run(
             &devices,
             &HashMap::new(),

@@ -1,11 +1,10 @@
 //! Entitlement pools from CSSM's licenses API (paged), or from a file of the same shape for
 //! air-gapped sites, and drift: Tally's ledger against CSSM's in-use count.
 
-use crate::{Tiers, store};
+use crate::Tiers;
+use crate::store::{self, pools::NewPools};
 use chrono::{DateTime, Utc};
-use diesel::QueryableByName;
-use diesel::sql_types::{Array, BigInt, Jsonb, Text, Timestamptz};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -65,36 +64,9 @@ pub struct PoolView {
     pub synced_at: Option<DateTime<Utc>>,
 }
 
-#[derive(QueryableByName)]
-struct PoolRow {
-    #[diesel(sql_type = Text)]
-    smart_account: String,
-    #[diesel(sql_type = Text)]
-    virtual_account: String,
-    #[diesel(sql_type = Text)]
-    license: String,
-    #[diesel(sql_type = BigInt)]
-    quantity: i64,
-    #[diesel(sql_type = BigInt)]
-    cssm_in_use: i64,
-    #[diesel(sql_type = BigInt)]
-    cssm_available: i64,
-    #[diesel(sql_type = Text)]
-    status: String,
-    #[diesel(sql_type = Jsonb)]
-    details: serde_json::Value,
-    #[diesel(sql_type = Timestamptz)]
-    synced_at: DateTime<Utc>,
-}
-
 /// Every pool CSSM lists and every pool the ledger holds, with drift.
 pub async fn list(c: &mut AsyncPgConnection) -> Result<Vec<PoolView>, diesel::result::Error> {
-    let rows: Vec<PoolRow> = diesel::sql_query(
-        "SELECT smart_account, virtual_account, license, quantity, cssm_in_use, cssm_available, \
-         status, details, synced_at FROM tiers.pools",
-    )
-    .load(c)
-    .await?;
+    let rows = store::pools::all(c).await?;
     let mut held = store::held(c).await?;
     let waiting = store::awaiting_reload(c).await?;
     let mut out: BTreeMap<(String, String, String), PoolView> = BTreeMap::new();
@@ -172,38 +144,17 @@ pub async fn store_pools(
             }));
         }
     }
-    let (mut vas, mut names, mut q, mut iu, mut av, mut st, mut details) =
-        (vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+    let mut p = NewPools::default();
     for ((va, name), m) in merged {
-        vas.push(va);
-        names.push(name);
-        q.push(m.0);
-        iu.push(m.1);
-        av.push(m.2);
-        st.push(m.3);
-        details.push(serde_json::Value::Array(m.4).to_string());
+        p.virtual_accounts.push(va);
+        p.licenses.push(name);
+        p.quantities.push(m.0);
+        p.in_use.push(m.1);
+        p.available.push(m.2);
+        p.statuses.push(m.3);
+        p.details.push(serde_json::Value::Array(m.4).to_string());
     }
-    diesel::sql_query("DELETE FROM tiers.pools WHERE smart_account = $1")
-        .bind::<Text, _>(smart_account)
-        .execute(c)
-        .await?;
-    diesel::sql_query(
-        "INSERT INTO tiers.pools (smart_account, virtual_account, license, quantity, cssm_in_use, \
-         cssm_available, status, details, synced_at) \
-         SELECT $1, u.va, u.l, u.q, u.iu, u.av, u.st, u.d::jsonb, now() \
-         FROM unnest($2::text[], $3::text[], $4::int8[], $5::int8[], $6::int8[], $7::text[], $8::text[]) \
-         AS u(va, l, q, iu, av, st, d)",
-    )
-    .bind::<Text, _>(smart_account)
-    .bind::<Array<Text>, _>(&vas)
-    .bind::<Array<Text>, _>(&names)
-    .bind::<Array<BigInt>, _>(&q)
-    .bind::<Array<BigInt>, _>(&iu)
-    .bind::<Array<BigInt>, _>(&av)
-    .bind::<Array<Text>, _>(&st)
-    .bind::<Array<Text>, _>(&details)
-    .execute(c)
-    .await?;
+    store::pools::replace(c, smart_account, &p).await?;
     announce(c, smart_account).await
 }
 
@@ -215,14 +166,7 @@ async fn announce(
 ) -> Result<(), diesel::result::Error> {
     let rules = store::load_rules(c).await?.rules;
     let held = store::held(c).await?;
-    let rows: Vec<PoolRow> = diesel::sql_query(
-        "SELECT smart_account, virtual_account, license, quantity, cssm_in_use, cssm_available, \
-         status, details, synced_at FROM tiers.pools WHERE smart_account = $1 \
-         ORDER BY virtual_account, license",
-    )
-    .bind::<Text, _>(smart_account)
-    .load(c)
-    .await?;
+    let rows = store::pools::of_account(c, smart_account).await?;
     let text = |v: &serde_json::Value, k: &str| {
         v.get(k)
             .and_then(serde_json::Value::as_str)
@@ -285,26 +229,11 @@ async fn announce(
     Ok(())
 }
 
-/// Smart accounts of the managed devices: the ones whose pools matter.
-async fn smart_accounts(c: &mut AsyncPgConnection) -> Result<Vec<String>, diesel::result::Error> {
-    #[derive(QueryableByName)]
-    struct Sa {
-        #[diesel(sql_type = Text)]
-        smart_account: String,
-    }
-    let rows: Vec<Sa> = diesel::sql_query(
-        "SELECT DISTINCT smart_account FROM tiers.devices WHERE NOT deleted ORDER BY 1",
-    )
-    .load(c)
-    .await?;
-    Ok(rows.into_iter().map(|r| r.smart_account).collect())
-}
-
 /// Syncs every smart account's pools from CSSM now.
 pub async fn sync(t: &Tiers) -> Result<SyncSummary, SyncError> {
     let cssm = t.cssm.clone().ok_or(SyncError::Offline)?;
     let mut conn = t.pool.get().await.map_err(tally_store::StoreError::from)?;
-    let accounts = smart_accounts(&mut conn).await?;
+    let accounts = store::devices::smart_accounts(&mut conn).await?;
     // Fetch outside the transaction: CSSM can be slow, and pages are a consistent enough view.
     let mut fetched = Vec::new();
     for sa in &accounts {
@@ -322,16 +251,7 @@ pub async fn sync(t: &Tiers) -> Result<SyncSummary, SyncError> {
     }
     let pools = fetched.iter().map(|(_, l)| l.len()).sum();
     conn.transaction(async |c| {
-        #[derive(QueryableByName)]
-        struct Locked {
-            #[diesel(sql_type = diesel::sql_types::Bool)]
-            locked: bool,
-        }
-        let l: Locked = diesel::sql_query("SELECT pg_try_advisory_xact_lock($1) AS locked")
-            .bind::<BigInt, _>(SYNC_LOCK)
-            .get_result(c)
-            .await?;
-        if !l.locked {
+        if !store::pools::try_lock(c, SYNC_LOCK).await? {
             return Err(SyncError::Busy);
         }
         for (sa, licenses) in &fetched {
