@@ -13,11 +13,23 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::{fmt::Display, str::FromStr};
 use tally_domain::{DnaTier, NetworkLicense, rules::Rules};
-use tally_platform::{Caller, FieldError, Page, Problem, auth::Role};
+use tally_platform::{Caller, FieldError, PageRules, Problem, auth::Role};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
 pub use crate::store::{HistoryEntry, JobItem, LedgerDevice};
+
+tally_store::text_enum! {
+    /// The codes of the problems these routes answer with, beside the platform's own.
+    pub enum ProblemCode {
+        IdempotencyKeyReused = "idempotency-key-reused",
+        PlanChanged = "plan-changed",
+        PlanRefused = "plan-refused",
+        JobFinished = "job-finished",
+        SyncUnavailable = "sync-unavailable",
+        CssmFailed = "cssm-failed",
+    }
+}
 
 pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(catalogue)
@@ -43,10 +55,12 @@ impl From<JobError> for Problem {
         match e {
             JobError::KeyReused(_) => Problem::new(
                 StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency-key-reused",
+                ProblemCode::IdempotencyKeyReused.as_str(),
                 e.to_string(),
             ),
-            JobError::PlanChanged { .. } => Problem::conflict("plan-changed", e.to_string()),
+            JobError::PlanChanged { .. } => {
+                Problem::conflict(ProblemCode::PlanChanged.as_str(), e.to_string())
+            }
             JobError::Refused(ref plan) => {
                 let errors = plan
                     .rejected
@@ -59,11 +73,13 @@ impl From<JobError> for Problem {
                         })
                     })
                     .collect();
-                Problem::conflict("plan-refused", format!("{e}; nothing was changed (all_or_nothing). Dry-run the request to see every violation, or use best_effort."))
+                Problem::conflict(ProblemCode::PlanRefused.as_str(), format!("{e}; nothing was changed (all_or_nothing). Dry-run the request to see every violation, or use best_effort."))
                     .with_errors(errors)
             }
             JobError::NotFound(id) => Problem::not_found("job", id),
-            JobError::Finished(..) => Problem::conflict("job-finished", e.to_string()),
+            JobError::Finished(..) => {
+                Problem::conflict(ProblemCode::JobFinished.as_str(), e.to_string())
+            }
             JobError::Db(e) => Problem::internal(e),
             JobError::Store(e) => Problem::internal(e),
         }
@@ -116,23 +132,10 @@ const ITEM_FILTER: &[ItemState] = &[
     ItemState::RevertFailed,
 ];
 
-fn check_limit(limit: Option<i64>, default: i64, max: i64) -> Result<i64, Problem> {
-    let l = limit.unwrap_or(default);
-    if !(1..=max).contains(&l) {
-        return Err(Problem::validation(vec![FieldError {
-            field: "limit".into(),
-            message: format!("must be between 1 and {max}"),
-        }]));
-    }
-    Ok(l)
-}
-
-fn page(limit: Option<i64>, offset: Option<i64>, default: i64, max: i64) -> Result<Page, Problem> {
-    Ok(Page {
-        limit: check_limit(limit, default, max)?,
-        offset: offset.unwrap_or(0).max(0),
-    })
-}
+const JOB_PAGES: PageRules = PageRules::new(50, 1000);
+const ITEM_PAGES: PageRules = PageRules::new(100_000, 1_000_000);
+const LEDGER_PAGES: PageRules = PageRules::new(1000, 1_000_000);
+const HISTORY_PAGES: PageRules = PageRules::new(10_000, 1_000_000);
 
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Catalogue {
@@ -302,12 +305,13 @@ async fn drift(
 async fn sync_pools(t: web::Data<Tiers>) -> Result<web::Json<SyncSummary>, Problem> {
     match pools::sync(&t).await {
         Ok(s) => Ok(web::Json(s)),
-        Err(e @ (SyncError::Offline | SyncError::Busy)) => {
-            Err(Problem::conflict("sync-unavailable", e.to_string()))
-        }
+        Err(e @ (SyncError::Offline | SyncError::Busy)) => Err(Problem::conflict(
+            ProblemCode::SyncUnavailable.as_str(),
+            e.to_string(),
+        )),
         Err(e @ SyncError::Cssm(_)) => Err(Problem::new(
             StatusCode::BAD_GATEWAY,
-            "cssm-failed",
+            ProblemCode::CssmFailed.as_str(),
             e.to_string(),
         )),
         Err(e) => Err(Problem::internal(e)),
@@ -435,7 +439,7 @@ async fn list_jobs(
     t: web::Data<Tiers>,
     f: web::Query<JobFilter>,
 ) -> Result<web::Json<Vec<Job>>, Problem> {
-    let page = page(f.limit, f.offset, 50, 1000)?;
+    let page = JOB_PAGES.page(f.limit, f.offset)?;
     let state = one_of("state", f.state.as_deref(), JobState::ALL)?;
     let mut c = tally_platform::problem::conn(&t.pool).await?;
     let rows = store::jobs::list(&mut c, state, page).await?;
@@ -472,7 +476,7 @@ async fn job_items(
     req: HttpRequest,
     f: web::Query<ItemFilter>,
 ) -> Result<HttpResponse, Problem> {
-    let page = page(f.limit, f.offset, 100_000, 1_000_000)?;
+    let page = ITEM_PAGES.page(f.limit, f.offset)?;
     let state = one_of("state", f.state.as_deref(), ITEM_FILTER)?;
     let mut c = tally_platform::problem::conn(&t.pool).await?;
     if jobs::get(&mut c, *id).await?.is_none() {
@@ -515,7 +519,7 @@ async fn list_ledger(
     req: HttpRequest,
     f: web::Query<LedgerFilter>,
 ) -> Result<HttpResponse, Problem> {
-    let page = page(f.limit, f.offset, 1000, 1_000_000)?;
+    let page = LEDGER_PAGES.page(f.limit, f.offset)?;
     let state = one_of("state", f.state.as_deref(), DeviceState::ALL)?;
     dna_filter(f.dna_tier.as_deref())?;
     let filter = LedgerQuery {
@@ -556,7 +560,7 @@ async fn history(
     req: HttpRequest,
     f: web::Query<HistoryFilter>,
 ) -> Result<HttpResponse, Problem> {
-    let limit = check_limit(f.limit, 10_000, 1_000_000)?;
+    let page = HISTORY_PAGES.page(f.limit, None)?;
     let kind = one_of("kind", f.kind.as_deref(), HistoryKind::ALL)?;
     let filter = HistoryQuery {
         device_id: f.device_id,
@@ -567,7 +571,7 @@ async fn history(
         after: f.after.unwrap_or(0),
     };
     let mut c = tally_platform::problem::conn(&t.pool).await?;
-    let rows = store::history::list(&mut c, filter, limit).await?;
+    let rows = store::history::list(&mut c, filter, page.limit).await?;
     if tally_platform::csv_body::wanted(&req, f.format.as_deref()) {
         return tally_platform::csv_body::response(&rows);
     }

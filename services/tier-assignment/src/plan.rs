@@ -284,6 +284,17 @@ pub struct PlanInput<'a> {
     pub mode: Mode,
 }
 
+tally_store::text_enum! {
+    /// The violation codes the planner adds to those of the rules.
+    pub enum PlanCode {
+        /// The device's current levels are not levels Tally knows.
+        UnknownLevel = "unknown-level",
+        DeviceBusy = "device-busy",
+        PoolUnknown = "pool-unknown",
+        PoolOvercommit = "pool-overcommit",
+    }
+}
+
 struct Candidate {
     change: Change,
     draws: Vec<PoolKey>,
@@ -319,7 +330,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 device_id: d.id,
                 hostname: d.hostname.clone(),
                 violations: vec![Violation::new(
-                    "unknown-level",
+                    PlanCode::UnknownLevel.as_str(),
                     "inventory",
                     format!(
                         "the device's current levels ({} / {}) are not known levels; fix it in inventory",
@@ -338,7 +349,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
         // simply replaced); one whose push is in flight may not.
         if d.state == DeviceState::Applying {
             violations.push(Violation::new(
-                "device-busy",
+                PlanCode::DeviceBusy.as_str(),
                 "one job per device at a time",
                 "an earlier job is configuring the device right now; wait for it or cancel it",
             ));
@@ -403,7 +414,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             .filter(|k| !input.quantity.contains_key(*k))
             .map(|(_, va, l)| {
                 Violation::new(
-                    "pool-unknown",
+                    PlanCode::PoolUnknown.as_str(),
                     format!("pool {l} in {va}"),
                     format!(
                         "CSSM lists no {l} licenses in virtual account {va}; deposit them there or sync the pools"
@@ -471,7 +482,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 let q = input.quantity.get(k).copied().unwrap_or(0);
                 let held = input.held.get(k).copied().unwrap_or(0);
                 Violation::new(
-                    "pool-overcommit",
+                    PlanCode::PoolOvercommit.as_str(),
                     format!("pool {l} in {va}"),
                     format!(
                         "{q} purchased, {held} held before this request; no license left for this device"
