@@ -6,10 +6,8 @@
 //! a stale worker is dropped because its claim token no longer matches.
 
 use crate::signature::{HEADER_EVENT, HEADER_EVENT_ID, HEADER_SIGNATURE, HEADER_TIMESTAMP, sign};
-use crate::{WebhookError, Webhooks};
-use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Bytea, Double, Int4, Nullable, Text, Uuid as SqlUuid};
-use diesel_async::RunQueryDsl;
+use crate::store::{Claimed, Failure};
+use crate::{DeliveryState, WebhookError, Webhooks};
 use std::time::Duration;
 use tally_store::Pool;
 use uuid::Uuid;
@@ -62,26 +60,6 @@ fn jittered(d: Duration, cap: Duration) -> Duration {
         return d;
     }
     d.mul_f64(rand::random_range(0.8..1.2)).min(cap)
-}
-
-#[derive(QueryableByName)]
-struct Claimed {
-    #[diesel(sql_type = SqlUuid)]
-    id: Uuid,
-    #[diesel(sql_type = SqlUuid)]
-    webhook_id: Uuid,
-    #[diesel(sql_type = SqlUuid)]
-    event_id: Uuid,
-    #[diesel(sql_type = Text)]
-    kind: String,
-    #[diesel(sql_type = Bytea)]
-    payload: Vec<u8>,
-    #[diesel(sql_type = Int4)]
-    attempts: i32,
-    #[diesel(sql_type = Text)]
-    url: String,
-    #[diesel(sql_type = Text)]
-    secret_sealed: String,
 }
 
 struct Outcome {
@@ -156,28 +134,14 @@ impl Deliverer {
                 .get()
                 .await
                 .map_err(|e| WebhookError::Pool(e.to_string()))?;
-            diesel::sql_query(format!(
-                "WITH due AS (
-                   SELECT d.id FROM {s}.webhook_deliveries d
-                   JOIN {s}.webhooks w ON w.id = d.webhook_id
-                   WHERE d.state = 'pending' AND d.next_attempt_at <= now() AND w.enabled
-                   ORDER BY d.next_attempt_at
-                   LIMIT $1
-                   FOR UPDATE OF d SKIP LOCKED)
-                 UPDATE {s}.webhook_deliveries d
-                 SET attempts = d.attempts + 1, claim = $2,
-                     next_attempt_at = now() + make_interval(secs => $3)
-                 FROM due, {s}.webhooks w
-                 WHERE d.id = due.id AND w.id = d.webhook_id
-                 RETURNING d.id, d.webhook_id, d.event_id, d.kind, d.payload, d.attempts,
-                           w.url, w.secret_sealed",
-                s = self.webhooks.schema().as_str()
-            ))
-            .bind::<BigInt, _>(self.cfg.batch)
-            .bind::<SqlUuid, _>(claim)
-            .bind::<Double, _>(self.cfg.lease.as_secs_f64())
-            .load(&mut conn)
-            .await?
+            self.webhooks
+                .claim_due(
+                    &mut conn,
+                    self.cfg.batch,
+                    claim,
+                    self.cfg.lease.as_secs_f64(),
+                )
+                .await?
         };
         let n = rows.len();
         let results = futures::future::join_all(rows.iter().map(|r| async move {
@@ -248,7 +212,6 @@ impl Deliverer {
         claim: Uuid,
         o: &Outcome,
     ) -> Result<(), WebhookError> {
-        let s = self.webhooks.schema().as_str();
         let mut conn = pool
             .get()
             .await
@@ -258,17 +221,9 @@ impl Deliverer {
         let n = if o.ok() {
             tracing::info!(delivery = %r.id, webhook = %r.webhook_id, event = %r.event_id,
                 kind = %r.kind, attempts, status, "webhook delivered");
-            diesel::sql_query(format!(
-                "UPDATE {s}.webhook_deliveries
-                 SET state = 'delivered', delivered_at = now(), last_status = $3,
-                     last_error = NULL, claim = NULL
-                 WHERE id = $1 AND claim = $2"
-            ))
-            .bind::<SqlUuid, _>(r.id)
-            .bind::<SqlUuid, _>(claim)
-            .bind::<Nullable<Int4>, _>(status)
-            .execute(&mut conn)
-            .await?
+            self.webhooks
+                .record_delivered(&mut conn, r.id, claim, status)
+                .await?
         } else {
             let dead = attempts >= self.cfg.max_attempts;
             let wait = jittered(backoff(&self.cfg, attempts), self.cfg.backoff_max);
@@ -288,20 +243,19 @@ impl Deliverer {
                     kind = %r.kind, attempts, status, error = %error,
                     retry_in_s = wait.as_secs_f64(), "webhook delivery failed; will retry");
             }
-            diesel::sql_query(format!(
-                "UPDATE {s}.webhook_deliveries
-                 SET state = $3, next_attempt_at = now() + make_interval(secs => $4),
-                     last_status = $5, last_error = $6, claim = NULL
-                 WHERE id = $1 AND claim = $2"
-            ))
-            .bind::<SqlUuid, _>(r.id)
-            .bind::<SqlUuid, _>(claim)
-            .bind::<Text, _>(if dead { "dead" } else { "pending" })
-            .bind::<Double, _>(wait.as_secs_f64())
-            .bind::<Nullable<Int4>, _>(status)
-            .bind::<Text, _>(&error)
-            .execute(&mut conn)
-            .await?
+            let failure = Failure {
+                state: if dead {
+                    DeliveryState::Dead
+                } else {
+                    DeliveryState::Pending
+                },
+                wait_secs: wait.as_secs_f64(),
+                status,
+                error: &error,
+            };
+            self.webhooks
+                .record_failed(&mut conn, r.id, claim, &failure)
+                .await?
         };
         if n == 0 {
             tracing::warn!(delivery = %r.id, "webhook delivery outcome was late; another worker owns the row now");

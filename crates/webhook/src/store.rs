@@ -1,11 +1,14 @@
-//! Webhook endpoints and the delivery queue: CRUD, enqueue inside the caller's transaction, and
-//! the dead-letter listing and requeue.
+//! Every query of the webhook tables: endpoint CRUD, enqueue inside the caller's transaction, the
+//! deliverer's claims and outcomes, and the dead-letter listing and requeue.
+//!
+//! The tables live in the caller's schema, so statements name it in their text: [`Schema`] is
+//! checked to be a plain identifier once, and every value is a bind.
 
 use crate::{Schema, WebhookError};
 use chrono::{DateTime, Utc};
 use diesel::QueryableByName;
 use diesel::sql_types::{
-    Array, BigInt, Bool, Bytea, Int4, Nullable, Text, Timestamptz, Uuid as SqlUuid,
+    Array, BigInt, Bool, Bytea, Double, Int4, Nullable, Text, Timestamptz, Uuid as SqlUuid,
 };
 use diesel_async::RunQueryDsl;
 use serde::Serialize;
@@ -66,30 +69,14 @@ pub struct Webhook {
     pub created_at: DateTime<Utc>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum DeliveryState {
-    Pending,
-    Delivered,
-    /// Gave up after the configured attempts; kept with its last status and error until requeued.
-    Dead,
-}
-
-impl DeliveryState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Pending => "pending",
-            Self::Delivered => "delivered",
-            Self::Dead => "dead",
-        }
-    }
-
-    fn parse(s: &str) -> Self {
-        match s {
-            "delivered" => Self::Delivered,
-            "dead" => Self::Dead,
-            _ => Self::Pending,
-        }
+tally_store::text_enum! {
+    /// Where a delivery stands (the table's CHECK constraint allows exactly these).
+    pub enum DeliveryState {
+        Pending = "pending",
+        Delivered = "delivered",
+        /// Gave up after the configured attempts; kept with its last status and error until
+        /// requeued.
+        Dead = "dead",
     }
 }
 
@@ -123,7 +110,7 @@ struct DeliveryRow {
     #[diesel(sql_type = Bytea)]
     payload: Vec<u8>,
     #[diesel(sql_type = Text)]
-    state: String,
+    state: DeliveryState,
     #[diesel(sql_type = Int4)]
     attempts: i32,
     #[diesel(sql_type = Timestamptz)]
@@ -146,7 +133,7 @@ impl From<DeliveryRow> for Delivery {
             event_id: r.event_id,
             kind: r.kind,
             payload: serde_json::from_slice(&r.payload).unwrap_or(serde_json::Value::Null),
-            state: DeliveryState::parse(&r.state),
+            state: r.state,
             attempts: r.attempts,
             next_attempt_at: r.next_attempt_at,
             last_status: r.last_status,
@@ -155,6 +142,35 @@ impl From<DeliveryRow> for Delivery {
             delivered_at: r.delivered_at,
         }
     }
+}
+
+/// A due delivery claimed by a deliverer, with where and how to send it.
+#[derive(QueryableByName)]
+pub(crate) struct Claimed {
+    #[diesel(sql_type = SqlUuid)]
+    pub id: Uuid,
+    #[diesel(sql_type = SqlUuid)]
+    pub webhook_id: Uuid,
+    #[diesel(sql_type = SqlUuid)]
+    pub event_id: Uuid,
+    #[diesel(sql_type = Text)]
+    pub kind: String,
+    #[diesel(sql_type = Bytea)]
+    pub payload: Vec<u8>,
+    #[diesel(sql_type = Int4)]
+    pub attempts: i32,
+    #[diesel(sql_type = Text)]
+    pub url: String,
+    #[diesel(sql_type = Text)]
+    pub secret_sealed: String,
+}
+
+/// A failed attempt as recorded: pending again after `wait_secs`, or dead.
+pub(crate) struct Failure<'a> {
+    pub state: DeliveryState,
+    pub wait_secs: f64,
+    pub status: Option<i32>,
+    pub error: &'a str,
 }
 
 fn check_url(url: &str) -> Result<(), WebhookError> {
@@ -343,7 +359,7 @@ impl Webhooks {
              ORDER BY created_at DESC, id DESC LIMIT $2",
             self.s()
         ))
-        .bind::<Nullable<Text>, _>(state.map(DeliveryState::as_str))
+        .bind::<Nullable<Text>, _>(state)
         .bind::<BigInt, _>(limit.clamp(1, 1000))
         .load(conn)
         .await?;
@@ -381,6 +397,74 @@ impl Webhooks {
         .execute(conn)
         .await?;
         Ok(n == 1)
+    }
+
+    /// Claims up to `batch` due deliveries of enabled webhooks in one statement: counts the
+    /// attempt, sets the `claim` token, and leases each row for `lease_secs` so other workers
+    /// skip it while it is in flight.
+    pub(crate) async fn claim_due(
+        &self,
+        conn: &mut PgConn,
+        batch: i64,
+        claim: Uuid,
+        lease_secs: f64,
+    ) -> Result<Vec<Claimed>, WebhookError> {
+        Ok(diesel::sql_query(format!(
+            include_str!("sql/claim_deliveries.sql"),
+            s = self.s()
+        ))
+        .bind::<BigInt, _>(batch)
+        .bind::<SqlUuid, _>(claim)
+        .bind::<Double, _>(lease_secs)
+        .load(conn)
+        .await?)
+    }
+
+    /// Records a delivered attempt; 0 when `claim` no longer holds the row (a late result).
+    pub(crate) async fn record_delivered(
+        &self,
+        conn: &mut PgConn,
+        id: Uuid,
+        claim: Uuid,
+        status: Option<i32>,
+    ) -> Result<usize, WebhookError> {
+        Ok(diesel::sql_query(format!(
+            "UPDATE {s}.webhook_deliveries
+             SET state = 'delivered', delivered_at = now(), last_status = $3,
+                 last_error = NULL, claim = NULL
+             WHERE id = $1 AND claim = $2",
+            s = self.s()
+        ))
+        .bind::<SqlUuid, _>(id)
+        .bind::<SqlUuid, _>(claim)
+        .bind::<Nullable<Int4>, _>(status)
+        .execute(conn)
+        .await?)
+    }
+
+    /// Records a failed attempt; 0 when `claim` no longer holds the row (a late result).
+    pub(crate) async fn record_failed(
+        &self,
+        conn: &mut PgConn,
+        id: Uuid,
+        claim: Uuid,
+        f: &Failure<'_>,
+    ) -> Result<usize, WebhookError> {
+        Ok(diesel::sql_query(format!(
+            "UPDATE {s}.webhook_deliveries
+             SET state = $3, next_attempt_at = now() + make_interval(secs => $4),
+                 last_status = $5, last_error = $6, claim = NULL
+             WHERE id = $1 AND claim = $2",
+            s = self.s()
+        ))
+        .bind::<SqlUuid, _>(id)
+        .bind::<SqlUuid, _>(claim)
+        .bind::<Text, _>(f.state)
+        .bind::<Double, _>(f.wait_secs)
+        .bind::<Nullable<Int4>, _>(f.status)
+        .bind::<Text, _>(f.error)
+        .execute(conn)
+        .await?)
     }
 }
 
