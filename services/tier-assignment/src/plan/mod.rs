@@ -2,6 +2,10 @@
 //! pure function of the devices, the rules and the pools, so a dry-run and the job that follows
 //! compute exactly the same thing (the job recomputes it under the commit lock).
 
+mod request;
+
+pub use request::{Mode, ParsedTarget, PlanRequest, Selector, Target};
+
 use crate::store::DeviceState;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -10,196 +14,8 @@ use tally_domain::{
     DnaTier, NetworkLicense,
     rules::{DeviceFacts, Rules, Violation, Wanted},
 };
-use tally_platform::FieldError;
 use utoipa::ToSchema;
 use uuid::Uuid;
-
-/// Which devices a request applies to. Criteria combine with AND; at least one is required
-/// (`"model": "*"` selects every device).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Selector {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub device_ids: Vec<Uuid>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub site: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub group: Option<String>,
-    /// An exact model or a prefix ending in `*`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub model: Option<String>,
-    /// An exact hostname or a prefix ending in `*`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hostname: Option<String>,
-    /// The device's current DNA tier, or `none`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dna_tier: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network_license: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub virtual_account: Option<String>,
-}
-
-/// What the selected devices should end up with; omitted fields stay as they are.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct Target {
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network_license: Option<String>,
-    /// A DNA tier, or `none` to remove the add-on.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dna_tier: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub virtual_account: Option<String>,
-    /// Draw this DNA license (as CSSM names it) instead of the first one that fits the model.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dna_license: Option<String>,
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "snake_case")]
-#[schema(as = TierJobMode)]
-pub enum Mode {
-    /// Refused unless every selected device passes the rules and fits the pools.
-    #[default]
-    AllOrNothing,
-    /// Devices that pass go ahead; the others are reported with their violations.
-    BestEffort,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::AllOrNothing => "all_or_nothing",
-            Self::BestEffort => "best_effort",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
-#[serde(deny_unknown_fields)]
-pub struct PlanRequest {
-    pub select: Selector,
-    pub target: Target,
-    #[serde(default)]
-    pub mode: Mode,
-    /// Jobs only: refuse the job if the plan's fingerprint differs from this dry-run's.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub expect_fingerprint: Option<String>,
-}
-
-/// A target with its levels parsed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParsedTarget {
-    pub network: Option<NetworkLicense>,
-    /// `Some(None)`: remove the DNA add-on.
-    pub dna: Option<Option<DnaTier>>,
-    pub virtual_account: Option<String>,
-    pub dna_license: Option<String>,
-}
-
-fn pattern_ok(p: &str) -> bool {
-    let core = p.strip_suffix('*').unwrap_or(p);
-    !core.contains('*')
-}
-
-impl PlanRequest {
-    /// Every problem with the request, each naming its field.
-    pub fn validate(&self) -> Result<ParsedTarget, Vec<FieldError>> {
-        let mut errs = Vec::new();
-        let mut err = |field: &str, message: String| {
-            errs.push(FieldError {
-                field: field.into(),
-                message,
-            })
-        };
-        let s = &self.select;
-        if s == &Selector::default() {
-            err(
-                "select",
-                "name at least one criterion (device_ids, site, group, model, hostname, dna_tier, network_license, virtual_account); \"model\": \"*\" selects every device".into(),
-            );
-        }
-        for (field, v) in [("select.model", &s.model), ("select.hostname", &s.hostname)] {
-            if let Some(p) = v
-                && (p.is_empty() || !pattern_ok(p))
-            {
-                err(
-                    field,
-                    format!("{p:?} is not a name or a prefix ending in *"),
-                );
-            }
-        }
-        if let Some(t) = &s.dna_tier
-            && t != "none"
-            && let Err(e) = t.parse::<DnaTier>()
-        {
-            err("select.dna_tier", format!("{e}, or none"));
-        }
-        if let Some(t) = &s.network_license
-            && let Err(e) = t.parse::<NetworkLicense>()
-        {
-            err("select.network_license", e.to_string());
-        }
-        let t = &self.target;
-        let network = match t
-            .network_license
-            .as_deref()
-            .map(str::parse::<NetworkLicense>)
-        {
-            Some(Err(e)) => {
-                err("target.network_license", e.to_string());
-                None
-            }
-            Some(Ok(n)) => Some(n),
-            None => None,
-        };
-        let dna = match t.dna_tier.as_deref() {
-            Some("none") => Some(None),
-            Some(d) => match d.parse::<DnaTier>() {
-                Ok(d) => Some(Some(d)),
-                Err(e) => {
-                    err("target.dna_tier", format!("{e}, or none"));
-                    None
-                }
-            },
-            None => None,
-        };
-        if let Some(va) = &t.virtual_account
-            && va.trim().is_empty()
-        {
-            err("target.virtual_account", "empty".into());
-        }
-        if t.dna_license.is_some() && !matches!(dna, Some(Some(_))) {
-            err(
-                "target.dna_license",
-                "a DNA license can only be named together with a target dna_tier".into(),
-            );
-        }
-        if t == &Target::default() {
-            err(
-                "target",
-                "name what to change: network_license, dna_tier or virtual_account".into(),
-            );
-        }
-        if errs.is_empty() {
-            Ok(ParsedTarget {
-                network,
-                dna,
-                virtual_account: t.virtual_account.clone(),
-                dna_license: t.dna_license.clone(),
-            })
-        } else {
-            Err(errs)
-        }
-    }
-
-    /// Identifies the request for idempotency: the same key with another body is refused.
-    pub fn hash(&self) -> String {
-        let text = serde_json::to_string(self).unwrap_or_default();
-        hex::encode(Sha256::digest(text.as_bytes()))
-    }
-}
 
 /// A device as the planner sees it: the facts the rules need and what it holds now.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -305,146 +121,199 @@ fn key(sa: &str, va: &str, license: &str) -> PoolKey {
     (sa.to_owned(), va.to_owned(), license.to_owned())
 }
 
+/// What the planner makes of one device.
+// Each value is moved into a list right away; boxing the large variant would only add an
+// allocation per device.
+#[allow(clippy::large_enum_variant)]
+enum Assessed {
+    Unchanged,
+    Rejected(Rejection),
+    Candidate(Candidate),
+}
+
+fn rejection(d: &DeviceView, violations: Vec<Violation>) -> Rejection {
+    Rejection {
+        device_id: d.id,
+        hostname: d.hostname.clone(),
+        violations,
+    }
+}
+
 pub fn plan(input: &PlanInput<'_>) -> Plan {
-    let t = input.target;
     let mut unchanged = 0;
     let mut rejected = Vec::new();
     let mut candidates = Vec::new();
     for d in input.devices {
-        let cur = &d.current;
-        let mut violations = Vec::new();
-        let network = match t.network {
-            Some(n) => Some(n),
-            None => cur.network_license.parse::<NetworkLicense>().ok(),
-        };
-        let dna = match t.dna {
-            Some(d) => Ok(d),
-            None => cur
-                .dna_tier
-                .as_deref()
-                .map(str::parse::<DnaTier>)
-                .transpose(),
-        };
-        let (Some(network), Ok(dna)) = (network, dna) else {
-            rejected.push(Rejection {
-                device_id: d.id,
-                hostname: d.hostname.clone(),
-                violations: vec![Violation::new(
-                    PlanCode::UnknownLevel.as_str(),
-                    "inventory",
-                    format!(
-                        "the device's current levels ({} / {}) are not known levels; fix it in inventory",
-                        cur.network_license,
-                        cur.dna_tier.as_deref().unwrap_or("none")
-                    ),
-                )],
-            });
-            continue;
-        };
-        let va = t
-            .virtual_account
-            .clone()
-            .unwrap_or_else(|| cur.virtual_account.clone());
-        // A device waiting for its reload may be given another level (its configuration is
-        // simply replaced); one whose push is in flight may not.
-        if d.state == DeviceState::Applying {
-            violations.push(Violation::new(
-                PlanCode::DeviceBusy.as_str(),
-                "one job per device at a time",
-                "an earlier job is configuring the device right now; wait for it or cancel it",
-            ));
+        match assess(input, d) {
+            Assessed::Unchanged => unchanged += 1,
+            Assessed::Rejected(r) => rejected.push(r),
+            Assessed::Candidate(c) => candidates.push(c),
         }
-        let facts = DeviceFacts {
-            model: &d.model,
-            software_version: &d.software_version,
-        };
-        let wanted = Wanted {
-            network,
-            dna,
-            dna_license: t.dna_license.as_deref(),
-        };
-        let holdings = match input.rules.check(facts, wanted) {
-            Ok(h) => Some(h),
-            Err(v) => {
-                violations.extend(v);
-                None
-            }
-        };
-        let to = Levels {
-            smart_account: cur.smart_account.clone(),
-            virtual_account: va,
-            network_license: network.to_string(),
-            dna_tier: dna.map(|d| d.to_string()),
-            network_pool: holdings.map(|h| h.network.name.clone()),
-            dna_pool: holdings.and_then(|h| h.dna.map(|l| l.name.clone())),
-        };
-        if violations.is_empty() && &to == cur {
-            unchanged += 1;
-            continue;
-        }
-        if !violations.is_empty() {
-            rejected.push(Rejection {
-                device_id: d.id,
-                hostname: d.hostname.clone(),
-                violations,
-            });
-            continue;
-        }
-        // A pool is drawn when the device holds a license it did not hold before (another
-        // license or another virtual account), and the old one is released.
-        let mut draws = Vec::new();
-        let mut releases = Vec::new();
-        for (old, new) in [
-            (&cur.network_pool, &to.network_pool),
-            (&cur.dna_pool, &to.dna_pool),
-        ] {
-            let old_key = old
-                .as_ref()
-                .map(|l| key(&cur.smart_account, &cur.virtual_account, l));
-            let new_key = new
-                .as_ref()
-                .map(|l| key(&to.smart_account, &to.virtual_account, l));
-            if old_key != new_key {
-                draws.extend(new_key);
-                releases.extend(old_key);
-            }
-        }
-        let unknown: Vec<Violation> = draws
-            .iter()
-            .filter(|k| !input.quantity.contains_key(*k))
-            .map(|(_, va, l)| {
-                Violation::new(
-                    PlanCode::PoolUnknown.as_str(),
-                    format!("pool {l} in {va}"),
-                    format!(
-                        "CSSM lists no {l} licenses in virtual account {va}; deposit them there or sync the pools"
-                    ),
-                )
-            })
-            .collect();
-        if !unknown.is_empty() {
-            rejected.push(Rejection {
-                device_id: d.id,
-                hostname: d.hostname.clone(),
-                violations: unknown,
-            });
-            continue;
-        }
-        candidates.push(Candidate {
-            change: Change {
-                device_id: d.id,
-                hostname: d.hostname.clone(),
-                from: cur.clone(),
-                to,
-            },
-            draws,
-            releases,
-        });
     }
+    let (changes, impact) = admit(input, candidates, &mut rejected);
+    let pools = pool_impact(input, impact);
+    rejected.sort_by(|a, b| (&a.hostname, a.device_id).cmp(&(&b.hostname, b.device_id)));
+    let executable = match input.mode {
+        Mode::AllOrNothing => rejected.is_empty(),
+        Mode::BestEffort => true,
+    };
+    Plan {
+        mode: input.mode,
+        executable,
+        fingerprint: fingerprint(&changes),
+        selected: input.devices.len(),
+        unchanged,
+        changes,
+        rejected,
+        pools,
+    }
+}
 
-    // Admit devices in order while every pool they draw on has room. Releases make no room
-    // here: a device that fails or is cancelled takes its old license back, so a release only
-    // counts once the job can no longer undo it (see `store::held`).
+/// The levels the device would end up with, checked against the rules and the pools it would
+/// draw on (whether they have room is left to [`admit`]).
+fn assess(input: &PlanInput<'_>, d: &DeviceView) -> Assessed {
+    let t = input.target;
+    let cur = &d.current;
+    let mut violations = Vec::new();
+    let network = match t.network {
+        Some(n) => Some(n),
+        None => cur.network_license.parse::<NetworkLicense>().ok(),
+    };
+    let dna = match t.dna {
+        Some(d) => Ok(d),
+        None => cur
+            .dna_tier
+            .as_deref()
+            .map(str::parse::<DnaTier>)
+            .transpose(),
+    };
+    let (Some(network), Ok(dna)) = (network, dna) else {
+        return Assessed::Rejected(rejection(
+            d,
+            vec![Violation::new(
+                PlanCode::UnknownLevel.as_str(),
+                "inventory",
+                format!(
+                    "the device's current levels ({} / {}) are not known levels; fix it in inventory",
+                    cur.network_license,
+                    cur.dna_tier.as_deref().unwrap_or("none")
+                ),
+            )],
+        ));
+    };
+    let va = t
+        .virtual_account
+        .clone()
+        .unwrap_or_else(|| cur.virtual_account.clone());
+    // A device waiting for its reload may be given another level (its configuration is
+    // simply replaced); one whose push is in flight may not.
+    if d.state == DeviceState::Applying {
+        violations.push(Violation::new(
+            PlanCode::DeviceBusy.as_str(),
+            "one job per device at a time",
+            "an earlier job is configuring the device right now; wait for it or cancel it",
+        ));
+    }
+    let facts = DeviceFacts {
+        model: &d.model,
+        software_version: &d.software_version,
+    };
+    let wanted = Wanted {
+        network,
+        dna,
+        dna_license: t.dna_license.as_deref(),
+    };
+    let holdings = match input.rules.check(facts, wanted) {
+        Ok(h) => Some(h),
+        Err(v) => {
+            violations.extend(v);
+            None
+        }
+    };
+    let to = Levels {
+        smart_account: cur.smart_account.clone(),
+        virtual_account: va,
+        network_license: network.to_string(),
+        dna_tier: dna.map(|d| d.to_string()),
+        network_pool: holdings.map(|h| h.network.name.clone()),
+        dna_pool: holdings.and_then(|h| h.dna.map(|l| l.name.clone())),
+    };
+    if violations.is_empty() && &to == cur {
+        return Assessed::Unchanged;
+    }
+    if !violations.is_empty() {
+        return Assessed::Rejected(rejection(d, violations));
+    }
+    let (draws, releases) = pool_moves(cur, &to);
+    let unknown = unknown_pools(input, &draws);
+    if !unknown.is_empty() {
+        return Assessed::Rejected(rejection(d, unknown));
+    }
+    Assessed::Candidate(Candidate {
+        change: Change {
+            device_id: d.id,
+            hostname: d.hostname.clone(),
+            from: cur.clone(),
+            to,
+        },
+        draws,
+        releases,
+    })
+}
+
+/// The pools a change draws on and releases: a pool is drawn when the device holds a license it
+/// did not hold before (another license or another virtual account), and the old one is
+/// released.
+fn pool_moves(cur: &Levels, to: &Levels) -> (Vec<PoolKey>, Vec<PoolKey>) {
+    let mut draws = Vec::new();
+    let mut releases = Vec::new();
+    for (old, new) in [
+        (&cur.network_pool, &to.network_pool),
+        (&cur.dna_pool, &to.dna_pool),
+    ] {
+        let old_key = old
+            .as_ref()
+            .map(|l| key(&cur.smart_account, &cur.virtual_account, l));
+        let new_key = new
+            .as_ref()
+            .map(|l| key(&to.smart_account, &to.virtual_account, l));
+        if old_key != new_key {
+            draws.extend(new_key);
+            releases.extend(old_key);
+        }
+    }
+    (draws, releases)
+}
+
+/// One violation per drawn pool CSSM does not list.
+fn unknown_pools(input: &PlanInput<'_>, draws: &[PoolKey]) -> Vec<Violation> {
+    draws
+        .iter()
+        .filter(|k| !input.quantity.contains_key(*k))
+        .map(|(_, va, l)| {
+            Violation::new(
+                PlanCode::PoolUnknown.as_str(),
+                format!("pool {l} in {va}"),
+                format!(
+                    "CSSM lists no {l} licenses in virtual account {va}; deposit them there or sync the pools"
+                ),
+            )
+        })
+        .collect()
+}
+
+/// Draws and releases per pool, of the admitted changes.
+type Impact = BTreeMap<PoolKey, (i64, i64)>;
+
+/// Admits candidates in order while every pool they draw on has room; the others are rejected,
+/// naming the full pools. Releases make no room here: a device that fails or is cancelled takes
+/// its old license back, so a release only counts once the job can no longer undo it (see
+/// `store::held`).
+fn admit(
+    input: &PlanInput<'_>,
+    candidates: Vec<Candidate>,
+    rejected: &mut Vec<Rejection>,
+) -> (Vec<Change>, Impact) {
     let mut running: HashMap<PoolKey, i64> = input.held.clone();
     let mut admitted = vec![false; candidates.len()];
     for (i, c) in candidates.iter().enumerate() {
@@ -458,7 +327,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             admitted[i] = true;
         }
     }
-    let mut impact: BTreeMap<PoolKey, (i64, i64)> = BTreeMap::new();
+    let mut impact = Impact::new();
     let mut changes = Vec::new();
     for (c, ok) in candidates.into_iter().zip(admitted) {
         if ok {
@@ -496,8 +365,13 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
             violations,
         });
     }
-    // Also show the pools a request touches without changing their count.
-    let pools = impact
+    (changes, impact)
+}
+
+/// Every pool the admitted changes draw on or release, before and after; also the pools a
+/// request touches without changing their count.
+fn pool_impact(input: &PlanInput<'_>, impact: Impact) -> Vec<PoolImpact> {
+    impact
         .into_iter()
         .map(|(k, (draws, releases))| {
             let quantity = input.quantity.get(&k).copied();
@@ -516,22 +390,7 @@ pub fn plan(input: &PlanInput<'_>) -> Plan {
                 overcommitted: quantity.is_none_or(|q| held_after > q),
             }
         })
-        .collect();
-    rejected.sort_by(|a, b| (&a.hostname, a.device_id).cmp(&(&b.hostname, b.device_id)));
-    let executable = match input.mode {
-        Mode::AllOrNothing => rejected.is_empty(),
-        Mode::BestEffort => true,
-    };
-    Plan {
-        mode: input.mode,
-        executable,
-        fingerprint: fingerprint(&changes),
-        selected: input.devices.len(),
-        unchanged,
-        changes,
-        rejected,
-        pools,
-    }
+        .collect()
 }
 
 /// SHA-256 over each change's device and target levels, in order.
