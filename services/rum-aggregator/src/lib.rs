@@ -16,7 +16,7 @@ pub mod projection;
 pub mod store;
 
 use std::{sync::Arc, time::Duration};
-use tally_bus::{Bus, consumer::HandlerError};
+use tally_bus::Bus;
 use tally_platform::SecretBox;
 use tally_southbound::DeviceClient;
 use tally_store::Pool;
@@ -79,8 +79,6 @@ pub const DURABLE: &str = "rum-aggregator";
 
 /// Runs the consumers, workers and outbox relay until the task is dropped.
 pub async fn run(agg: Aggregator) -> Result<(), tally_bus::BusError> {
-    use tally_bus::Event;
-    use tally_bus::proto::{AcksReceived, CycleStarted, DevicesDeleted, DevicesUpserted};
     let relay = tokio::spawn(tally_bus::relay::run(
         agg.bus.clone(),
         agg.pool.clone(),
@@ -91,45 +89,20 @@ pub async fn run(agg: Aggregator) -> Result<(), tally_bus::BusError> {
         tasks.push(tokio::spawn(collect::run_worker(agg.clone())));
         tasks.push(tokio::spawn(import::run_worker(agg.clone())));
     }
-    let a = agg.clone();
-    let result = tally_bus::consumer::run(
-        agg.bus.clone(),
-        DURABLE,
-        &[
-            DevicesUpserted::SUBJECT,
-            DevicesDeleted::SUBJECT,
-            CycleStarted::SUBJECT,
-            AcksReceived::SUBJECT,
-        ],
-        move |d| {
-            let a = a.clone();
-            async move { handle(&a, d).await }
-        },
-    )
-    .await;
+    let result = router(agg.clone()).run(agg.bus.clone(), DURABLE).await;
     for t in tasks {
         t.abort();
     }
     result
 }
 
-async fn handle(agg: &Aggregator, d: tally_bus::consumer::Delivery) -> Result<(), HandlerError> {
-    use prost::Message;
-    use tally_bus::Event;
+/// The events the aggregator consumes, each with its handler: the consumer's subjects and its
+/// dispatch both come from here.
+pub fn router(agg: Aggregator) -> tally_bus::router::Router<Aggregator> {
     use tally_bus::proto::{AcksReceived, CycleStarted, DevicesDeleted, DevicesUpserted};
-    match d.subject.as_str() {
-        DevicesUpserted::SUBJECT => {
-            projection::upsert(agg, &d.msg_id, DevicesUpserted::decode(d.payload)?).await
-        }
-        DevicesDeleted::SUBJECT => {
-            projection::delete(agg, &d.msg_id, DevicesDeleted::decode(d.payload)?).await
-        }
-        CycleStarted::SUBJECT => {
-            collect::start_cycle(agg, &d.msg_id, CycleStarted::decode(d.payload)?).await
-        }
-        AcksReceived::SUBJECT => {
-            import::enqueue(agg, &d.msg_id, AcksReceived::decode(d.payload)?).await
-        }
-        other => Err(HandlerError::Poison(format!("unexpected subject {other}"))),
-    }
+    tally_bus::router::Router::new(agg)
+        .on(|a, id, ev: DevicesUpserted| async move { projection::upsert(&a, &id, ev).await })
+        .on(|a, id, ev: DevicesDeleted| async move { projection::delete(&a, &id, ev).await })
+        .on(|a, id, ev: CycleStarted| async move { collect::start_cycle(&a, &id, ev).await })
+        .on(|a, id, ev: AcksReceived| async move { import::enqueue(&a, &id, ev).await })
 }
