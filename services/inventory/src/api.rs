@@ -1,12 +1,9 @@
 //! REST routes under `/api/v1`: devices (CRUD, filters, pagination, bulk import) and sites.
 
 use crate::Inventory;
-use crate::model::{Device, DeviceInput, DeviceRow, ValidDevice};
-use crate::schema::{devices, sites};
-use crate::store::{self, InventoryError};
+use crate::model::{Device, DeviceInput, ValidDevice};
+use crate::store::{InventoryError, devices, sites};
 use actix_web::{HttpRequest, HttpResponse, delete, get, post, put, web};
-use diesel::prelude::*;
-use diesel_async::RunQueryDsl;
 use serde::{Deserialize, Serialize};
 use tally_platform::{FieldError, Problem};
 use utoipa::{IntoParams, ToSchema};
@@ -64,36 +61,17 @@ pub struct DevicePage {
     pub offset: i64,
 }
 
-macro_rules! filtered {
-    ($f:expr) => {{
-        let f = $f;
-        let mut q = devices::table.into_boxed();
-        if let Some(v) = &f.site {
-            q = q.filter(devices::site.eq(v.clone()));
+impl DeviceFilter {
+    fn filter(&self) -> devices::Filter<'_> {
+        devices::Filter {
+            site: self.site.as_deref(),
+            model: self.model.as_deref(),
+            smart_account: self.smart_account.as_deref(),
+            virtual_account: self.virtual_account.as_deref(),
+            group: self.group.as_deref(),
+            q: self.q.as_deref(),
         }
-        if let Some(v) = &f.model {
-            q = q.filter(devices::model.eq(v.clone()));
-        }
-        if let Some(v) = &f.smart_account {
-            q = q.filter(devices::smart_account.eq(v.clone()));
-        }
-        if let Some(v) = &f.virtual_account {
-            q = q.filter(devices::virtual_account.eq(v.clone()));
-        }
-        if let Some(v) = &f.group {
-            // `@>` so that the GIN index on groups serves the filter.
-            q = q.filter(devices::groups.contains(vec![v.clone()]));
-        }
-        if let Some(v) = &f.q {
-            let pat = format!("%{}%", v.replace('%', "\\%").replace('_', "\\_"));
-            q = q.filter(
-                devices::hostname
-                    .ilike(pat.clone())
-                    .or(devices::udi_serial.ilike(pat)),
-            );
-        }
-        q
-    }};
+    }
 }
 
 /// List devices, filtered and paged.
@@ -112,14 +90,8 @@ async fn list_devices(
     }
     let offset = f.offset.unwrap_or(0).max(0);
     let mut conn = tally_platform::problem::conn(&inv.pool).await?;
-    let total: i64 = filtered!(&f).count().get_result(&mut conn).await?;
-    let rows: Vec<DeviceRow> = filtered!(&f)
-        .order((devices::hostname, devices::id))
-        .limit(limit)
-        .offset(offset)
-        .select(DeviceRow::as_select())
-        .load(&mut conn)
-        .await?;
+    let total = devices::count(&mut conn, &f.filter()).await?;
+    let rows = devices::list(&mut conn, &f.filter(), limit, offset).await?;
     Ok(web::Json(DevicePage {
         items: rows.into_iter().map(Device::from).collect(),
         total,
@@ -136,12 +108,8 @@ async fn get_device(
     id: web::Path<Uuid>,
 ) -> Result<web::Json<Device>, Problem> {
     let mut conn = tally_platform::problem::conn(&inv.pool).await?;
-    let row = devices::table
-        .find(*id)
-        .select(DeviceRow::as_select())
-        .first(&mut conn)
-        .await
-        .optional()?
+    let row = devices::get(&mut conn, *id)
+        .await?
         .ok_or_else(|| Problem::not_found("device", *id))?;
     Ok(web::Json(row.into()))
 }
@@ -155,7 +123,7 @@ async fn create_device(
 ) -> Result<HttpResponse, Problem> {
     let v = body.validate(true).map_err(Problem::validation)?;
     let mut conn = tally_platform::problem::conn(&inv.pool).await?;
-    let rows = store::upsert_all(&mut conn, &inv.secrets, &[v], true).await?;
+    let rows = devices::upsert_all(&mut conn, &inv.secrets, &[v], true).await?;
     let row = rows
         .into_iter()
         .next()
@@ -173,7 +141,7 @@ async fn replace_device(
 ) -> Result<web::Json<Device>, Problem> {
     let v = body.validate(false).map_err(Problem::validation)?;
     let mut conn = tally_platform::problem::conn(&inv.pool).await?;
-    let row = store::replace(&mut conn, &inv.secrets, *id, &v)
+    let row = devices::replace(&mut conn, &inv.secrets, *id, &v)
         .await?
         .ok_or_else(|| Problem::not_found("device", *id))?;
     Ok(web::Json(row.into()))
@@ -187,7 +155,7 @@ async fn delete_device(
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, Problem> {
     let mut conn = tally_platform::problem::conn(&inv.pool).await?;
-    if store::delete(&mut conn, *id).await? {
+    if devices::delete(&mut conn, *id).await? {
         Ok(HttpResponse::NoContent().finish())
     } else {
         Err(Problem::not_found("device", *id))
@@ -365,7 +333,7 @@ async fn import_devices(
         .to_ascii_lowercase();
     let devices = parse_import(&ct, &body)?;
     let mut conn = tally_platform::problem::conn(&inv.pool).await?;
-    let rows = store::upsert_all(&mut conn, &inv.secrets, &devices, false).await?;
+    let rows = devices::upsert_all(&mut conn, &inv.secrets, &devices, false).await?;
     let created = rows.iter().filter(|r| r.revision == 1).count();
     Ok(web::Json(ImportResult {
         total: rows.len(),
@@ -393,23 +361,13 @@ pub struct SiteInput {
 #[get("/sites")]
 async fn list_sites(inv: web::Data<Inventory>) -> Result<web::Json<Vec<Site>>, Problem> {
     let mut conn = tally_platform::problem::conn(&inv.pool).await?;
-    let all: Vec<(String, String)> = sites::table
-        .select((sites::name, sites::description))
-        .order(sites::name)
-        .load(&mut conn)
-        .await?;
-    let counts: Vec<(String, i64)> = devices::table
-        .group_by(devices::site)
-        .select((devices::site, diesel::dsl::count_star()))
-        .load(&mut conn)
-        .await?;
-    let counts: std::collections::HashMap<_, _> = counts.into_iter().collect();
+    let rows = sites::list(&mut conn).await?;
     Ok(web::Json(
-        all.into_iter()
-            .map(|(name, description)| Site {
-                devices: counts.get(&name).copied().unwrap_or(0),
-                name,
-                description,
+        rows.into_iter()
+            .map(|r| Site {
+                name: r.name,
+                description: r.description,
+                devices: r.devices,
             })
             .collect(),
     ))
@@ -430,16 +388,7 @@ async fn create_site(
         }]));
     }
     let mut conn = tally_platform::problem::conn(&inv.pool).await?;
-    diesel::insert_into(sites::table)
-        .values((
-            sites::name.eq(name),
-            sites::description.eq(&body.description),
-        ))
-        .on_conflict(sites::name)
-        .do_update()
-        .set(sites::description.eq(&body.description))
-        .execute(&mut conn)
-        .await?;
+    sites::upsert(&mut conn, name, &body.description).await?;
     Ok(HttpResponse::Created().json(Site {
         name: name.to_owned(),
         description: body.description.clone(),

@@ -6,7 +6,6 @@
 pub mod api;
 pub mod licenses;
 pub mod model;
-pub mod schema;
 pub mod store;
 
 use tally_bus::{Bus, BusError, consumer::Delivery, consumer::HandlerError};

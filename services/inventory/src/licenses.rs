@@ -2,10 +2,8 @@
 //! on the devices and republished as `DevicesUpserted`, in one transaction with the message id in
 //! the inbox, so a redelivered message changes nothing.
 
-use crate::model::DeviceRow;
-use crate::store::CHUNK;
-use diesel::sql_types::{Array, Text, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use crate::store::devices::{self, CHUNK, DeviceRow, LicenseColumns};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use std::collections::{HashMap, HashSet};
 use tally_bus::{consumer::HandlerError, proto};
 use tally_domain::{DnaTier, NetworkLicense};
@@ -85,31 +83,13 @@ pub async fn apply(
         }
         let mut skipped = Vec::new();
         for chunk in changes.chunks(CHUNK) {
-            let stored: Vec<DeviceRow> = diesel::sql_query(
-                "UPDATE inventory.devices d SET network_license = u.network_license, \
-                 dna_tier = NULLIF(u.dna_tier, ''), \
-                 virtual_account = COALESCE(NULLIF(u.virtual_account, ''), d.virtual_account), \
-                 revision = d.revision + 1, updated_at = now() \
-                 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::text[]) \
-                 AS u(id, network_license, dna_tier, virtual_account) \
-                 WHERE d.id = u.id RETURNING d.*",
-            )
-            .bind::<Array<SqlUuid>, _>(chunk.iter().map(|ch| ch.id).collect::<Vec<_>>())
-            .bind::<Array<Text>, _>(
-                chunk
-                    .iter()
-                    .map(|ch| ch.network_license)
-                    .collect::<Vec<_>>(),
-            )
-            .bind::<Array<Text>, _>(chunk.iter().map(|ch| ch.dna_tier).collect::<Vec<_>>())
-            .bind::<Array<Text>, _>(
-                chunk
-                    .iter()
-                    .map(|ch| ch.virtual_account.as_str())
-                    .collect::<Vec<_>>(),
-            )
-            .load(c)
-            .await?;
+            let cols = LicenseColumns {
+                id: chunk.iter().map(|ch| ch.id).collect(),
+                network_license: chunk.iter().map(|ch| ch.network_license).collect(),
+                dna_tier: chunk.iter().map(|ch| ch.dna_tier).collect(),
+                virtual_account: chunk.iter().map(|ch| ch.virtual_account.as_str()).collect(),
+            };
+            let stored: Vec<DeviceRow> = devices::set_licenses(c, &cols).await?;
             if stored.len() < chunk.len() {
                 let found: HashSet<Uuid> = stored.iter().map(|r| r.id).collect();
                 skipped.extend(
@@ -121,7 +101,7 @@ pub async fn apply(
             }
             if !stored.is_empty() {
                 let event = proto::DevicesUpserted {
-                    devices: stored.iter().map(crate::store::to_event).collect(),
+                    devices: stored.iter().map(devices::to_event).collect(),
                 };
                 tally_bus::emit(c, Schema::Inventory, &event).await?;
             }

@@ -1,61 +1,12 @@
-//! Devices as stored, as shown through the API, and as accepted on input (with validation that
-//! names every bad field).
+//! Devices as shown through the API and as accepted on input (with validation that names every
+//! bad field). The rows as stored are in `store::devices`.
 
-use crate::schema::devices;
+use crate::store::DeviceRow;
 use chrono::{DateTime, Utc};
-use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
 use tally_domain::{DnaTier, NetworkLicense, Udi};
 use tally_platform::FieldError;
 use uuid::Uuid;
-
-#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
-#[diesel(table_name = devices)]
-pub struct DeviceRow {
-    pub id: Uuid,
-    pub udi_pid: String,
-    pub udi_serial: String,
-    pub hostname: String,
-    pub model: String,
-    pub software_version: String,
-    pub base_url: String,
-    pub site: String,
-    pub smart_account: String,
-    pub virtual_account: String,
-    pub username: String,
-    pub password_sealed: String,
-    pub is_cube: bool,
-    pub network_license: String,
-    pub dna_tier: Option<String>,
-    pub revision: i64,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub groups: Vec<String>,
-    pub voice_role: String,
-}
-
-#[derive(Debug, Clone, Insertable, AsChangeset)]
-#[diesel(table_name = devices)]
-pub struct NewDevice {
-    pub id: Uuid,
-    pub udi_pid: String,
-    pub udi_serial: String,
-    pub hostname: String,
-    pub model: String,
-    pub software_version: String,
-    pub base_url: String,
-    pub site: String,
-    pub smart_account: String,
-    pub virtual_account: String,
-    pub username: String,
-    pub password_sealed: String,
-    pub is_cube: bool,
-    pub network_license: String,
-    #[diesel(treat_none_as_null = true)]
-    pub dna_tier: Option<String>,
-    pub groups: Vec<String>,
-    pub voice_role: String,
-}
 
 /// A device as the API shows it. The southbound password is never returned.
 #[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]

@@ -1,8 +1,14 @@
-//! Database work of the inventory service: device upserts with their events, queries.
+//! `inventory.devices`: upserts with their events in one transaction, license levels, reads.
 
-use crate::model::{DeviceRow, NewDevice, ValidDevice};
-use crate::schema::{devices, sites};
+use super::InventoryError;
+use super::schema::inventory::{devices, sites};
+use crate::model::ValidDevice;
+use chrono::{DateTime, Utc};
+use diesel::deserialize::{self, FromSql};
+use diesel::pg::{Pg, PgValue};
 use diesel::prelude::*;
+use diesel::serialize::{self, Output, ToSql};
+use diesel::sql_types::{Array, Nullable, Text, Uuid as SqlUuid};
 use diesel::upsert::excluded;
 use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
 use tally_bus::proto;
@@ -13,14 +19,99 @@ use uuid::Uuid;
 /// Devices per event and per INSERT statement (well under Postgres' 65,535 parameters).
 pub const CHUNK: usize = 1000;
 
-#[derive(Debug, thiserror::Error)]
-pub enum InventoryError {
-    #[error("database: {0}")]
-    Db(#[from] diesel::result::Error),
-    #[error("cannot seal credentials: {0}")]
-    Seal(String),
-    #[error("a device with UDI {0} already exists")]
-    Duplicate(String),
+/// A device's group names as the `text[]` column holds them. The generated schema types the
+/// elements as nullable (Postgres cannot declare them otherwise); inventory never writes a NULL
+/// name, and reading one is an error rather than a silently dropped group.
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    diesel::expression::AsExpression,
+    diesel::deserialize::FromSqlRow,
+)]
+#[diesel(sql_type = Array<Nullable<Text>>)]
+pub struct Groups(pub Vec<String>);
+
+impl From<Vec<String>> for Groups {
+    fn from(v: Vec<String>) -> Self {
+        Self(v)
+    }
+}
+
+impl From<Groups> for Vec<String> {
+    fn from(g: Groups) -> Self {
+        g.0
+    }
+}
+
+impl FromSql<Array<Nullable<Text>>, Pg> for Groups {
+    fn from_sql(bytes: PgValue<'_>) -> deserialize::Result<Self> {
+        let names = <Vec<Option<String>> as FromSql<Array<Nullable<Text>>, Pg>>::from_sql(bytes)?;
+        names
+            .into_iter()
+            .map(|n| n.ok_or_else(|| "a device's groups hold a NULL name".into()))
+            .collect::<deserialize::Result<Vec<String>>>()
+            .map(Self)
+    }
+}
+
+impl ToSql<Array<Nullable<Text>>, Pg> for Groups {
+    fn to_sql<'b>(&'b self, out: &mut Output<'b, '_, Pg>) -> serialize::Result {
+        let names: Vec<Option<&str>> = self.0.iter().map(|n| Some(n.as_str())).collect();
+        <Vec<Option<&str>> as ToSql<Array<Nullable<Text>>, Pg>>::to_sql(&names, &mut out.reborrow())
+    }
+}
+
+#[derive(Debug, Clone, Queryable, QueryableByName, Selectable)]
+#[diesel(table_name = devices, check_for_backend(Pg))]
+pub struct DeviceRow {
+    pub id: Uuid,
+    pub udi_pid: String,
+    pub udi_serial: String,
+    pub hostname: String,
+    pub model: String,
+    pub software_version: String,
+    pub base_url: String,
+    pub site: String,
+    pub smart_account: String,
+    pub virtual_account: String,
+    pub username: String,
+    pub password_sealed: String,
+    pub is_cube: bool,
+    pub network_license: String,
+    pub dna_tier: Option<String>,
+    pub revision: i64,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[diesel(deserialize_as = Groups)]
+    pub groups: Vec<String>,
+    pub voice_role: String,
+}
+
+#[derive(Debug, Clone, Insertable, AsChangeset)]
+#[diesel(table_name = devices, check_for_backend(Pg))]
+pub struct NewDevice {
+    pub id: Uuid,
+    pub udi_pid: String,
+    pub udi_serial: String,
+    pub hostname: String,
+    pub model: String,
+    pub software_version: String,
+    pub base_url: String,
+    pub site: String,
+    pub smart_account: String,
+    pub virtual_account: String,
+    pub username: String,
+    pub password_sealed: String,
+    pub is_cube: bool,
+    pub network_license: String,
+    #[diesel(treat_none_as_null = true)]
+    pub dna_tier: Option<String>,
+    #[diesel(serialize_as = Groups)]
+    pub groups: Vec<String>,
+    pub voice_role: String,
 }
 
 pub fn to_event(r: &DeviceRow) -> proto::Device {
@@ -96,7 +187,7 @@ pub async fn upsert_all(
                 .collect();
             let stored: Vec<DeviceRow> = if create_only {
                 diesel::insert_into(devices::table)
-                    .values(&rows)
+                    .values(rows)
                     .returning(DeviceRow::as_returning())
                     .get_results(c)
                     .await
@@ -114,7 +205,7 @@ pub async fn upsert_all(
                     })?
             } else {
                 diesel::insert_into(devices::table)
-                    .values(&rows)
+                    .values(rows)
                     .on_conflict((devices::udi_pid, devices::udi_serial))
                     .do_update()
                     .set((
@@ -195,7 +286,7 @@ pub async fn replace(
         row.id = id;
         let stored: DeviceRow = diesel::update(devices::table.find(id))
             .set((
-                &row,
+                row,
                 devices::revision.eq(devices::revision + 1),
                 devices::updated_at.eq(diesel::dsl::now),
             ))
@@ -238,4 +329,102 @@ pub async fn delete(conn: &mut AsyncPgConnection, id: Uuid) -> Result<bool, Inve
         Ok(n == 1)
     })
     .await
+}
+
+/// What a device list is narrowed to; every given field must match.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Filter<'a> {
+    pub site: Option<&'a str>,
+    pub model: Option<&'a str>,
+    pub smart_account: Option<&'a str>,
+    pub virtual_account: Option<&'a str>,
+    /// Devices in this group.
+    pub group: Option<&'a str>,
+    /// Substring of hostname or serial number.
+    pub q: Option<&'a str>,
+}
+
+fn filtered<'a>(f: &Filter<'a>) -> devices::BoxedQuery<'a, Pg> {
+    let mut q = devices::table.into_boxed();
+    if let Some(v) = f.site {
+        q = q.filter(devices::site.eq(v));
+    }
+    if let Some(v) = f.model {
+        q = q.filter(devices::model.eq(v));
+    }
+    if let Some(v) = f.smart_account {
+        q = q.filter(devices::smart_account.eq(v));
+    }
+    if let Some(v) = f.virtual_account {
+        q = q.filter(devices::virtual_account.eq(v));
+    }
+    if let Some(v) = f.group {
+        // `@>` so that the GIN index on groups serves the filter.
+        q = q.filter(devices::groups.contains(Groups(vec![v.to_owned()])));
+    }
+    if let Some(v) = f.q {
+        let pat = format!("%{}%", v.replace('%', "\\%").replace('_', "\\_"));
+        q = q.filter(
+            devices::hostname
+                .ilike(pat.clone())
+                .or(devices::udi_serial.ilike(pat)),
+        );
+    }
+    q
+}
+
+/// How many devices match.
+pub async fn count(conn: &mut AsyncPgConnection, f: &Filter<'_>) -> QueryResult<i64> {
+    filtered(f).count().get_result(conn).await
+}
+
+/// A page of the matching devices, by hostname then id.
+pub async fn list(
+    conn: &mut AsyncPgConnection,
+    f: &Filter<'_>,
+    limit: i64,
+    offset: i64,
+) -> QueryResult<Vec<DeviceRow>> {
+    filtered(f)
+        .order((devices::hostname, devices::id))
+        .limit(limit)
+        .offset(offset)
+        .select(DeviceRow::as_select())
+        .load(conn)
+        .await
+}
+
+/// One device by id.
+pub async fn get(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<Option<DeviceRow>> {
+    devices::table
+        .find(id)
+        .select(DeviceRow::as_select())
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// New license levels of devices as columns, for one `UPDATE ... FROM unnest(...)`. An empty
+/// DNA tier means none; an empty virtual account keeps the stored one.
+#[derive(Debug, Default)]
+pub struct LicenseColumns<'a> {
+    pub id: Vec<Uuid>,
+    pub network_license: Vec<&'a str>,
+    pub dna_tier: Vec<&'a str>,
+    pub virtual_account: Vec<&'a str>,
+}
+
+/// Records the levels and bumps each device's revision; returns the devices as stored (ids
+/// inventory does not know are skipped).
+pub async fn set_licenses(
+    conn: &mut AsyncPgConnection,
+    cols: &LicenseColumns<'_>,
+) -> QueryResult<Vec<DeviceRow>> {
+    diesel::sql_query(include_str!("sql/set_licenses.sql"))
+        .bind::<Array<SqlUuid>, _>(&cols.id)
+        .bind::<Array<Text>, _>(&cols.network_license)
+        .bind::<Array<Text>, _>(&cols.dna_tier)
+        .bind::<Array<Text>, _>(&cols.virtual_account)
+        .load(conn)
+        .await
 }
