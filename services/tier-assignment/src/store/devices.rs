@@ -176,7 +176,7 @@ pub async fn select_devices(
         .collect())
 }
 
-/// A device as the ledger holds it.
+// A device as the ledger holds it (no doc comment: it would become the schema's description).
 #[derive(Debug, Default, Serialize, Deserialize, ToSchema, Queryable, Selectable)]
 #[diesel(table_name = devices, check_for_backend(diesel::pg::Pg))]
 pub struct LedgerDevice {
