@@ -4,10 +4,11 @@
 //! each holds an ACK the simulated CSSM signed.
 
 use crate::serve::{ServeArgs, Target};
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use clap::Args;
 use serde_json::{Value, json};
 use std::{net::SocketAddr, time::Duration, time::Instant};
+use tally_client::Client;
 
 #[derive(Args, Debug)]
 pub struct DemoArgs {
@@ -75,43 +76,41 @@ async fn recreate_db(admin: &str, name: &str) -> anyhow::Result<String> {
     Ok(format!("{base}/{name}"))
 }
 
-struct Api {
-    http: reqwest::Client,
-    base: String,
-    token: String,
+/// `"<path>: <error>"`, as the demo has always named a failed call.
+fn at(path: &'static str) -> impl FnOnce(tally_client::Error) -> anyhow::Error {
+    move |e| anyhow!("{path}: {e}")
 }
 
-impl Api {
-    async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> anyhow::Result<Value> {
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.base))
-            .bearer_auth(&self.token);
-        if let Some(b) = body {
-            req = req.json(&b);
-        }
-        let resp = req.send().await?;
-        let status = resp.status();
-        let text = resp.text().await?;
-        if !status.is_success() {
-            bail!("{path}: HTTP {status}: {text}");
-        }
-        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
+/// What the demo drives: the simulators' URLs, Tally's API, and the in-process server if it
+/// started one.
+struct Stack {
+    fleet: String,
+    cssm: String,
+    api: Client,
+    token: String,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let t0 = Instant::now();
     let n = args.devices;
     println!("Tally demo: {n} simulated devices, a simulated CSSM, all services in one process");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(300))
-        .build()?;
+    let stack = start(&args).await?;
+    wait_ready(&stack, &args.nats_url).await?;
+    let base = stack.api.base();
+    println!("  fleet simulator  {}/sim/summary", stack.fleet);
+    println!("  CSSM simulator   {}/sim/stats", stack.cssm);
+    println!("  Tally API        {base}/api/v1   (Swagger UI: {base}/docs/)");
+    import_fleet(&stack, n).await?;
+    let t_cycle = Instant::now();
+    let cycle = license_cycle(&stack, args.mode).await?;
+    let cycle_secs = t_cycle.elapsed().as_secs_f64();
+    prove(&stack, n, &cycle, cycle_secs, t0).await?;
+    keep_serving(stack, args.exit).await
+}
+
+/// The Tally given with `--tally-url` and its simulators, or all of them in this process.
+async fn start(args: &DemoArgs) -> anyhow::Result<Stack> {
     let (fleet, cssm, base, token, server) = match (
         &args.tally_url,
         &args.token,
@@ -126,45 +125,48 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             None,
         ),
         _ => {
-            let (fleet, cssm, base, token, server) = start_in_process(&args).await?;
+            let (fleet, cssm, base, token, server) = start_in_process(args).await?;
             (fleet, cssm, base, token, Some(server))
         }
     };
-    let api = Api {
-        http: http.clone(),
-        base: format!("{base}/api/v1"),
-        token: token.clone(),
-    };
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(300))
+        .build()?;
+    Ok(Stack {
+        fleet,
+        cssm,
+        api: Client::with_http(http, &base, token.clone()),
+        token,
+        server,
+    })
+}
+
+async fn wait_ready(stack: &Stack, nats_url: &str) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if let Some(server) = &server
+        if let Some(server) = &stack.server
             && server.is_finished()
         {
             bail!("tally stopped during start-up (see the log above)");
         }
-        if http
-            .get(format!("{base}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status().is_success())
-        {
-            break;
+        if stack.api.ready().await {
+            return Ok(());
         }
         if Instant::now() > deadline {
             bail!(
-                "tally was not ready within 60 s (is NATS >= 2.10 with JetStream at {}?)",
-                args.nats_url
+                "tally was not ready within 60 s (is NATS >= 2.10 with JetStream at {nats_url}?)"
             );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    println!("  fleet simulator  {fleet}/sim/summary");
-    println!("  CSSM simulator   {cssm}/sim/stats");
-    println!("  Tally API        {base}/api/v1   (Swagger UI: {base}/docs/)");
+}
 
-    // 1. Inventory: the fleet's own device list, imported in one all-or-nothing request.
-    let devices: Vec<Value> = http
-        .get(format!("{fleet}/sim/devices"))
+/// Step 1, inventory: the fleet's own device list, imported in one all-or-nothing request.
+async fn import_fleet(stack: &Stack, n: usize) -> anyhow::Result<()> {
+    let api = &stack.api;
+    let devices: Vec<Value> = api
+        .http()
+        .get(format!("{}/sim/devices", stack.fleet))
         .send()
         .await?
         .json()
@@ -180,34 +182,37 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             d
         })
         .collect();
-    let imported = api
-        .call(
-            reqwest::Method::POST,
-            "/devices/import",
-            Some(Value::Array(rows)),
-        )
-        .await?;
+    let imported: Value = api
+        .import_devices(&rows)
+        .await
+        .map_err(at("/devices/import"))?;
     println!("1. inventory import: {imported}");
     loop {
-        let s = api
-            .call(reqwest::Method::GET, "/collector/status", None)
-            .await?;
+        let s: Value = api
+            .collector_status()
+            .await
+            .map_err(at("/collector/status"))?;
         if s["devices_known"].as_u64() == Some(n as u64) {
-            break;
+            return Ok(());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
 
-    // 2. A license cycle.
+/// Step 2, a license cycle, followed until it ends; offline, the bundles are carried once
+/// every device is collected.
+async fn license_cycle(stack: &Stack, mode: tally_cssm_uplink::Mode) -> anyhow::Result<Value> {
+    let api = &stack.api;
     let t_cycle = Instant::now();
-    let started = api.call(reqwest::Method::POST, "/cycles", None).await?;
+    let started: Value = api.start_cycle().await.map_err(at("/cycles"))?.body;
     let id = started["id"].as_str().unwrap_or_default().to_owned();
     println!("2. cycle {id} started");
     let mut exported = false;
-    let cycle = loop {
-        let c = api
-            .call(reqwest::Method::GET, &format!("/cycles/{id}"), None)
-            .await?;
+    loop {
+        let c: Value = api
+            .cycle(&id)
+            .await
+            .map_err(|e| anyhow!("/cycles/{id}: {e}"))?;
         println!(
             "   collected {}/{} devices, reports stored {}, uploaded {}, ACKs installed {}/{}",
             c["collection"]["devices_ok"],
@@ -218,32 +223,40 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
             c["ack"]["devices_expected"]
         );
         if c["state"] != "running" {
-            break c;
+            return Ok(c);
         }
         let collected = c["collection"]["started"] == true
             && c["collection"]["devices_ok"].as_i64().unwrap_or(0)
                 + c["collection"]["devices_failed"].as_i64().unwrap_or(0)
                 >= c["collection"]["devices"].as_i64().unwrap_or(i64::MAX);
-        if args.mode == tally_cssm_uplink::Mode::Offline && collected && !exported {
-            offline_exchange(&api, &http, &cssm).await?;
+        if mode == tally_cssm_uplink::Mode::Offline && collected && !exported {
+            offline_exchange(api, &stack.cssm).await?;
             exported = true;
         }
         if t_cycle.elapsed() > Duration::from_secs(900) {
             bail!("the cycle did not finish within 15 minutes");
         }
         tokio::time::sleep(Duration::from_millis(1000)).await;
-    };
-    let cycle_secs = t_cycle.elapsed().as_secs_f64();
+    }
+}
 
-    // 3. Proof from the devices themselves.
+/// Step 3, proof from the devices themselves.
+async fn prove(
+    stack: &Stack,
+    n: usize,
+    cycle: &Value,
+    cycle_secs: f64,
+    t0: Instant,
+) -> anyhow::Result<()> {
+    let http = stack.api.http();
     let summary: Value = http
-        .get(format!("{fleet}/sim/summary"))
+        .get(format!("{}/sim/summary", stack.fleet))
         .send()
         .await?
         .json()
         .await?;
     let stats: Value = http
-        .get(format!("{cssm}/sim/stats"))
+        .get(format!("{}/sim/stats", stack.cssm))
         .send()
         .await?
         .json()
@@ -272,12 +285,18 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<()> {
         bail!("the demo cycle did not end with every device holding a valid ACK");
     }
     println!("OK: every device holds a CSSM-signed ACK; nothing was uploaded twice.");
-    let Some(server) = server else {
+    Ok(())
+}
+
+/// An in-process Tally keeps serving until Ctrl-C, unless `--exit`.
+async fn keep_serving(stack: Stack, exit: bool) -> anyhow::Result<()> {
+    let Some(server) = stack.server else {
         return Ok(());
     };
-    if args.exit {
+    if exit {
         return Ok(());
     }
+    let (base, token) = (stack.api.base(), &stack.token);
     println!(
         "\nTally keeps running. Try:\n  curl -H 'Authorization: Bearer {token}' {base}/api/v1/cycles\n  open {base}/docs/\nCtrl-C stops it."
     );
@@ -361,30 +380,26 @@ async fn start_in_process(args: &DemoArgs) -> anyhow::Result<Started> {
 
 /// The air-gapped path: export the usage bundle, let the simulated CSSM answer it as the CSSM
 /// portal would, and upload the ACK bundle.
-async fn offline_exchange(api: &Api, http: &reqwest::Client, cssm: &str) -> anyhow::Result<()> {
+async fn offline_exchange(api: &Client, cssm: &str) -> anyhow::Result<()> {
     // Wait until every collected report has reached the uplink.
     loop {
-        let s = api
-            .call(reqwest::Method::GET, "/uplink/status", None)
-            .await?;
-        let c = api
-            .call(reqwest::Method::GET, "/collector/status", None)
-            .await?;
+        let s: Value = api.uplink_status().await.map_err(at("/uplink/status"))?;
+        let c: Value = api
+            .collector_status()
+            .await
+            .map_err(at("/collector/status"))?;
         if s["reports"]["pending"].as_i64() == c["reports_stored"].as_i64() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(300)).await;
     }
-    let bundle = http
-        .post(format!("{}/uplink/offline/export", api.base))
-        .bearer_auth(&api.token)
-        .send()
-        .await?
-        .error_for_status()?
-        .bytes()
-        .await?;
+    let bundle = api
+        .export_offline()
+        .await
+        .map_err(at("/uplink/offline/export"))?;
     println!("   exported usage bundle: {} bytes", bundle.len());
-    let acks = http
+    let acks = api
+        .http()
         .post(format!("{cssm}/sim/offline/usage"))
         .header("content-type", "application/gzip")
         .body(bundle)
@@ -393,18 +408,13 @@ async fn offline_exchange(api: &Api, http: &reqwest::Client, cssm: &str) -> anyh
         .error_for_status()?
         .bytes()
         .await?;
-    let r = http
-        .post(format!("{}/uplink/offline/acks", api.base))
-        .bearer_auth(&api.token)
-        .header("content-type", "application/gzip")
-        .body(acks)
-        .send()
-        .await?;
-    let status = r.status();
-    let text = r.text().await?;
-    if !status.is_success() {
-        bail!("ACK bundle import: HTTP {status}: {text}");
-    }
-    println!("   imported ACK bundle: {text}");
+    let summary = api
+        .import_offline_acks(acks.to_vec())
+        .await
+        .map_err(|e| anyhow!("ACK bundle import: {e}"))?;
+    println!(
+        "   imported ACK bundle: {}",
+        String::from_utf8_lossy(&summary)
+    );
     Ok(())
 }
