@@ -2,16 +2,14 @@
 //! Devices approach and pass their ACK deadline on a simulated clock: each alert arrives once,
 //! at its threshold, on NATS and at a signed webhook, and CUBE routers rank first.
 
-mod common;
-
 use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
 use chrono::{DateTime, TimeDelta, Utc};
-use common::Online;
 use futures::StreamExt;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use tally_e2e::Online;
 
 const SECRET: &str = "e2e-webhook-secret-0123456789";
 
@@ -72,7 +70,7 @@ async fn deadline_alerts_arrive_once_each_by_nats_and_webhook() {
             &json!({"url": url, "secret": SECRET, "description": "noc"}),
         )
         .await;
-    let nats = async_nats::connect(common::nats_url()).await.unwrap();
+    let nats = async_nats::connect(tally_e2e::nats_url()).await.unwrap();
     let mut sub = nats
         .subscribe(format!("{}.events.sched.alert.raised", tally.namespace))
         .await

@@ -4,13 +4,11 @@
 //! of virtual account that tier-assignment carries out. Needs python3 with venv and PyPI access.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{ADMIN_TOKEN, Online, http_client};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
+use tally_e2e::{ADMIN_TOKEN, Online, http_client};
 
 const DEVICES: usize = 600;
 /// The SDK release this test was written against; its 3.1.6.0 API matches Tally's paths.
@@ -116,16 +114,11 @@ async fn dnacentersdk_works_against_tally_unchanged() {
     // Pools from CSSM, as an operator syncs them before moving licenses between accounts.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let r = http
-            .post(format!("{}/tiers/pools/sync", tally.api))
-            .bearer_auth(ADMIN_TOKEN)
-            .send()
-            .await
-            .unwrap();
-        if r.status().is_success() {
-            break;
-        }
-        assert!(Instant::now() < deadline, "pool sync: {}", r.status());
+        let status = match tally.client.sync_tier_pools::<Value>().await {
+            Ok(_) => break,
+            Err(e) => e.status().unwrap_or_else(|| panic!("pool sync: {e}")),
+        };
+        assert!(Instant::now() < deadline, "pool sync: {status}");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
 

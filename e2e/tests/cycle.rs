@@ -4,11 +4,11 @@
 //! tally`; see e2e/README.md.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{Cssm, Fleet, Online, Tally, Uplink, assert_clean_cycle, collection_done, random_hex};
 use serde_json::Value;
 use std::time::{Duration, Instant};
+use tally_e2e::{
+    Cssm, Fleet, Online, Tally, Uplink, assert_clean_cycle, collection_done, random_hex,
+};
 
 const DEVICES: usize = 1000;
 

@@ -6,15 +6,13 @@
 //! tally`; see e2e/README.md.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
 use chrono::{DateTime, Datelike, SubsecRound, Timelike, Utc};
-use common::{Cssm, Fleet, Tally, Uplink, assert_clean_cycle, collection_done, random_hex};
 use futures::TryStreamExt;
 use serde_json::Value;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tally_e2e::{Cssm, Fleet, Tally, Uplink, assert_clean_cycle, collection_done, random_hex};
 use tally_store::testdb::TestDb;
 
 const DEVICES: usize = 1000;
@@ -344,7 +342,9 @@ async fn wait_consumers(
     what: &str,
     pred: impl Fn(&BTreeMap<String, async_nats::jetstream::consumer::Info>) -> bool,
 ) -> BTreeMap<String, async_nats::jetstream::consumer::Info> {
-    let nats = async_nats::connect(common::nats_url()).await.expect("NATS");
+    let nats = async_nats::connect(tally_e2e::nats_url())
+        .await
+        .expect("NATS");
     let js = async_nats::jetstream::new(nats);
     let stream_name = format!("{}_EVENTS", c.namespace.to_uppercase());
     let stream = js.get_stream(&stream_name).await.expect("the event stream");

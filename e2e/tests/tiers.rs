@@ -3,13 +3,11 @@
 //! fleet), on real Postgres and NATS. Needs what e2e/README.md lists and `cargo build -p tally`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-mod common;
-
-use common::{ADMIN_TOKEN, Online, Tally, VIEWER_TOKEN, get_json, http_client, tally_bin};
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
+use tally_e2e::{ADMIN_TOKEN, Online, Tally, VIEWER_TOKEN, get_json, http_client, tally_bin};
 
 const DEVICES: usize = 200;
 const TARGET: [&str; 4] = [
