@@ -6,6 +6,10 @@ pub mod projection;
 pub mod testdb;
 pub mod text_enum;
 
+/// A hash of the migrations folder (build.rs): names the per-test template database, so a
+/// changed migration builds a new one.
+pub const MIGRATIONS_HASH: &str = env!("TALLY_MIGRATIONS_HASH");
+
 use diesel_async::{
     AsyncPgConnection,
     pooled_connection::{AsyncDieselConnectionManager, deadpool},

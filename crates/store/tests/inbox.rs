@@ -21,7 +21,7 @@ async fn sites(c: &mut tally_store::PgConn) -> i64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn work_runs_once_per_message_id_and_a_failure_claims_nothing() {
-    let db = tally_store::testdb::TestDb::new().await.unwrap();
+    let db = tally_testkit::TestDb::new().await.unwrap();
     let pool = tally_store::pool(&db.url, 2).unwrap();
     let mut c = pool.get().await.unwrap();
     // Borrows from the test (as a handler borrows its event) are fine.

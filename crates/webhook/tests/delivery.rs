@@ -9,7 +9,8 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tally_platform::SecretBox;
-use tally_store::{Pool, testdb::TestDb};
+use tally_store::Pool;
+use tally_testkit::TestDb;
 use tally_webhook::{
     Deliverer, Delivery, DeliveryConfig, DeliveryState, NewWebhook, Schema, SignatureError,
     WebhookError, Webhooks, verify_signature,

@@ -12,7 +12,7 @@ use tally_bus::proto;
 use tally_cssm_uplink::{Config, Mode, Uplink, batch, offline};
 use tally_domain::{Udi, ack, bundle::AckBundle, rum, sign::Signer};
 use tally_sim::{CssmConfig, CssmState, FleetConfig, FleetState};
-use tally_store::testdb::TestDb;
+use tally_testkit::TestDb;
 use uuid::Uuid;
 
 struct Cssm {
@@ -40,7 +40,7 @@ async fn cssm() -> Cssm {
 async fn uplink(cssm: Option<&Cssm>, batch_max_reports: usize) -> (TestDb, Uplink) {
     let db = TestDb::new().await.unwrap();
     let pool = tally_store::pool(&db.url, 8).unwrap();
-    let bus = tally_bus::testing::bus().await.unwrap();
+    let bus = tally_testkit::bus().await.unwrap();
     let client = cssm.map(|c| {
         let cfg = c.state.config();
         Arc::new(

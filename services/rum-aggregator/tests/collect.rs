@@ -2,7 +2,7 @@
 //! Collection from an in-process device fleet into a real database: byte-exact storage, fault
 //! isolation, quarantine, replay dedupe, and the manual upload route.
 
-use actix_web::{App, http::StatusCode, middleware, test, web};
+use actix_web::{http::StatusCode, test, web};
 use diesel::sql_types::{BigInt, Bytea, Nullable, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use prost::Message;
@@ -12,11 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tally_bus::proto;
 use tally_domain::rum;
-use tally_platform::{ApiTokens, SecretBox, auth::require_token};
+use tally_platform::{ApiTokens, SecretBox};
 use tally_rum_aggregator::{Aggregator, Config, collect, projection};
 use tally_sim::{Fault, FleetConfig, FleetState};
-use tally_store::testdb::TestDb;
-use utoipa_actix_web::AppExt;
+use tally_testkit::TestDb;
 use uuid::Uuid;
 
 const OPERATOR: &str = "operator-token-0123456789";
@@ -34,7 +33,7 @@ async fn setup(devices: usize, in_projection: usize) -> Ctx {
     tally_platform::init_crypto();
     let db = TestDb::new().await.unwrap();
     let pool = tally_store::pool(&db.url, 8).unwrap();
-    let bus = tally_bus::testing::bus().await.unwrap();
+    let bus = tally_testkit::bus().await.unwrap();
     let (_addr, handle, fleet) = tally_sim::start_fleet(FleetConfig {
         devices,
         bind: "127.0.0.1:0".parse().unwrap(),
@@ -480,18 +479,9 @@ async fn replayed_reports_are_duplicates() {
 macro_rules! upload_app {
     ($agg:expr) => {{
         let tokens = web::Data::new(ApiTokens::parse(&format!("operator:{OPERATOR}")).unwrap());
-        let (app, _api) = App::new()
-            .into_utoipa_app()
-            .app_data(tokens)
+        let (app, _api) = tally_platform::api_app(Default::default(), tokens)
+            .service(tally_platform::api_scope().configure(tally_rum_aggregator::routes))
             .app_data(web::Data::new($agg.clone()))
-            .app_data(tally_platform::problem::json_config(16 * 1024 * 1024))
-            .app_data(tally_platform::problem::query_config())
-            .app_data(tally_platform::problem::path_config())
-            .service(
-                utoipa_actix_web::scope("/api/v1")
-                    .wrap(middleware::from_fn(require_token))
-                    .configure(tally_rum_aggregator::routes),
-            )
             .split_for_parts();
         test::init_service(app).await
     }};
