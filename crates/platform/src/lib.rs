@@ -2,6 +2,7 @@
 //! auth with roles (and the Catalyst Center API's `X-Auth-Token` derived from it), secrets
 //! sealing, health and metrics, logging and TLS provider setup.
 
+pub mod app;
 pub mod auth;
 pub mod catalyst_token;
 pub mod csv_body;
@@ -10,6 +11,7 @@ pub mod page;
 pub mod problem;
 pub mod secret;
 
+pub use app::{api_app, api_scope};
 pub use auth::{ApiTokens, Caller, Role};
 pub use page::{Page, PageRules};
 pub use problem::{FieldError, Problem};

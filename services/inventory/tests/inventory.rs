@@ -3,7 +3,7 @@
 //! (all or nothing) and the DevicesUpserted events written to the outbox; license changes from
 //! tier-assignment consumed from a real NATS.
 
-use actix_web::{App, http::StatusCode, middleware, test, web};
+use actix_web::{http::StatusCode, test, web};
 use diesel::sql_types::{BigInt, Bytea, Text};
 use diesel_async::RunQueryDsl;
 use prost::Message;
@@ -11,9 +11,8 @@ use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tally_bus::proto;
 use tally_inventory::Inventory;
-use tally_platform::{ApiTokens, SecretBox, auth::require_token};
-use tally_store::testdb::TestDb;
-use utoipa_actix_web::AppExt;
+use tally_platform::{ApiTokens, SecretBox};
+use tally_testkit::TestDb;
 
 const OPERATOR: &str = "operator-token-0123456789";
 const SECRET: &str = "test-secret-key-0123456789";
@@ -48,18 +47,9 @@ macro_rules! app {
     ($ctx:expr) => {{
         let inv = web::Data::new($ctx.inv());
         let tokens = web::Data::new(ApiTokens::parse(&format!("operator:{OPERATOR}")).unwrap());
-        let (app, _api) = App::new()
-            .into_utoipa_app()
-            .app_data(tokens)
+        let (app, _api) = tally_platform::api_app(Default::default(), tokens)
+            .service(tally_platform::api_scope().configure(tally_inventory::routes))
             .app_data(inv)
-            .app_data(tally_platform::problem::json_config(16 * 1024 * 1024))
-            .app_data(tally_platform::problem::query_config())
-            .app_data(tally_platform::problem::path_config())
-            .service(
-                utoipa_actix_web::scope("/api/v1")
-                    .wrap(middleware::from_fn(require_token))
-                    .configure(tally_inventory::routes),
-            )
             .split_for_parts();
         test::init_service(app).await
     }};
@@ -441,7 +431,7 @@ async fn csv_import_of_2000_rows_and_reimport() {
     assert_eq!(ctx.secrets.open(&sample.password_sealed).unwrap(), "pw7");
 
     // Relay them onto JetStream and consume them back.
-    let bus = tally_bus::testing::bus().await.unwrap();
+    let bus = tally_testkit::bus().await.unwrap();
     let n = tally_bus::relay::relay_once(&bus, &ctx.pool, tally_store::outbox::Schema::Inventory)
         .await
         .unwrap();
@@ -731,7 +721,7 @@ async fn license_changes_are_recorded_once() {
         ],
     };
     // Sent the way tier-assignment sends it: its outbox, then the relay.
-    let bus = tally_bus::testing::bus().await.unwrap();
+    let bus = tally_testkit::bus().await.unwrap();
     tally_bus::emit(&mut c, Schema::Tiers, &ev).await.unwrap();
     let n = tally_bus::relay::relay_once(&bus, &ctx.pool, Schema::Tiers)
         .await
