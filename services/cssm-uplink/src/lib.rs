@@ -80,8 +80,6 @@ pub const DURABLE: &str = "cssm-uplink";
 
 /// Runs the consumer, the online sender/poller (online mode) and the relay until dropped.
 pub async fn run(up: Uplink) -> Result<(), tally_bus::BusError> {
-    use prost::Message;
-    use tally_bus::{Event, consumer::HandlerError, proto::ReportsCollected};
     let mut tasks = vec![tokio::spawn(tally_bus::relay::run(
         up.bus.clone(),
         up.pool.clone(),
@@ -93,26 +91,16 @@ pub async fn run(up: Uplink) -> Result<(), tally_bus::BusError> {
             tasks.push(tokio::spawn(batch::run(up.clone())));
         }
     }
-    let u = up.clone();
-    let result = tally_bus::consumer::run(
-        up.bus.clone(),
-        DURABLE,
-        &[ReportsCollected::SUBJECT],
-        move |d| {
-            let u = u.clone();
-            async move {
-                match d.subject.as_str() {
-                    ReportsCollected::SUBJECT => {
-                        batch::accept(&u, &d.msg_id, ReportsCollected::decode(d.payload)?).await
-                    }
-                    other => Err(HandlerError::Poison(format!("unexpected subject {other}"))),
-                }
-            }
-        },
-    )
-    .await;
+    let result = router(up.clone()).run(up.bus.clone(), DURABLE).await;
     for t in tasks {
         t.abort();
     }
     result
+}
+
+/// The events the uplink consumes, each with its handler (the consumer's subjects and dispatch).
+pub fn router(up: Uplink) -> tally_bus::router::Router<Uplink> {
+    use tally_bus::proto::ReportsCollected;
+    tally_bus::router::Router::new(up)
+        .on(|u, id, ev: ReportsCollected| async move { batch::accept(&u, &id, ev).await })
 }

@@ -26,37 +26,30 @@ pub const DURABLE: &str = "inventory";
 
 /// Runs the outbox relay and the consumer of license changes until the task is dropped.
 pub async fn run(inv: Inventory, bus: Bus) -> Result<(), BusError> {
-    use tally_bus::{Event, proto::DeviceLicensesChanged};
     let relay = tokio::spawn(tally_bus::relay::run(
         bus.clone(),
         inv.pool.clone(),
         tally_store::outbox::Schema::Inventory,
     ));
-    let result = tally_bus::consumer::run(bus, DURABLE, &[DeviceLicensesChanged::SUBJECT], {
-        move |d| {
-            let inv = inv.clone();
-            async move { handle(&inv, d).await }
-        }
-    })
-    .await;
+    let result = router(inv).run(bus, DURABLE).await;
     relay.abort();
     result
 }
 
+/// The events inventory consumes, each with its handler (the consumer's subjects and dispatch).
+pub fn router(inv: Inventory) -> tally_bus::router::Router<Inventory> {
+    use tally_bus::proto::DeviceLicensesChanged;
+    tally_bus::router::Router::new(inv).on(|inv, id, ev: DeviceLicensesChanged| async move {
+        let mut conn = inv
+            .pool
+            .get()
+            .await
+            .map_err(tally_store::StoreError::from)?;
+        licenses::apply(&mut conn, &id, &ev).await
+    })
+}
+
 /// Handles one delivery of the inventory consumer (idempotent: redeliveries change nothing).
 pub async fn handle(inv: &Inventory, d: Delivery) -> Result<(), HandlerError> {
-    use prost::Message;
-    use tally_bus::{Event, proto::DeviceLicensesChanged};
-    match d.subject.as_str() {
-        DeviceLicensesChanged::SUBJECT => {
-            let ev = DeviceLicensesChanged::decode(d.payload)?;
-            let mut conn = inv
-                .pool
-                .get()
-                .await
-                .map_err(tally_store::StoreError::from)?;
-            licenses::apply(&mut conn, &d.msg_id, &ev).await
-        }
-        other => Err(HandlerError::Poison(format!("unexpected subject {other}"))),
-    }
+    router(inv.clone()).dispatch(d).await
 }
