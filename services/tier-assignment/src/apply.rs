@@ -105,8 +105,8 @@ pub async fn apply_slice(t: &Tiers) -> Result<usize, tally_store::StoreError> {
     }
     let mut conn = t.pool.get().await?;
     conn.transaction(async |c| {
-        for (job, items) in by_job {
-            commit_outcomes(c, job, items).await?;
+        for (job, outcomes) in by_job {
+            commit_outcomes(c, job, outcomes).await?;
         }
         Ok::<_, diesel::result::Error>(())
     })
@@ -126,28 +126,28 @@ struct Sets {
 async fn commit_outcomes(
     c: &mut AsyncPgConnection,
     job: Uuid,
-    items: Vec<Outcome>,
+    outcomes: Vec<Outcome>,
 ) -> Result<(), diesel::result::Error> {
     let (state, mode) = store::jobs::lock(c, job).await?;
     // Only outcomes whose claim still stands: past its lease another worker may own the item.
-    let claims: Vec<Uuid> = items.iter().map(|(w, _)| w.claim).collect();
+    let claims: Vec<Uuid> = outcomes.iter().map(|(w, _)| w.claim).collect();
     let held: HashSet<Uuid> = items::lock_held(c, job, &claims)
         .await?
         .into_iter()
         .collect();
-    let items: Vec<Outcome> = items
+    let outcomes: Vec<Outcome> = outcomes
         .into_iter()
         .filter(|(w, _)| held.contains(&w.device_id))
         .collect();
-    if items.is_empty() {
+    if outcomes.is_empty() {
         return Ok(());
     }
     let all_or_nothing = mode == Mode::AllOrNothing;
-    let any_failed = items.iter().any(|(w, r)| !w.reverting() && r.is_err());
+    let any_failed = outcomes.iter().any(|(w, r)| !w.reverting() && r.is_err());
     // An all-or-nothing job undoes everything once one device fails.
     let rolling_back = state == JobState::RollingBack || (all_or_nothing && any_failed);
     let mut s = Sets::default();
-    for (w, r) in items {
+    for (w, r) in outcomes {
         match (w.reverting(), r) {
             (false, Ok(())) if rolling_back => s.to_revert.push(w),
             (false, Ok(())) => s.applied.push(w),
@@ -246,12 +246,12 @@ fn ids(w: &[Work]) -> Vec<Uuid> {
 async fn write_history(
     c: &mut AsyncPgConnection,
     job: Uuid,
-    items: &[&Work],
+    work: &[&Work],
     event: HistoryEvent,
     back: bool,
 ) -> Result<(), diesel::result::Error> {
     let mut e = NewEntries::default();
-    for w in items {
+    for w in work {
         let old = level_text(&w.from_network, w.from_dna.as_deref());
         let new = level_text(&w.to_network, w.to_dna.as_deref());
         let (a, b) = if back { (new, old) } else { (old, new) };

@@ -214,13 +214,14 @@ pub async fn set_outcome(
     Ok(())
 }
 
+#[derive(QueryableByName)]
+struct Cancelled {
+    #[diesel(sql_type = SqlUuid)]
+    device_id: Uuid,
+}
+
 /// Cancels the job's pending items no worker holds right now; returns their devices.
 pub async fn cancel_pending(c: &mut AsyncPgConnection, job: Uuid) -> QueryResult<Vec<Uuid>> {
-    #[derive(QueryableByName)]
-    struct Cancelled {
-        #[diesel(sql_type = SqlUuid)]
-        device_id: Uuid,
-    }
     let rows: Vec<Cancelled> = diesel::sql_query(include_str!("sql/cancel_pending_items.sql"))
         .bind::<SqlUuid, _>(job)
         .load(c)
