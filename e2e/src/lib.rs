@@ -12,7 +12,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 pub use tally_client::Client;
-use tally_store::testdb::TestDb;
+use tally_testkit::TestDb;
 use tokio::process::{Child, Command};
 
 pub const ADMIN_TOKEN: &str = "e2e-admin-token-0123456789";

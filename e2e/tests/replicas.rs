@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tally_e2e::{Cssm, Fleet, Tally, Uplink, assert_clean_cycle, collection_done, random_hex};
-use tally_store::testdb::TestDb;
+use tally_testkit::TestDb;
 
 const DEVICES: usize = 1000;
 
