@@ -6,6 +6,7 @@ use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tally_bus::Bus;
+use tally_catalyst_api::SecuritySchemes as CatalystAuth;
 use tally_platform::{ApiTokens, Problem, SecretBox, auth::require_token};
 use utoipa::OpenApi;
 use utoipa_actix_web::AppExt;
@@ -21,6 +22,8 @@ pub enum Target {
     CssmUplink,
     TierAssignment,
     RenewalScheduler,
+    /// The Catalyst Center-compatible API (`/dna/...`).
+    CatalystApi,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -117,7 +120,7 @@ pub struct ServeArgs {
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Tally API", description = "License controller for Cisco fleets under Smart Licensing Using Policy. Every route but /healthz, /readyz and /metrics needs `Authorization: Bearer <token>`; errors are application/problem+json (RFC 9457)."),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &CatalystAuth),
     security(("bearer" = []))
 )]
 struct ApiDoc;
@@ -141,6 +144,7 @@ struct Services {
     uplink: Option<web::Data<tally_cssm_uplink::Uplink>>,
     scheduler: Option<web::Data<tally_renewal_scheduler::Scheduler>>,
     tiers: Option<web::Data<tally_tier_assignment::Tiers>>,
+    catalyst: Option<web::Data<tally_catalyst_api::Catalyst>>,
 }
 
 struct Ready {
@@ -181,6 +185,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
                 .configure(tally_renewal_scheduler::routes)
                 .configure(tally_tier_assignment::routes),
         )
+        .configure(tally_catalyst_api::routes)
         .split_for_parts();
     api
 }
@@ -275,9 +280,6 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             bus: bus.clone(),
             cfg: Arc::new(tally_renewal_scheduler::Config {
                 cron: args.cycle_cron.clone(),
-                token_key: Some(tally_renewal_scheduler::catalyst::token_key(
-                    &args.secret_key,
-                )),
                 alert_interval: Duration::from_secs(args.alert_interval_secs.max(1)),
                 clock_offset: chrono::TimeDelta::try_seconds(args.clock_offset_secs)
                     .unwrap_or_default(),
@@ -316,7 +318,26 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         });
     }
 
+    if has(t, Target::CatalystApi) {
+        let cat = tally_catalyst_api::Catalyst {
+            pool: pool.clone(),
+            bus: bus.clone(),
+            clock_offset: chrono::TimeDelta::try_seconds(args.clock_offset_secs)
+                .unwrap_or_default(),
+        };
+        svc.catalyst = Some(web::Data::new(cat.clone()));
+        // The consumer of tier-assignment's answers to its transfers.
+        tasks.spawn(async move {
+            tally_catalyst_api::run(cat)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+    }
+
     let tokens = web::Data::new(tokens);
+    let catalyst_key = web::Data::new(tally_platform::catalyst_token::TokenKey::from_secret(
+        &args.secret_key,
+    ));
     let ready = web::Data::new(Ready {
         pool: pool.clone(),
         bus: bus.clone(),
@@ -327,6 +348,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             .into_utoipa_app()
             .openapi(ApiDoc::openapi())
             .app_data(tokens.clone())
+            .app_data(catalyst_key.clone())
             .app_data(ready.clone())
             .app_data(tally_platform::problem::json_config(16 * 1024 * 1024))
             .app_data(tally_platform::problem::query_config())
@@ -344,6 +366,9 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             app = app.app_data(d.clone());
         }
         if let Some(d) = &s.tiers {
+            app = app.app_data(d.clone());
+        }
+        if let Some(d) = &s.catalyst {
             app = app.app_data(d.clone());
         }
         let scope = utoipa_actix_web::scope("/api/v1")
@@ -365,11 +390,16 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
                     tally_tier_assignment::routes(cfg);
                 }
             });
-        let (mut app, api) = app.service(scope).split_for_parts();
-        if s.scheduler.is_some() {
-            // Catalyst Center's paths and its own token auth, so its SDKs work unchanged.
-            app = app.configure(tally_renewal_scheduler::catalyst::routes);
-        }
+        let (app, api) = app
+            .service(scope)
+            .configure(|cfg| {
+                // Catalyst Center's paths at the root, with its own token auth, so its SDKs
+                // work unchanged.
+                if s.catalyst.is_some() {
+                    tally_catalyst_api::routes(cfg);
+                }
+            })
+            .split_for_parts();
         app.wrap(middleware::from_fn(count_requests))
             .route("/healthz", web::get().to(healthz))
             .route("/readyz", web::get().to(readyz))

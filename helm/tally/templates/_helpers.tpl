@@ -62,9 +62,9 @@ in microservices mode one per service target. Each item: key (values key), compo
 name suffix), target (`tally serve --target`), name, values (its block of values), egress (which
 outside networks its pods talk to: devices, cssm, webhooks).
 
-Which target serves which routes: the services' routes() functions (the api.rs files under services);
-/dna/... is renewal-scheduler's (services/renewal-scheduler/src/catalyst.rs). scripts/k8s-check
-checks the Ingress against those sources.
+Which target serves which routes: the services' routes() functions (their #[get(...)] etc.
+attributes under services/<target>/src); /dna/... is catalyst-api's (services/catalyst-api).
+scripts/k8s-check checks the Ingress against those sources.
 */}}
 {{- define "tally.workloads" -}}
 {{- $full := include "tally.fullname" . -}}
@@ -118,8 +118,16 @@ items:
     name: {{ $full }}-renewal-scheduler
     values: {{ toJson .Values.services.renewalScheduler }}
     egress: {devices: false, cssm: false, webhooks: true}
-    paths: ["/api/v1/cycles", "/api/v1/compliance", "/api/v1/alerts", "/api/v1/silences", "/api/v1/webhooks", "/dna"]
+    paths: ["/api/v1/cycles", "/api/v1/compliance", "/api/v1/alerts", "/api/v1/silences", "/api/v1/webhooks"]
     autoscale: false
+  - key: catalystApi
+    component: catalyst-api
+    target: catalyst-api
+    name: {{ $full }}-catalyst-api
+    values: {{ toJson .Values.services.catalystApi }}
+    egress: {devices: false, cssm: false, webhooks: false}
+    paths: ["/dna"]
+    autoscale: true
 {{- end }}
 {{- end -}}
 

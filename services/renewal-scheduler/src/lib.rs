@@ -3,7 +3,6 @@
 
 pub mod alerts_api;
 pub mod api;
-pub mod catalyst;
 pub mod compliance;
 pub mod cycles;
 pub mod deadlines;
@@ -18,9 +17,6 @@ use tally_store::Pool;
 pub struct Config {
     /// Cron expression (croner syntax, 5 or 6 fields, UTC); no scheduled cycles when absent.
     pub cron: Option<String>,
-    /// Signs the Catalyst Center API's tokens ([`catalyst::token_key`]); that API answers 503
-    /// without it.
-    pub token_key: Option<ring::hmac::Key>,
     /// How often alerts are evaluated.
     pub alert_interval: std::time::Duration,
     /// Added to the clock when evaluating alerts: a drill or a test can run the fleet's future.
@@ -31,7 +27,6 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             cron: None,
-            token_key: None,
             alert_interval: std::time::Duration::from_secs(300),
             clock_offset: chrono::TimeDelta::zero(),
         }
@@ -71,7 +66,7 @@ pub async fn run(s: Scheduler) -> Result<(), tally_bus::BusError> {
     use tally_bus::consumer::HandlerError;
     use tally_bus::proto::{
         AcksImported, AcksReceived, CollectionProgress, CollectionStarted, DevicesDeleted,
-        DevicesUpserted, PoolsSynced, TransferAccepted, UploadProgress,
+        DevicesUpserted, PoolsSynced, UploadProgress,
     };
     let mut tasks = vec![tokio::spawn(tally_bus::relay::run(
         s.bus.clone(),
@@ -106,7 +101,6 @@ pub async fn run(s: Scheduler) -> Result<(), tally_bus::BusError> {
             DevicesUpserted::SUBJECT,
             DevicesDeleted::SUBJECT,
             AcksReceived::SUBJECT,
-            TransferAccepted::SUBJECT,
             PoolsSynced::SUBJECT,
         ],
         move |d| {
@@ -126,14 +120,6 @@ pub async fn run(s: Scheduler) -> Result<(), tally_bus::BusError> {
                             &s,
                             &d.msg_id,
                             AcksReceived::decode(d.payload)?,
-                        )
-                        .await;
-                    }
-                    TransferAccepted::SUBJECT => {
-                        return catalyst::transfer_accepted(
-                            &s,
-                            &d.msg_id,
-                            TransferAccepted::decode(d.payload)?,
                         )
                         .await;
                     }
