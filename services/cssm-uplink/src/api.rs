@@ -76,8 +76,7 @@ async fn list_batches(
     up: web::Data<Uplink>,
     f: web::Query<BatchFilter>,
 ) -> Result<web::Json<Vec<Batch>>, Problem> {
-    // A negative offset has always meant the first page here, not an error.
-    let page = BATCH_PAGES.page(f.limit, f.offset.map(|o| o.max(0)))?;
+    let page = BATCH_PAGES.page(f.limit, f.offset)?;
     // A state no batch can be in matches no batch.
     let Ok(state) = f.state.as_deref().map(str::parse::<BatchState>).transpose() else {
         return Ok(web::Json(Vec::new()));
