@@ -27,9 +27,9 @@ async fn main() {
         .and_then(|a| a.parse().ok())
         .unwrap_or(100_000);
     tally_platform::init_crypto();
-    let db = tally_store::testdb::TestDb::new().await.unwrap();
+    let db = tally_testkit::TestDb::new().await.unwrap();
     let pool = tally_store::pool(&db.url, 8).unwrap();
-    let bus = tally_bus::testing::bus().await.unwrap();
+    let bus = tally_testkit::bus().await.unwrap();
     let secrets = SecretBox::from_secret("bench-secret-key-123");
     let sealed = secrets.seal("cisco-sim").unwrap();
     let t = Tiers::new(pool, bus, secrets, None, Config::default()).unwrap();

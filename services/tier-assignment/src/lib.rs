@@ -17,7 +17,7 @@ pub mod projection;
 pub mod store;
 
 use std::{sync::Arc, time::Duration};
-use tally_bus::{Bus, consumer::HandlerError};
+use tally_bus::Bus;
 use tally_platform::SecretBox;
 use tally_southbound::DeviceClient;
 use tally_store::Pool;
@@ -88,10 +88,6 @@ pub const DURABLE: &str = "tier-assignment";
 
 /// Runs the consumer, the apply worker, the pool sync and the outbox relay.
 pub async fn run(t: Tiers) -> Result<(), tally_bus::BusError> {
-    use tally_bus::Event;
-    use tally_bus::proto::{
-        AcksImported, DevicesDeleted, DevicesUpserted, ReportsCollected, TransferRequested,
-    };
     let mut tasks = vec![
         tokio::spawn(tally_bus::relay::run(
             t.bus.clone(),
@@ -103,51 +99,25 @@ pub async fn run(t: Tiers) -> Result<(), tally_bus::BusError> {
     if t.cssm.is_some() {
         tasks.push(tokio::spawn(pools::run_sync(t.clone())));
     }
-    let t2 = t.clone();
-    let result = tally_bus::consumer::run(
-        t.bus.clone(),
-        DURABLE,
-        &[
-            DevicesUpserted::SUBJECT,
-            DevicesDeleted::SUBJECT,
-            ReportsCollected::SUBJECT,
-            AcksImported::SUBJECT,
-            TransferRequested::SUBJECT,
-        ],
-        move |d| {
-            let t = t2.clone();
-            async move { handle(&t, d).await }
-        },
-    )
-    .await;
+    let result = router(t.clone()).run(t.bus.clone(), DURABLE).await;
     for task in tasks {
         task.abort();
     }
     result
 }
 
-async fn handle(t: &Tiers, d: tally_bus::consumer::Delivery) -> Result<(), HandlerError> {
-    use prost::Message;
-    use tally_bus::Event;
+/// The events tier-assignment consumes, each with its handler (the consumer's subjects and
+/// dispatch).
+pub fn router(t: Tiers) -> tally_bus::router::Router<Tiers> {
     use tally_bus::proto::{
         AcksImported, DevicesDeleted, DevicesUpserted, ReportsCollected, TransferRequested,
     };
-    match d.subject.as_str() {
-        DevicesUpserted::SUBJECT => {
-            projection::upsert(t, &d.msg_id, DevicesUpserted::decode(d.payload)?).await
-        }
-        DevicesDeleted::SUBJECT => {
-            projection::delete(t, &d.msg_id, DevicesDeleted::decode(d.payload)?).await
-        }
-        ReportsCollected::SUBJECT => {
-            apply::confirm_from_reports(t, &d.msg_id, ReportsCollected::decode(d.payload)?).await
-        }
-        AcksImported::SUBJECT => {
-            apply::record_acks(t, &d.msg_id, AcksImported::decode(d.payload)?).await
-        }
-        TransferRequested::SUBJECT => {
-            jobs::transfer(t, &d.msg_id, TransferRequested::decode(d.payload)?).await
-        }
-        other => Err(HandlerError::Poison(format!("unexpected subject {other}"))),
-    }
+    tally_bus::router::Router::new(t)
+        .on(|t, id, ev: DevicesUpserted| async move { projection::upsert(&t, &id, ev).await })
+        .on(|t, id, ev: DevicesDeleted| async move { projection::delete(&t, &id, ev).await })
+        .on(|t, id, ev: ReportsCollected| async move {
+            apply::confirm_from_reports(&t, &id, ev).await
+        })
+        .on(|t, id, ev: AcksImported| async move { apply::record_acks(&t, &id, ev).await })
+        .on(|t, id, ev: TransferRequested| async move { jobs::transfer(&t, &id, ev).await })
 }

@@ -10,7 +10,7 @@ use tally_bus::proto;
 use tally_domain::DnaTier;
 use tally_platform::{Problem, SecretBox};
 use tally_sim::fleet::{Fault, FleetConfig, FleetState};
-use tally_store::testdb::TestDb;
+use tally_testkit::TestDb;
 use tally_tier_assignment::{
     Config, Tiers, apply,
     jobs::{self, JobError},
@@ -64,7 +64,7 @@ async fn ctx(n: usize, cssm: Option<Arc<tally_cssm::CssmClient>>) -> Ctx {
     tally_platform::init_crypto();
     let db = TestDb::new().await.unwrap();
     let pool = tally_store::pool(&db.url, 12).unwrap();
-    let bus = tally_bus::testing::bus().await.unwrap();
+    let bus = tally_testkit::bus().await.unwrap();
     let secrets = SecretBox::from_secret(SECRET);
     let (_, _, fleet) = tally_sim::start_fleet(FleetConfig {
         devices: n,
