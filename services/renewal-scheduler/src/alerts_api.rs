@@ -1,16 +1,17 @@
 //! REST routes for compliance (per device, at risk, roll-ups), alerts (list, acknowledge,
 //! evaluate now or at a simulated time), silences and alert webhooks.
 
-use crate::{Scheduler, compliance};
+use crate::compliance::{self, Dimension, Status};
+use crate::store::alerts::{self as store, AlertFilter};
+use crate::{Scheduler, alerts};
 use actix_web::{HttpRequest, HttpResponse, delete, get, post, web};
 use chrono::{DateTime, Utc};
-use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Bool, Nullable, Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::RunQueryDsl;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tally_platform::{Caller, FieldError, Problem, auth::Role};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
+
+pub use crate::store::alerts::{Alert, Silence};
 
 pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(devices)
@@ -29,6 +30,14 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
 
 fn db(e: impl std::fmt::Display) -> Problem {
     Problem::internal(e)
+}
+
+/// The text values of an enum, for an error naming what is allowed.
+fn names<T: std::fmt::Display>(all: &[T]) -> String {
+    all.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn invalid(field: &str, message: impl Into<String>) -> Problem {
@@ -64,14 +73,15 @@ async fn devices(
     q: web::Query<ComplianceQuery>,
 ) -> Result<HttpResponse, Problem> {
     let q = q.into_inner();
-    if let Some(st) = &q.status
-        && !compliance::STATUSES.contains(&st.as_str())
-    {
-        return Err(invalid(
-            "status",
-            format!("{st:?} is not one of {}", compliance::STATUSES.join(", ")),
-        ));
-    }
+    let status = match &q.status {
+        None => None,
+        Some(st) => Some(st.parse::<Status>().map_err(|_| {
+            invalid(
+                "status",
+                format!("{st:?} is not one of {}", names(Status::ALL)),
+            )
+        })?),
+    };
     let limit = q.limit.unwrap_or(1000);
     if !(1..=100_000).contains(&limit) {
         return Err(invalid(
@@ -87,7 +97,7 @@ async fn devices(
     let f = compliance::DeviceFilter {
         site: q.site,
         virtual_account: q.virtual_account,
-        status: q.status,
+        status,
         limit,
         offset,
     };
@@ -150,19 +160,15 @@ async fn summary(
     req: HttpRequest,
     q: web::Query<SummaryQuery>,
 ) -> Result<HttpResponse, Problem> {
-    if !compliance::DIMENSIONS.contains(&q.by.as_str()) {
-        return Err(invalid(
+    let by: Dimension = q.by.parse().map_err(|_| {
+        invalid(
             "by",
-            format!(
-                "{:?} is not one of {}",
-                q.by,
-                compliance::DIMENSIONS.join(", ")
-            ),
-        ));
-    }
+            format!("{:?} is not one of {}", q.by, names(Dimension::ALL)),
+        )
+    })?;
     let now = compliance::clock(&s);
     let mut c = tally_platform::problem::conn(&s.pool).await?;
-    let out = compliance::summary(&mut c, &q.by, q.at.unwrap_or(now), now)
+    let out = compliance::summary(&mut c, by, q.at.unwrap_or(now), now)
         .await
         .map_err(db)?;
     if tally_platform::csv_body::wanted(&req, q.format.as_deref()) {
@@ -170,43 +176,6 @@ async fn summary(
     }
     Ok(HttpResponse::Ok().json(out))
 }
-
-#[derive(Debug, Default, Serialize, Deserialize, ToSchema, QueryableByName)]
-pub struct Alert {
-    #[diesel(sql_type = SqlUuid)]
-    pub id: Uuid,
-    #[diesel(sql_type = Text)]
-    pub kind: String,
-    #[diesel(sql_type = Text)]
-    pub severity: String,
-    #[diesel(sql_type = Text)]
-    pub subject: String,
-    #[diesel(sql_type = Nullable<SqlUuid>)]
-    pub device_id: Option<Uuid>,
-    #[diesel(sql_type = Text)]
-    pub hostname: String,
-    #[diesel(sql_type = Text)]
-    pub site: String,
-    #[diesel(sql_type = Text)]
-    pub virtual_account: String,
-    #[diesel(sql_type = Timestamptz)]
-    pub due: DateTime<Utc>,
-    #[diesel(sql_type = Text)]
-    pub threshold: String,
-    #[diesel(sql_type = Text)]
-    pub message: String,
-    #[diesel(sql_type = Bool)]
-    pub silenced: bool,
-    #[diesel(sql_type = Timestamptz)]
-    pub fired_at: DateTime<Utc>,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    pub acknowledged_at: Option<DateTime<Utc>>,
-    #[diesel(sql_type = Nullable<Text>)]
-    pub acknowledged_by: Option<String>,
-}
-
-const ALERT_COLUMNS: &str = "id, kind, severity, subject, device_id, hostname, site, virtual_account, \
-    due, threshold, message, silenced, fired_at, acknowledged_at, acknowledged_by";
 
 #[derive(Debug, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -244,19 +213,13 @@ async fn list_alerts(
         return Err(invalid("limit", "must be between 1 and 100000"));
     }
     let mut c = tally_platform::problem::conn(&s.pool).await?;
-    let rows: Vec<Alert> = diesel::sql_query(format!(
-        "SELECT {ALERT_COLUMNS} FROM sched.alerts WHERE ($1::bool IS NULL OR (acknowledged_at IS NULL) = $1) \
-         AND ($2::text IS NULL OR kind = $2) AND ($3::text IS NULL OR severity = $3) \
-         AND ($4::uuid IS NULL OR device_id = $4) ORDER BY fired_at DESC, id LIMIT $5"
-    ))
-    .bind::<Nullable<Bool>, _>(open)
-    .bind::<Nullable<Text>, _>(q.kind.clone())
-    .bind::<Nullable<Text>, _>(q.severity.clone())
-    .bind::<Nullable<SqlUuid>, _>(q.device_id)
-    .bind::<BigInt, _>(limit)
-    .load(&mut c)
-    .await
-    .map_err(db)?;
+    let f = AlertFilter {
+        open,
+        kind: q.kind.clone(),
+        severity: q.severity.clone(),
+        device_id: q.device_id,
+    };
+    let rows = store::list(&mut c, &f, limit).await.map_err(db)?;
     if tally_platform::csv_body::wanted(&req, q.format.as_deref()) {
         return tally_platform::csv_body::response(&rows);
     }
@@ -272,17 +235,9 @@ async fn ack_alert(
     id: web::Path<Uuid>,
 ) -> Result<web::Json<Alert>, Problem> {
     let mut c = tally_platform::problem::conn(&s.pool).await?;
-    let rows: Vec<Alert> = diesel::sql_query(format!(
-        "UPDATE sched.alerts SET acknowledged_at = coalesce(acknowledged_at, now()), \
-         acknowledged_by = coalesce(acknowledged_by, $2) WHERE id = $1 RETURNING {ALERT_COLUMNS}"
-    ))
-    .bind::<SqlUuid, _>(*id)
-    .bind::<Text, _>(&caller.name)
-    .load(&mut c)
-    .await
-    .map_err(db)?;
-    rows.into_iter()
-        .next()
+    store::acknowledge(&mut c, *id, &caller.name)
+        .await
+        .map_err(db)?
         .map(web::Json)
         .ok_or_else(|| Problem::not_found("alert", *id))
 }
@@ -294,39 +249,18 @@ pub struct EvaluateRequest {
 }
 
 /// Evaluates alerts now (or at a simulated time, admin only).
-#[utoipa::path(tag = "alerts", request_body = EvaluateRequest, responses((status = 200, body = compliance::Evaluation)))]
+#[utoipa::path(tag = "alerts", request_body = EvaluateRequest, responses((status = 200, body = alerts::Evaluation)))]
 #[post("/alerts/evaluate")]
 async fn evaluate(
     s: web::Data<Scheduler>,
     caller: Caller,
     body: web::Json<EvaluateRequest>,
-) -> Result<web::Json<compliance::Evaluation>, Problem> {
+) -> Result<web::Json<alerts::Evaluation>, Problem> {
     if body.at.is_some() {
         caller.require(Role::Admin)?;
     }
     let at = body.at.unwrap_or_else(|| compliance::clock(&s));
-    compliance::evaluate(&s, at)
-        .await
-        .map(web::Json)
-        .map_err(db)
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema, QueryableByName)]
-pub struct Silence {
-    #[diesel(sql_type = SqlUuid)]
-    pub id: Uuid,
-    #[diesel(sql_type = Nullable<Text>)]
-    pub kind: Option<String>,
-    #[diesel(sql_type = Nullable<Text>)]
-    pub site: Option<String>,
-    #[diesel(sql_type = Nullable<SqlUuid>)]
-    pub device_id: Option<Uuid>,
-    #[diesel(sql_type = Timestamptz)]
-    pub until: DateTime<Utc>,
-    #[diesel(sql_type = Text)]
-    pub reason: String,
-    #[diesel(sql_type = Text)]
-    pub created_by: String,
+    alerts::evaluate(&s, at).await.map(web::Json).map_err(db)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -344,12 +278,7 @@ pub struct NewSilence {
 #[get("/silences")]
 async fn list_silences(s: web::Data<Scheduler>) -> Result<web::Json<Vec<Silence>>, Problem> {
     let mut c = tally_platform::problem::conn(&s.pool).await?;
-    let rows = diesel::sql_query(
-        "SELECT id, kind, site, device_id, until, reason, created_by FROM sched.silences ORDER BY until DESC",
-    )
-    .load(&mut c)
-    .await
-    .map_err(db)?;
+    let rows = store::list_silences(&mut c).await.map_err(db)?;
     Ok(web::Json(rows))
 }
 
@@ -374,31 +303,27 @@ async fn create_silence(
         });
     }
     if let Some(k) = &body.kind
-        && !compliance::KINDS.contains(&k.as_str())
+        && k.parse::<alerts::Kind>().is_err()
     {
         errors.push(FieldError {
             field: "kind".into(),
-            message: format!("{k:?} is not one of {}", compliance::KINDS.join(", ")),
+            message: format!("{k:?} is not one of {}", names(alerts::Kind::ALL)),
         });
     }
     if !errors.is_empty() {
         return Err(Problem::validation(errors));
     }
     let mut c = tally_platform::problem::conn(&s.pool).await?;
-    let row: Silence = diesel::sql_query(
-        "INSERT INTO sched.silences (id, kind, site, device_id, until, reason, created_by) \
-         VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING id, kind, site, device_id, until, reason, created_by",
-    )
-    .bind::<SqlUuid, _>(Uuid::now_v7())
-    .bind::<Nullable<Text>, _>(body.kind.clone())
-    .bind::<Nullable<Text>, _>(body.site.clone())
-    .bind::<Nullable<SqlUuid>, _>(body.device_id)
-    .bind::<Timestamptz, _>(body.until)
-    .bind::<Text, _>(&body.reason)
-    .bind::<Text, _>(&caller.name)
-    .get_result(&mut c)
-    .await
-    .map_err(db)?;
+    let new = store::NewSilenceRow {
+        id: Uuid::now_v7(),
+        kind: body.kind.as_deref(),
+        site: body.site.as_deref(),
+        device_id: body.device_id,
+        until: body.until,
+        reason: &body.reason,
+        created_by: &caller.name,
+    };
+    let row = store::create_silence(&mut c, &new).await.map_err(db)?;
     Ok(HttpResponse::Created().json(row))
 }
 
@@ -409,12 +334,7 @@ async fn delete_silence(
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, Problem> {
     let mut c = tally_platform::problem::conn(&s.pool).await?;
-    let n = diesel::sql_query("DELETE FROM sched.silences WHERE id = $1")
-        .bind::<SqlUuid, _>(*id)
-        .execute(&mut c)
-        .await
-        .map_err(db)?;
-    if n == 0 {
+    if !store::delete_silence(&mut c, *id).await.map_err(db)? {
         return Err(Problem::not_found("silence", *id));
     }
     Ok(HttpResponse::NoContent().finish())

@@ -2,15 +2,15 @@
 
 use crate::Scheduler;
 use crate::cycles::{self, StartError};
+use crate::store::cycles::{self as store, CycleRow};
 use actix_web::{HttpResponse, get, post, web};
 use chrono::{DateTime, Utc};
-use diesel::QueryableByName;
-use diesel::sql_types::{BigInt, Bool, Int4, Nullable, Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::RunQueryDsl;
 use serde::{Deserialize, Serialize};
-use tally_platform::{FieldError, Problem};
+use tally_platform::{PageRules, Problem};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
+
+pub use crate::store::cycles::Failure;
 
 pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(start_cycle)
@@ -18,48 +18,6 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(get_cycle)
         .service(cycle_failures);
     crate::alerts_api::routes(cfg);
-}
-
-#[derive(QueryableByName)]
-struct Row {
-    #[diesel(sql_type = SqlUuid)]
-    id: Uuid,
-    #[diesel(sql_type = Text)]
-    trigger: String,
-    #[diesel(sql_type = Text)]
-    state: String,
-    #[diesel(sql_type = Timestamptz)]
-    started_at: DateTime<Utc>,
-    #[diesel(sql_type = Nullable<Timestamptz>)]
-    finished_at: Option<DateTime<Utc>>,
-    #[diesel(sql_type = Bool)]
-    collection_started: bool,
-    #[diesel(sql_type = Int4)]
-    devices: i32,
-    #[diesel(sql_type = Int4)]
-    devices_ok: i32,
-    #[diesel(sql_type = Int4)]
-    devices_failed: i32,
-    #[diesel(sql_type = Int4)]
-    devices_with_reports: i32,
-    #[diesel(sql_type = Int4)]
-    reports_stored: i32,
-    #[diesel(sql_type = Int4)]
-    reports_quarantined: i32,
-    #[diesel(sql_type = Int4)]
-    reports_duplicate: i32,
-    #[diesel(sql_type = Int4)]
-    reports_uploaded: i32,
-    #[diesel(sql_type = Int4)]
-    reports_upload_failed: i32,
-    #[diesel(sql_type = Int4)]
-    devices_upload_failed: i32,
-    #[diesel(sql_type = Int4)]
-    batches: i32,
-    #[diesel(sql_type = Int4)]
-    acks_imported: i32,
-    #[diesel(sql_type = Int4)]
-    acks_failed: i32,
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -105,12 +63,12 @@ pub struct Cycle {
     pub ack: AckStage,
 }
 
-impl From<Row> for Cycle {
-    fn from(r: Row) -> Self {
+impl From<CycleRow> for Cycle {
+    fn from(r: CycleRow) -> Self {
         Self {
             id: r.id,
             trigger: r.trigger,
-            state: r.state,
+            state: r.state.as_str().to_owned(),
             started_at: r.started_at,
             finished_at: r.finished_at,
             collection: CollectionStage {
@@ -136,10 +94,6 @@ impl From<Row> for Cycle {
         }
     }
 }
-
-const COLS: &str = "id, trigger, state, started_at, finished_at, collection_started, devices, devices_ok, \
-    devices_failed, devices_with_reports, reports_stored, reports_quarantined, reports_duplicate, \
-    reports_uploaded, reports_upload_failed, devices_upload_failed, batches, acks_imported, acks_failed";
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct Started {
@@ -171,6 +125,8 @@ pub struct Page {
     pub offset: Option<i64>,
 }
 
+const CYCLE_PAGES: PageRules = PageRules::new(50, 500);
+
 /// Cycles, newest first.
 #[utoipa::path(tag = "cycles", params(Page), responses((status = 200, body = Vec<Cycle>)))]
 #[get("/cycles")]
@@ -178,21 +134,9 @@ async fn list_cycles(
     s: web::Data<Scheduler>,
     p: web::Query<Page>,
 ) -> Result<web::Json<Vec<Cycle>>, Problem> {
-    let limit = p.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(Problem::validation(vec![FieldError {
-            field: "limit".into(),
-            message: "must be between 1 and 500".into(),
-        }]));
-    }
+    let page = CYCLE_PAGES.page(p.limit, p.offset)?;
     let mut conn = tally_platform::problem::conn(&s.pool).await?;
-    let rows: Vec<Row> = diesel::sql_query(format!(
-        "SELECT {COLS} FROM sched.cycles ORDER BY started_at DESC LIMIT $1 OFFSET $2"
-    ))
-    .bind::<BigInt, _>(limit)
-    .bind::<BigInt, _>(p.offset.unwrap_or(0).max(0))
-    .load(&mut conn)
-    .await?;
+    let rows = store::list(&mut conn, page.limit, page.offset).await?;
     Ok(web::Json(rows.into_iter().map(Cycle::from).collect()))
 }
 
@@ -204,28 +148,10 @@ async fn get_cycle(
     id: web::Path<Uuid>,
 ) -> Result<web::Json<Cycle>, Problem> {
     let mut conn = tally_platform::problem::conn(&s.pool).await?;
-    let rows: Vec<Row> =
-        diesel::sql_query(format!("SELECT {COLS} FROM sched.cycles WHERE id = $1"))
-            .bind::<SqlUuid, _>(*id)
-            .load(&mut conn)
-            .await?;
-    rows.into_iter()
-        .next()
+    store::get(&mut conn, *id)
+        .await?
         .map(|r| web::Json(r.into()))
         .ok_or_else(|| Problem::not_found("cycle", *id))
-}
-
-#[derive(Debug, Serialize, Deserialize, ToSchema, QueryableByName)]
-pub struct Failure {
-    #[diesel(sql_type = SqlUuid)]
-    pub device_id: Uuid,
-    /// `collection`, `upload` or `ack`.
-    #[diesel(sql_type = Text)]
-    pub stage: String,
-    #[diesel(sql_type = Text)]
-    pub reason: String,
-    #[diesel(sql_type = Timestamptz)]
-    pub at: DateTime<Utc>,
 }
 
 /// Devices that failed a stage of the cycle, with the reason.
@@ -237,14 +163,12 @@ async fn cycle_failures(
     p: web::Query<Page>,
 ) -> Result<web::Json<Vec<Failure>>, Problem> {
     let mut conn = tally_platform::problem::conn(&s.pool).await?;
-    let rows = diesel::sql_query(
-        "SELECT device_id, stage, reason, at FROM sched.cycle_failures WHERE cycle_id = $1 \
-         ORDER BY stage, device_id LIMIT $2 OFFSET $3",
+    let rows = store::failures(
+        &mut conn,
+        *id,
+        p.limit.unwrap_or(100).clamp(1, 1000),
+        p.offset.unwrap_or(0).max(0),
     )
-    .bind::<SqlUuid, _>(*id)
-    .bind::<BigInt, _>(p.limit.unwrap_or(100).clamp(1, 1000))
-    .bind::<BigInt, _>(p.offset.unwrap_or(0).max(0))
-    .load(&mut conn)
     .await?;
     Ok(web::Json(rows))
 }

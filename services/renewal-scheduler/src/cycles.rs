@@ -1,11 +1,11 @@
 //! Cycle bookkeeping: start (cron tick or on demand), counters per stage, completion.
 
 use crate::Scheduler;
+use crate::store::cycles::{self as store, Counts, Stage};
 use chrono::{DateTime, Utc};
-use diesel::sql_types::{Int4, Nullable, Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use tally_bus::{consumer::HandlerError, proto};
-use tally_store::outbox::{Schema, claim};
+use tally_store::outbox::{Schema, once};
 use uuid::Uuid;
 
 #[derive(Debug, thiserror::Error)]
@@ -18,12 +18,6 @@ pub enum StartError {
     Store(#[from] tally_store::StoreError),
 }
 
-#[derive(diesel::QueryableByName)]
-struct IdRow {
-    #[diesel(sql_type = SqlUuid)]
-    id: Uuid,
-}
-
 /// Starts a cycle. A scheduled one is keyed by its tick, so replicas seeing the same tick start
 /// it once (`Ok(None)` for the others). An on-demand one is refused while another runs.
 pub async fn start(
@@ -33,52 +27,21 @@ pub async fn start(
 ) -> Result<Option<Uuid>, StartError> {
     let mut conn = s.pool.get().await.map_err(tally_store::StoreError::from)?;
     conn.transaction(async |c| {
-        if tick.is_none() {
-            let running: Vec<IdRow> = diesel::sql_query(
-                "SELECT id FROM sched.cycles WHERE state = 'running' ORDER BY started_at LIMIT 1 FOR UPDATE",
-            )
-            .load(c)
-            .await?;
-            if let Some(r) = running.into_iter().next() {
-                return Err(StartError::Running(r.id));
-            }
+        if tick.is_none()
+            && let Some(id) = store::running(c, true).await?
+        {
+            return Err(StartError::Running(id));
         }
         let id = Uuid::now_v7();
-        let n = diesel::sql_query(
-            "INSERT INTO sched.cycles (id, trigger, scheduled_for) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
-        )
-        .bind::<SqlUuid, _>(id)
-        .bind::<Text, _>(trigger)
-        .bind::<Nullable<Timestamptz>, _>(tick)
-        .execute(c)
-        .await?;
-        if n == 0 {
-            // The tick was taken by another replica, or a cycle is running (unique index).
-            if let Some(t) = tick {
-                let taken: Vec<IdRow> =
-                    diesel::sql_query("SELECT id FROM sched.cycles WHERE scheduled_for = $1")
-                        .bind::<Timestamptz, _>(t)
-                        .load(c)
-                        .await?;
-                if taken.is_empty() {
-                    let running: Vec<IdRow> = diesel::sql_query(
-                        "SELECT id FROM sched.cycles WHERE state = 'running' LIMIT 1",
-                    )
-                    .load(c)
-                    .await?;
-                    if let Some(r) = running.into_iter().next() {
-                        return Err(StartError::Running(r.id));
-                    }
-                }
-            } else {
-                let running: Vec<IdRow> = diesel::sql_query(
-                    "SELECT id FROM sched.cycles WHERE state = 'running' LIMIT 1",
-                )
-                .load(c)
-                .await?;
-                if let Some(r) = running.into_iter().next() {
-                    return Err(StartError::Running(r.id));
-                }
+        if !store::insert(c, id, trigger, tick).await? {
+            // The tick was taken by another replica (Ok(None)), or a cycle is running (unique
+            // index).
+            let taken = match tick {
+                Some(t) => store::for_tick(c, t).await?.is_some(),
+                None => false,
+            };
+            if !taken && let Some(r) = store::running(c, false).await? {
+                return Err(StartError::Running(r));
             }
             return Ok(None);
         }
@@ -142,7 +105,7 @@ pub struct Update {
     pub ack_ok_devices: Vec<Uuid>,
     pub ack_failed_devices: Vec<Uuid>,
     /// (device, stage, reason)
-    pub failures: Vec<(String, &'static str, String)>,
+    pub failures: Vec<(String, Stage, String)>,
 }
 
 fn n(v: u32) -> i32 {
@@ -172,7 +135,7 @@ impl From<proto::CollectionProgress> for Update {
             failures: e
                 .failures
                 .into_iter()
-                .map(|f| (f.device_id, "collection", f.reason))
+                .map(|f| (f.device_id, Stage::Collection, f.reason))
                 .collect(),
             ..Default::default()
         }
@@ -190,7 +153,7 @@ impl From<proto::UploadProgress> for Update {
             failures: e
                 .failures
                 .into_iter()
-                .map(|f| (f.device_id, "upload", f.reason))
+                .map(|f| (f.device_id, Stage::Upload, f.reason))
                 .collect(),
             ..Default::default()
         }
@@ -214,7 +177,7 @@ impl From<proto::AcksImported> for Update {
             failures: e
                 .failures
                 .into_iter()
-                .map(|f| (f.device_id, "ack", f.reason))
+                .map(|f| (f.device_id, Stage::Ack, f.reason))
                 .collect(),
             ..Default::default()
         }
@@ -229,25 +192,18 @@ pub async fn apply(s: &Scheduler, msg_id: &str, u: Update) -> Result<(), Handler
     if cycle.is_none() && u.ack_ok_devices.is_empty() {
         return Ok(());
     }
+    let now = s.now();
     let mut conn = s.pool.get().await.map_err(tally_store::StoreError::from)?;
-    conn.transaction(async |c| {
-        if !claim(c, Schema::Sched, msg_id).await? {
-            return Ok(());
-        }
-        crate::fleet::acks_installed(c, &u.ack_ok_devices, crate::compliance::clock(s)).await?;
+    once(&mut conn, Schema::Sched, msg_id, async |c| {
+        crate::fleet::acks_installed(c, &u.ack_ok_devices, now).await?;
         if let Some(cycle) = cycle {
             add(c, cycle, &u).await?;
-            crate::compliance::raise_failures(c, s, cycle, &u.failures).await?;
+            crate::alerts::raise_failures(c, s, cycle, &u.failures).await?;
         }
         Ok::<_, HandlerError>(())
     })
-    .await
-}
-
-#[derive(diesel::QueryableByName)]
-struct Flip {
-    #[diesel(sql_type = diesel::sql_types::Bool)]
-    inserted: bool,
+    .await?;
+    Ok(())
 }
 
 /// Records per-device ACK outcomes; returns (newly ok, newly failed) device counts, a device
@@ -257,33 +213,15 @@ async fn ack_outcomes(
     cycle: Uuid,
     u: &Update,
 ) -> Result<(i32, i32), diesel::result::Error> {
-    use diesel::sql_types::Array;
     let mut ok = 0;
     let mut failed = 0;
     if !u.ack_ok_devices.is_empty() {
-        // DISTINCT: one import slice can install two ACKs of a device (its reports went in two
-        // batches), and DO UPDATE may touch a row only once per statement.
-        let rows: Vec<Flip> = diesel::sql_query(
-            "INSERT INTO sched.cycle_acks (cycle_id, device_id, ok) SELECT DISTINCT $1, d, true FROM unnest($2::uuid[]) AS d \
-             ON CONFLICT (cycle_id, device_id) DO UPDATE SET ok = true WHERE NOT sched.cycle_acks.ok \
-             RETURNING (xmax = 0) AS inserted",
-        )
-        .bind::<SqlUuid, _>(cycle)
-        .bind::<Array<SqlUuid>, _>(&u.ack_ok_devices)
-        .load(c)
-        .await?;
-        ok = rows.len() as i32;
-        failed -= rows.iter().filter(|r| !r.inserted).count() as i32;
+        let (new_ok, recovered) = store::acks_ok(c, cycle, &u.ack_ok_devices).await?;
+        ok = new_ok;
+        failed -= recovered;
     }
     if !u.ack_failed_devices.is_empty() {
-        failed += diesel::sql_query(
-            "INSERT INTO sched.cycle_acks (cycle_id, device_id, ok) SELECT $1, d, false FROM unnest($2::uuid[]) AS d \
-             ON CONFLICT (cycle_id, device_id) DO NOTHING",
-        )
-        .bind::<SqlUuid, _>(cycle)
-        .bind::<Array<SqlUuid>, _>(&u.ack_failed_devices)
-        .execute(c)
-        .await? as i32;
+        failed += store::acks_failed(c, cycle, &u.ack_failed_devices).await?;
     }
     Ok((ok, failed))
 }
@@ -293,58 +231,28 @@ async fn add(
     cycle: Uuid,
     u: &Update,
 ) -> Result<(), diesel::result::Error> {
-    let (acks_ok, acks_failed) = ack_outcomes(c, cycle, u).await?;
-    diesel::sql_query(
-        "UPDATE sched.cycles SET \
-         devices = COALESCE($2, devices), collection_started = collection_started OR $2 IS NOT NULL, \
-         devices_ok = devices_ok + $3, devices_failed = devices_failed + $4, \
-         devices_with_reports = devices_with_reports + $5, reports_stored = reports_stored + $6, \
-         reports_quarantined = reports_quarantined + $7, reports_duplicate = reports_duplicate + $8, \
-         reports_uploaded = reports_uploaded + $9, reports_upload_failed = reports_upload_failed + $10, \
-         devices_upload_failed = devices_upload_failed + $11, batches = batches + $12, \
-         acks_imported = acks_imported + $13, acks_failed = acks_failed + $14 WHERE id = $1",
-    )
-    .bind::<SqlUuid, _>(cycle)
-    .bind::<Nullable<Int4>, _>(u.devices)
-    .bind::<Int4, _>(u.devices_ok)
-    .bind::<Int4, _>(u.devices_failed)
-    .bind::<Int4, _>(u.devices_with_reports)
-    .bind::<Int4, _>(u.reports_stored)
-    .bind::<Int4, _>(u.reports_quarantined)
-    .bind::<Int4, _>(u.reports_duplicate)
-    .bind::<Int4, _>(u.reports_uploaded)
-    .bind::<Int4, _>(u.reports_upload_failed)
-    .bind::<Int4, _>(u.devices_upload_failed)
-    .bind::<Int4, _>(u.batches)
-    .bind::<Int4, _>(acks_ok)
-    .bind::<Int4, _>(acks_failed)
-    .execute(c)
-    .await?;
+    let (acks_imported, acks_failed) = ack_outcomes(c, cycle, u).await?;
+    let counts = Counts {
+        devices: u.devices,
+        devices_ok: u.devices_ok,
+        devices_failed: u.devices_failed,
+        devices_with_reports: u.devices_with_reports,
+        reports_stored: u.reports_stored,
+        reports_quarantined: u.reports_quarantined,
+        reports_duplicate: u.reports_duplicate,
+        reports_uploaded: u.reports_uploaded,
+        reports_upload_failed: u.reports_upload_failed,
+        devices_upload_failed: u.devices_upload_failed,
+        batches: u.batches,
+        acks_imported,
+        acks_failed,
+    };
+    store::add_counts(c, cycle, &counts).await?;
     for (device, stage, reason) in &u.failures {
         if let Ok(d) = Uuid::parse_str(device) {
-            diesel::sql_query(
-                "INSERT INTO sched.cycle_failures (cycle_id, device_id, stage, reason) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (cycle_id, device_id, stage) DO UPDATE SET reason = excluded.reason, at = now()",
-            )
-            .bind::<SqlUuid, _>(cycle)
-            .bind::<SqlUuid, _>(d)
-            .bind::<Text, _>(*stage)
-            .bind::<Text, _>(reason)
-            .execute(c)
-            .await?;
+            store::record_failure(c, cycle, d, *stage, reason).await?;
         }
     }
-    // Every device collected, and every device with new reports either holds an ACK, failed
-    // its import, or was refused upstream.
-    diesel::sql_query(
-        "UPDATE sched.cycles SET state = CASE WHEN devices_failed + reports_quarantined + devices_upload_failed \
-         + acks_failed > 0 THEN 'complete_with_errors' ELSE 'complete' END, finished_at = now() \
-         WHERE id = $1 AND state = 'running' AND collection_started \
-         AND devices_ok + devices_failed >= devices \
-         AND acks_imported + acks_failed + devices_upload_failed >= devices_with_reports",
-    )
-    .bind::<SqlUuid, _>(cycle)
-    .execute(c)
-    .await?;
+    store::close_if_done(c, cycle).await?;
     Ok(())
 }

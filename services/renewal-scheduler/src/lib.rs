@@ -1,6 +1,7 @@
 //! renewal-scheduler: starts license cycles (on a cron schedule and on demand) and follows each
 //! through its stages (collection, upload, ACK delivery) from the other services' events.
 
+pub mod alerts;
 pub mod alerts_api;
 pub mod api;
 pub mod compliance;
@@ -61,19 +62,12 @@ pub fn parse_cron(expr: &str) -> Result<croner::Cron, String> {
 
 /// Runs the event consumer, the cron loop and the outbox relay until dropped.
 pub async fn run(s: Scheduler) -> Result<(), tally_bus::BusError> {
-    use prost::Message;
-    use tally_bus::Event;
-    use tally_bus::consumer::HandlerError;
-    use tally_bus::proto::{
-        AcksImported, AcksReceived, CollectionProgress, CollectionStarted, DevicesDeleted,
-        DevicesUpserted, PoolsSynced, UploadProgress,
-    };
     let mut tasks = vec![tokio::spawn(tally_bus::relay::run(
         s.bus.clone(),
         s.pool.clone(),
         tally_store::outbox::Schema::Sched,
     ))];
-    tasks.push(tokio::spawn(compliance::run_alerts(s.clone())));
+    tasks.push(tokio::spawn(alerts::run_alerts(s.clone())));
     if let Some(w) = &s.webhooks {
         match tally_webhook::Deliverer::new(w.clone(), tally_webhook::DeliveryConfig::default()) {
             Ok(d) => {
@@ -89,64 +83,28 @@ pub async fn run(s: Scheduler) -> Result<(), tally_bus::BusError> {
             Err(e) => tracing::error!("{e}; scheduled cycles are off"),
         }
     }
-    let sc = s.clone();
-    let result = tally_bus::consumer::run(
-        s.bus.clone(),
-        DURABLE,
-        &[
-            CollectionStarted::SUBJECT,
-            CollectionProgress::SUBJECT,
-            UploadProgress::SUBJECT,
-            AcksImported::SUBJECT,
-            DevicesUpserted::SUBJECT,
-            DevicesDeleted::SUBJECT,
-            AcksReceived::SUBJECT,
-            PoolsSynced::SUBJECT,
-        ],
-        move |d| {
-            let s = sc.clone();
-            async move {
-                let update = match d.subject.as_str() {
-                    DevicesUpserted::SUBJECT => {
-                        return fleet::upsert(&s, &d.msg_id, DevicesUpserted::decode(d.payload)?)
-                            .await;
-                    }
-                    DevicesDeleted::SUBJECT => {
-                        return fleet::delete(&s, &d.msg_id, DevicesDeleted::decode(d.payload)?)
-                            .await;
-                    }
-                    AcksReceived::SUBJECT => {
-                        return fleet::acks_received(
-                            &s,
-                            &d.msg_id,
-                            AcksReceived::decode(d.payload)?,
-                        )
-                        .await;
-                    }
-                    PoolsSynced::SUBJECT => {
-                        return pools::synced(&s, &d.msg_id, PoolsSynced::decode(d.payload)?).await;
-                    }
-                    CollectionStarted::SUBJECT => {
-                        cycles::Update::from(CollectionStarted::decode(d.payload)?)
-                    }
-                    CollectionProgress::SUBJECT => {
-                        cycles::Update::from(CollectionProgress::decode(d.payload)?)
-                    }
-                    UploadProgress::SUBJECT => {
-                        cycles::Update::from(UploadProgress::decode(d.payload)?)
-                    }
-                    AcksImported::SUBJECT => cycles::Update::from(AcksImported::decode(d.payload)?),
-                    other => {
-                        return Err(HandlerError::Poison(format!("unexpected subject {other}")));
-                    }
-                };
-                cycles::apply(&s, &d.msg_id, update).await
-            }
-        },
-    )
-    .await;
+    let result = router(s.clone()).run(s.bus.clone(), DURABLE).await;
     for t in tasks {
         t.abort();
     }
     result
+}
+
+/// The events the scheduler consumes, each with its handler (the consumer's subjects and
+/// dispatch): the fleet's copy, pool announcements, and each stage's counters of a cycle.
+pub fn router(s: Scheduler) -> tally_bus::router::Router<Scheduler> {
+    use cycles::Update;
+    use tally_bus::proto::{
+        AcksImported, AcksReceived, CollectionProgress, CollectionStarted, DevicesDeleted,
+        DevicesUpserted, PoolsSynced, UploadProgress,
+    };
+    tally_bus::router::Router::new(s)
+        .on(|s, id, ev: CollectionStarted| async move { cycles::apply(&s, &id, Update::from(ev)).await })
+        .on(|s, id, ev: CollectionProgress| async move { cycles::apply(&s, &id, Update::from(ev)).await })
+        .on(|s, id, ev: UploadProgress| async move { cycles::apply(&s, &id, Update::from(ev)).await })
+        .on(|s, id, ev: AcksImported| async move { cycles::apply(&s, &id, Update::from(ev)).await })
+        .on(|s, id, ev: DevicesUpserted| async move { fleet::upsert(&s, &id, ev).await })
+        .on(|s, id, ev: DevicesDeleted| async move { fleet::delete(&s, &id, ev).await })
+        .on(|s, id, ev: AcksReceived| async move { fleet::acks_received(&s, &id, ev).await })
+        .on(|s, id, ev: PoolsSynced| async move { pools::synced(&s, &id, ev).await })
 }

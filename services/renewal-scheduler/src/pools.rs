@@ -3,18 +3,19 @@
 //! out-of-compliance, and what the Catalyst Center term and usage calls answer.
 
 use crate::Scheduler;
-use crate::compliance::{self, NewAlert, Raised, SilenceRow, Subject};
+use crate::alerts::raise::{parse_threshold, threshold_str};
+use crate::alerts::{Kind, NewAlert, Raised, Subject, raise};
+use crate::deadlines;
+use crate::store::alerts::{self as alert_store, Silence};
+use crate::store::pools::{self as store, EndingTerm, NewPools, NewTerms};
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
-use diesel::QueryableByName;
-use diesel::sql_types::{Array, BigInt, Integer, Nullable, Text, Timestamptz, Uuid as SqlUuid};
-use diesel_async::{AsyncConnection, AsyncPgConnection, RunQueryDsl};
+use diesel_async::{AsyncConnection, AsyncPgConnection};
 use std::collections::{HashMap, HashSet};
 use tally_bus::{consumer::HandlerError, proto};
 use tally_domain::alert::{
     AlertKey, AlertKind, AlertState, AlertThresholds, Threshold, due_alerts,
 };
 use tally_store::outbox::{Schema, claim};
-use uuid::Uuid;
 
 /// A date as CSSM gives it (RFC 3339, or a bare date meaning its start in UTC).
 pub fn parse_date(s: &str) -> Option<DateTime<Utc>> {
@@ -33,66 +34,6 @@ pub fn parse_date(s: &str) -> Option<DateTime<Utc>> {
         })
 }
 
-/// Devices holding a level whose pool in their virtual account is overcommitted, where the
-/// pool's license fits the device's model (an exact model or a `prefix*` pattern; a pool no
-/// rule names fits every model).
-const OVER: &str = "EXISTS (SELECT 1 FROM sched.pools p WHERE p.smart_account = d.smart_account \
-     AND p.virtual_account = d.virtual_account AND p.over_since IS NOT NULL \
-     AND p.level <> '' AND p.level IN (d.network_license, d.dna_tier) \
-     AND (cardinality(p.models) = 0 OR EXISTS (SELECT 1 FROM unnest(p.models) m \
-     WHERE d.model = m OR (right(m, 1) = '*' AND starts_with(d.model, left(m, -1))))))";
-
-#[derive(QueryableByName)]
-struct IdRow {
-    #[diesel(sql_type = SqlUuid)]
-    id: Uuid,
-}
-
-/// Flags (or clears) out-of-compliance on the devices of one smart account, and runs the
-/// deadline engine for the devices it changed.
-async fn flag_account(
-    c: &mut AsyncPgConnection,
-    sa: &str,
-    now: DateTime<Utc>,
-) -> Result<(), diesel::result::Error> {
-    let changed: Vec<IdRow> = diesel::sql_query(format!(
-        "UPDATE sched.devices d SET out_of_compliance = {OVER} \
-         WHERE d.smart_account = $1 AND NOT d.deleted AND d.out_of_compliance IS DISTINCT FROM {OVER} \
-         RETURNING d.id"
-    ))
-    .bind::<Text, _>(sa)
-    .load(c)
-    .await?;
-    let ids: Vec<Uuid> = changed.into_iter().map(|r| r.id).collect();
-    compliance::refresh_ids(c, &ids, now).await?;
-    Ok(())
-}
-
-/// Flags devices that just joined or changed, from the pools already known.
-pub async fn flag_devices(
-    c: &mut AsyncPgConnection,
-    ids: &[Uuid],
-) -> Result<(), diesel::result::Error> {
-    diesel::sql_query(format!(
-        "UPDATE sched.devices d SET out_of_compliance = {OVER} \
-         WHERE d.id = ANY($1) AND NOT d.deleted AND d.out_of_compliance IS DISTINCT FROM {OVER}"
-    ))
-    .bind::<Array<SqlUuid>, _>(ids)
-    .execute(c)
-    .await?;
-    Ok(())
-}
-
-#[derive(QueryableByName)]
-struct OverRow {
-    #[diesel(sql_type = Text)]
-    virtual_account: String,
-    #[diesel(sql_type = Text)]
-    license: String,
-    #[diesel(sql_type = Timestamptz)]
-    over_since: DateTime<Utc>,
-}
-
 /// Replaces the smart account's pools with the announced ones, keeping since when each
 /// overcommitted pool has been over, and flags its devices.
 pub async fn synced(
@@ -108,158 +49,53 @@ pub async fn synced(
         }
         // One announcement per smart account at a time; a redelivered older one must not undo
         // a newer one (even one that emptied the account).
-        let newer = diesel::sql_query(
-            "INSERT INTO sched.pool_syncs (smart_account, synced_at) VALUES ($1, $2) \
-             ON CONFLICT (smart_account) DO UPDATE SET synced_at = excluded.synced_at \
-             WHERE sched.pool_syncs.synced_at <= excluded.synced_at",
-        )
-        .bind::<Text, _>(&ev.smart_account)
-        .bind::<Timestamptz, _>(at)
-        .execute(c)
-        .await?;
-        if newer == 0 {
+        if !store::claim_sync(c, &ev.smart_account, at).await? {
             return Ok(());
         }
-        let prior: Vec<OverRow> = diesel::sql_query(
-            "SELECT virtual_account, license, over_since FROM sched.pools \
-             WHERE smart_account = $1 AND over_since IS NOT NULL",
-        )
-        .bind::<Text, _>(&ev.smart_account)
-        .load(c)
-        .await?;
-        let prior: HashMap<(String, String), DateTime<Utc>> = prior
-            .into_iter()
-            .map(|r| ((r.virtual_account, r.license), r.over_since))
-            .collect();
-        for table in ["sched.pool_terms", "sched.pools"] {
-            diesel::sql_query(format!("DELETE FROM {table} WHERE smart_account = $1"))
-                .bind::<Text, _>(&ev.smart_account)
-                .execute(c)
-                .await?;
-        }
-        let n = ev.pools.len();
-        let mut models = Vec::with_capacity(n);
-        let (mut va, mut lic, mut lvl, mut q, mut iu, mut held, mut over) = (
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-            Vec::with_capacity(n),
-        );
-        let (mut tva, mut tlic, mut line, mut sub, mut ty, mut tq, mut start, mut end) =
-            (vec![], vec![], vec![], vec![], vec![], vec![], vec![], vec![]);
+        let prior: HashMap<(String, String), DateTime<Utc>> =
+            store::over_since(c, &ev.smart_account)
+                .await?
+                .into_iter()
+                .map(|(va, l, t)| ((va, l), t))
+                .collect();
+        store::clear(c, &ev.smart_account).await?;
+        let mut pools = NewPools::default();
+        let mut terms = NewTerms::default();
         for p in &ev.pools {
             let is_over = p.cssm_in_use > p.quantity || p.held > p.quantity;
             let key = (p.virtual_account.clone(), p.license.clone());
-            over.push(is_over.then(|| prior.get(&key).copied().unwrap_or(at)));
-            va.push(p.virtual_account.clone());
-            lic.push(p.license.clone());
-            lvl.push(p.level.clone());
-            models.push(serde_json::to_string(&p.models).unwrap_or_else(|_| "[]".into()));
-            q.push(p.quantity);
-            iu.push(p.cssm_in_use);
-            held.push(p.held);
+            pools
+                .over_since
+                .push(is_over.then(|| prior.get(&key).copied().unwrap_or(at)));
+            pools.virtual_accounts.push(p.virtual_account.clone());
+            pools.licenses.push(p.license.clone());
+            pools.levels.push(p.level.clone());
+            pools
+                .models_json
+                .push(serde_json::to_string(&p.models).unwrap_or_else(|_| "[]".into()));
+            pools.quantities.push(p.quantity);
+            pools.cssm_in_use.push(p.cssm_in_use);
+            pools.held.push(p.held);
             for (i, t) in p.terms.iter().enumerate() {
-                tva.push(p.virtual_account.clone());
-                tlic.push(p.license.clone());
-                line.push(i32::try_from(i).unwrap_or(i32::MAX));
-                sub.push(t.subscription_id.clone());
-                ty.push(t.license_type.clone());
-                tq.push(t.quantity);
-                start.push(parse_date(&t.start_date));
-                end.push(parse_date(&t.end_date));
+                terms.virtual_accounts.push(p.virtual_account.clone());
+                terms.licenses.push(p.license.clone());
+                terms.lines.push(i32::try_from(i).unwrap_or(i32::MAX));
+                terms.subscription_ids.push(t.subscription_id.clone());
+                terms.license_types.push(t.license_type.clone());
+                terms.quantities.push(t.quantity);
+                terms.starts.push(parse_date(&t.start_date));
+                terms.ends.push(parse_date(&t.end_date));
             }
         }
-        diesel::sql_query(
-            "INSERT INTO sched.pools (smart_account, virtual_account, license, level, quantity, \
-             cssm_in_use, held, over_since, synced_at, models) \
-             SELECT $1, u.va, u.l, u.lvl, u.q, u.iu, u.h, u.o, $9, \
-             ARRAY(SELECT jsonb_array_elements_text(u.m::jsonb)) FROM unnest($2::text[], \
-             $3::text[], $4::text[], $5::int8[], $6::int8[], $7::int8[], $8::timestamptz[], \
-             $10::text[]) AS u(va, l, lvl, q, iu, h, o, m) ON CONFLICT DO NOTHING",
-        )
-        .bind::<Text, _>(&ev.smart_account)
-        .bind::<Array<Text>, _>(&va)
-        .bind::<Array<Text>, _>(&lic)
-        .bind::<Array<Text>, _>(&lvl)
-        .bind::<Array<BigInt>, _>(&q)
-        .bind::<Array<BigInt>, _>(&iu)
-        .bind::<Array<BigInt>, _>(&held)
-        .bind::<Array<Nullable<Timestamptz>>, _>(&over)
-        .bind::<Timestamptz, _>(at)
-        .bind::<Array<Text>, _>(&models)
-        .execute(c)
-        .await?;
-        diesel::sql_query(
-            "INSERT INTO sched.pool_terms (smart_account, virtual_account, license, line, \
-             subscription_id, license_type, quantity, start_date, end_date) \
-             SELECT $1, u.va, u.l, u.i, u.s, u.t, u.q, u.b, u.e FROM unnest($2::text[], $3::text[], \
-             $4::int4[], $5::text[], $6::text[], $7::int8[], $8::timestamptz[], $9::timestamptz[]) \
-             AS u(va, l, i, s, t, q, b, e) ON CONFLICT DO NOTHING",
-        )
-        .bind::<Text, _>(&ev.smart_account)
-        .bind::<Array<Text>, _>(&tva)
-        .bind::<Array<Text>, _>(&tlic)
-        .bind::<Array<Integer>, _>(&line)
-        .bind::<Array<Text>, _>(&sub)
-        .bind::<Array<Text>, _>(&ty)
-        .bind::<Array<BigInt>, _>(&tq)
-        .bind::<Array<Nullable<Timestamptz>>, _>(&start)
-        .bind::<Array<Nullable<Timestamptz>>, _>(&end)
-        .execute(c)
-        .await?;
-        flag_account(c, &ev.smart_account, compliance::clock(s)).await?;
+        store::insert_pools(c, &ev.smart_account, &pools, at).await?;
+        store::insert_terms(c, &ev.smart_account, &terms).await?;
+        // Flags (or clears) out-of-compliance on the account's devices, and runs the deadline
+        // engine for the devices it changed.
+        let changed = store::flag_account(c, &ev.smart_account).await?;
+        deadlines::refresh_ids(c, &changed, s.now()).await?;
         Ok::<_, HandlerError>(())
     })
     .await
-}
-
-#[derive(QueryableByName)]
-struct PoolRow {
-    #[diesel(sql_type = Text)]
-    smart_account: String,
-    #[diesel(sql_type = Text)]
-    virtual_account: String,
-    #[diesel(sql_type = Text)]
-    license: String,
-    #[diesel(sql_type = BigInt)]
-    quantity: i64,
-    #[diesel(sql_type = BigInt)]
-    cssm_in_use: i64,
-    #[diesel(sql_type = BigInt)]
-    held: i64,
-    #[diesel(sql_type = Timestamptz)]
-    over_since: DateTime<Utc>,
-}
-
-#[derive(QueryableByName)]
-struct TermRow {
-    #[diesel(sql_type = Text)]
-    smart_account: String,
-    #[diesel(sql_type = Text)]
-    virtual_account: String,
-    #[diesel(sql_type = Text)]
-    license: String,
-    #[diesel(sql_type = Integer)]
-    line: i32,
-    #[diesel(sql_type = Text)]
-    subscription_id: String,
-    #[diesel(sql_type = BigInt)]
-    quantity: i64,
-    #[diesel(sql_type = Timestamptz)]
-    end_date: DateTime<Utc>,
-}
-
-#[derive(QueryableByName)]
-struct SentRow {
-    #[diesel(sql_type = Text)]
-    subject: String,
-    #[diesel(sql_type = Timestamptz)]
-    due: DateTime<Utc>,
-    #[diesel(sql_type = Text)]
-    threshold: String,
 }
 
 fn pool_subject(sa: &str, va: &str, what: String) -> Subject {
@@ -278,7 +114,7 @@ pub async fn evaluate(
     c: &mut AsyncPgConnection,
     s: &Scheduler,
     now: DateTime<Utc>,
-    silences: &[SilenceRow],
+    silences: &[Silence],
 ) -> Result<(usize, usize), diesel::result::Error> {
     let (mut fired, mut silenced) = (0, 0);
     let mut count = |r: Raised| match r {
@@ -286,14 +122,8 @@ pub async fn evaluate(
         Raised::Silenced => silenced += 1,
         Raised::Already => {}
     };
-    let over: Vec<PoolRow> = diesel::sql_query(
-        "SELECT smart_account, virtual_account, license, quantity, cssm_in_use, held, over_since \
-         FROM sched.pools WHERE over_since IS NOT NULL ORDER BY 1, 2, 3",
-    )
-    .load(c)
-    .await?;
-    for p in &over {
-        let kind = "out_of_compliance";
+    for p in &store::overcommitted(c).await? {
+        let kind = Kind::OutOfCompliance;
         let subject = pool_subject(
             &p.smart_account,
             &p.virtual_account,
@@ -302,7 +132,7 @@ pub async fn evaluate(
                 p.smart_account, p.virtual_account, p.license
             ),
         );
-        let quiet = silences.iter().any(|m| m.matches(kind, "", None));
+        let quiet = silences.iter().any(|m| m.matches(kind.as_str(), "", None));
         let alert = NewAlert {
             kind,
             severity: "warning",
@@ -315,20 +145,12 @@ pub async fn evaluate(
                 p.license, p.smart_account, p.virtual_account, p.quantity, p.cssm_in_use, p.held
             ),
         };
-        count(compliance::raise(c, s, &alert, quiet, now).await?);
+        count(raise(c, s, &alert, quiet, now).await?);
     }
     let widest = Threshold::widest_days(&AlertThresholds::default().term_end);
-    let terms: Vec<TermRow> = diesel::sql_query(
-        "SELECT smart_account, virtual_account, license, line, subscription_id, quantity, end_date \
-         FROM sched.pool_terms WHERE end_date IS NOT NULL AND upper(license_type) <> 'PERPETUAL' \
-         AND end_date <= $1 AND end_date > $2 ORDER BY end_date, 1, 2, 3, 4",
-    )
-    .bind::<Timestamptz, _>(now + TimeDelta::days(widest))
     // Terms that have already ended get no reminder (the roll-up counts them as expired).
-    .bind::<Timestamptz, _>(now)
-    .load(c)
-    .await?;
-    let subject_of = |t: &TermRow| {
+    let terms = store::terms_ending(c, now, now + TimeDelta::days(widest)).await?;
+    let subject_of = |t: &EndingTerm| {
         let sub = if t.subscription_id.is_empty() {
             format!("line {}", t.line)
         } else {
@@ -340,16 +162,10 @@ pub async fn evaluate(
         )
     };
     let subjects: Vec<String> = terms.iter().map(subject_of).collect();
-    let sent: Vec<SentRow> = diesel::sql_query(
-        "SELECT subject, due, threshold FROM sched.alerts WHERE kind = 'term_end' \
-         AND subject = ANY($1)",
-    )
-    .bind::<Array<Text>, _>(&subjects)
-    .load(c)
-    .await?;
+    let sent = alert_store::sent(c, Kind::TermEnd.as_str(), &subjects).await?;
     let mut already: HashMap<String, HashSet<AlertKey>> = HashMap::new();
     for r in sent {
-        if let Some(threshold) = compliance::parse_threshold(&r.threshold) {
+        if let Some(threshold) = parse_threshold(&r.threshold) {
             already
                 .entry(r.subject.clone())
                 .or_default()
@@ -369,15 +185,15 @@ pub async fn evaluate(
             term_end: Some(t.end_date),
         };
         for key in due_alerts(&state, now, already.get(&id).unwrap_or(&empty)) {
-            let kind = "term_end";
-            let quiet = silences.iter().any(|m| m.matches(kind, "", None));
+            let kind = Kind::TermEnd;
+            let quiet = silences.iter().any(|m| m.matches(kind.as_str(), "", None));
             let days = tally_domain::policy::days_left(t.end_date, now);
             let alert = NewAlert {
                 kind,
                 severity: "warning",
                 subject: pool_subject(&t.smart_account, &t.virtual_account, id.clone()),
                 due: key.due,
-                threshold: compliance::threshold_str(key.threshold),
+                threshold: threshold_str(key.threshold),
                 message: format!(
                     "{} x{} in {}/{}: subscription {} ends {}, in {days} days: renew it",
                     t.license,
@@ -392,7 +208,7 @@ pub async fn evaluate(
                     t.end_date.format("%Y-%m-%d")
                 ),
             };
-            count(compliance::raise(c, s, &alert, quiet, now).await?);
+            count(raise(c, s, &alert, quiet, now).await?);
         }
     }
     Ok((fired, silenced))

@@ -7,8 +7,9 @@ use diesel_async::RunQueryDsl;
 use std::sync::Arc;
 use tally_bus::proto;
 use tally_platform::SecretBox;
-use tally_renewal_scheduler::{Config, Scheduler, compliance, fleet};
-use tally_store::testdb::TestDb;
+use tally_renewal_scheduler::compliance::{Dimension, Status};
+use tally_renewal_scheduler::{Config, Scheduler, alerts, compliance, deadlines, fleet};
+use tally_testkit::TestDb;
 use uuid::Uuid;
 
 async fn count(s: &Scheduler, sql: &str) -> i64 {
@@ -24,7 +25,7 @@ async fn count(s: &Scheduler, sql: &str) -> i64 {
 async fn fleet_acked_at(acked: DateTime<Utc>) -> (TestDb, Scheduler, Vec<Uuid>) {
     let db = TestDb::new().await.unwrap();
     let pool = tally_store::pool(&db.url, 8).unwrap();
-    let bus = tally_bus::testing::bus().await.unwrap();
+    let bus = tally_testkit::bus().await.unwrap();
     let secrets = SecretBox::from_secret("compliance-tests-secret");
     let s = Scheduler {
         pool,
@@ -116,7 +117,7 @@ async fn alerts_fire_once_at_each_threshold_on_a_simulated_clock() {
     }
     let at = |days_before: i64| deadline - TimeDelta::days(days_before);
     // 31 days before: nothing yet.
-    assert_eq!(compliance::evaluate(&s, at(31)).await.unwrap().fired, 0);
+    assert_eq!(alerts::evaluate(&s, at(31)).await.unwrap().fired, 0);
     // Each threshold fires once per device with a subscription; evaluating again fires nothing.
     for (n, expect) in [
         (30, 3),
@@ -128,7 +129,7 @@ async fn alerts_fire_once_at_each_threshold_on_a_simulated_clock() {
         (0, 3),
         (-5, 0),
     ] {
-        let e = compliance::evaluate(&s, at(n) + TimeDelta::seconds(1))
+        let e = alerts::evaluate(&s, at(n) + TimeDelta::seconds(1))
             .await
             .unwrap();
         assert_eq!(e.fired, expect, "at {n} days before");
@@ -169,7 +170,7 @@ async fn alerts_fire_once_at_each_threshold_on_a_simulated_clock() {
     assert_eq!(ranked[0].impact, "critical");
     assert_eq!(ranked[0].status, "ack_overdue");
     assert_eq!(ranked[0].deadline, Some(deadline));
-    let by_site = compliance::roll_up(&rows, "site", deadline - TimeDelta::days(10));
+    let by_site = compliance::roll_up(&rows, Dimension::Site, deadline - TimeDelta::days(10));
     let branch = by_site.iter().find(|r| r.key == "branch-01").unwrap();
     assert_eq!(
         (branch.devices, branch.ack_pending, branch.critical_at_risk),
@@ -190,7 +191,7 @@ async fn a_silenced_site_is_recorded_not_delivered_and_replicas_fire_once() {
     .unwrap();
     let at: DateTime<Utc> = "2026-03-20T00:00:00Z".parse().unwrap();
     // Two replicas evaluating at once: each alert fires once.
-    let (a, b) = tokio::join!(compliance::evaluate(&s, at), compliance::evaluate(&s, at));
+    let (a, b) = tokio::join!(alerts::evaluate(&s, at), alerts::evaluate(&s, at));
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.fired + b.fired, 1, "only sw-a at hq is delivered");
     assert_eq!(a.silenced + b.silenced, 2);
@@ -328,7 +329,7 @@ async fn spread_fleet(s: &Scheduler, n: usize, seed: u64, t: DateTime<Utc>) -> V
 /// The stored, maintained roll-up must say exactly what assessing every device says.
 async fn assert_rollups_match(s: &Scheduler, at: DateTime<Utc>, clock: DateTime<Utc>, what: &str) {
     let mut c = s.pool.get().await.unwrap();
-    for by in compliance::DIMENSIONS {
+    for &by in Dimension::ALL {
         let stored = compliance::summary(&mut c, by, at, clock).await.unwrap();
         let rows = compliance::fleet(&mut c).await.unwrap();
         let fresh = compliance::roll_up(&rows, by, at);
@@ -366,7 +367,7 @@ async fn stored_rollups_equal_assessing_every_device() {
     }
     // A sweep moves the stored statuses; asking about an earlier time counts every device.
     let mut c = s.pool.get().await.unwrap();
-    let moved = compliance::sweep(&mut c, t + TimeDelta::days(45))
+    let moved = deadlines::sweep(&mut c, t + TimeDelta::days(45))
         .await
         .unwrap();
     assert!(moved > 0, "statuses crossed a threshold in 45 days");
@@ -412,7 +413,7 @@ async fn stored_rollups_equal_assessing_every_device() {
         .await;
     }
     // Every dimension counts every device once.
-    for by in compliance::DIMENSIONS {
+    for &by in Dimension::ALL {
         assert_eq!(
             count(
                 &s,
@@ -480,7 +481,7 @@ async fn pools_bring_renewal_reminders_and_out_of_compliance() {
     let page = compliance::devices_page(
         &mut c,
         &compliance::DeviceFilter {
-            status: Some("out_of_compliance".into()),
+            status: Some(Status::OutOfCompliance),
             limit: 10,
             ..Default::default()
         },
@@ -506,7 +507,7 @@ async fn pools_bring_renewal_reminders_and_out_of_compliance() {
         }
     };
     // The pool is over: one alert; the term is 4 months out: no reminder yet.
-    let e = compliance::evaluate(&s, end - TimeDelta::days(91))
+    let e = alerts::evaluate(&s, end - TimeDelta::days(91))
         .await
         .unwrap();
     assert_eq!(
@@ -516,7 +517,7 @@ async fn pools_bring_renewal_reminders_and_out_of_compliance() {
     assert!(e.fired >= 1);
     // 90, 60 and 30 days before the end: one reminder each, however often evaluated.
     for (days, want) in [(90, 1), (89, 1), (60, 2), (45, 2), (30, 3), (1, 3), (-5, 3)] {
-        compliance::evaluate(&s, end - TimeDelta::days(days) + TimeDelta::seconds(1))
+        alerts::evaluate(&s, end - TimeDelta::days(days) + TimeDelta::seconds(1))
             .await
             .unwrap();
         assert_eq!(kinds("term_end").await, want, "{days} days before the end");
@@ -565,7 +566,7 @@ async fn pools_bring_renewal_reminders_and_out_of_compliance() {
     )
     .await
     .unwrap();
-    compliance::evaluate(&s, synced + TimeDelta::days(3))
+    alerts::evaluate(&s, synced + TimeDelta::days(3))
         .await
         .unwrap();
     assert_eq!(kinds("out_of_compliance").await, 2);

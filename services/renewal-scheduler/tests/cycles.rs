@@ -7,13 +7,13 @@ use prost::Message;
 use std::sync::Arc;
 use tally_bus::proto;
 use tally_renewal_scheduler::{Config, Scheduler, cycles};
-use tally_store::testdb::TestDb;
+use tally_testkit::TestDb;
 use uuid::Uuid;
 
 async fn scheduler() -> (TestDb, Scheduler) {
     let db = TestDb::new().await.unwrap();
     let pool = tally_store::pool(&db.url, 8).unwrap();
-    let bus = tally_bus::testing::bus().await.unwrap();
+    let bus = tally_testkit::bus().await.unwrap();
     let s = Scheduler {
         pool,
         bus,

@@ -1,0 +1,1 @@
+INSERT INTO sched.cycle_acks (cycle_id, device_id, ok) SELECT DISTINCT $1, d, true FROM unnest($2::uuid[]) AS d ON CONFLICT (cycle_id, device_id) DO UPDATE SET ok = true WHERE NOT sched.cycle_acks.ok RETURNING (xmax = 0) AS inserted

@@ -1,0 +1,1 @@
+SELECT id, hostname, model, site, smart_account, virtual_account, is_cube, network_license, dna_tier, first_seen_at, last_upload_at, last_ack_at, out_of_compliance, voice_role FROM sched.devices WHERE NOT deleted AND deadline - interval '2592000 seconds' <= $1 ORDER BY NOT critical, deadline, id LIMIT $2

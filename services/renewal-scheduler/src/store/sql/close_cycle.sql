@@ -1,0 +1,1 @@
+UPDATE sched.cycles SET state = CASE WHEN devices_failed + reports_quarantined + devices_upload_failed + acks_failed > 0 THEN 'complete_with_errors' ELSE 'complete' END, finished_at = now() WHERE id = $1 AND state = 'running' AND collection_started AND devices_ok + devices_failed >= devices AND acks_imported + acks_failed + devices_upload_failed >= devices_with_reports

@@ -1,0 +1,1 @@
+SELECT k.key, sched.compliance_status(d.deadline, d.ack_pending, d.out_of_compliance, $2, interval '2592000 seconds') AS status, d.critical, count(*) AS n FROM sched.devices d, sched.compliance_keys(d.smart_account, d.virtual_account, d.site, d.dna_tier) k WHERE NOT d.deleted AND k.dim = $1 GROUP BY 1, 2, 3

@@ -1,0 +1,1 @@
+INSERT INTO sched.pool_terms (smart_account, virtual_account, license, line, subscription_id, license_type, quantity, start_date, end_date) SELECT $1, u.va, u.l, u.i, u.s, u.t, u.q, u.b, u.e FROM unnest($2::text[], $3::text[], $4::int4[], $5::text[], $6::text[], $7::int8[], $8::timestamptz[], $9::timestamptz[]) AS u(va, l, i, s, t, q, b, e) ON CONFLICT DO NOTHING
