@@ -1,15 +1,14 @@
 //! `tally serve`: assembles the chosen services into one process: their HTTP routes under
 //! `/api/v1` (bearer-token auth), their consumers, workers and outbox relays.
 
-use actix_web::{App, HttpResponse, HttpServer, middleware, web};
+use actix_web::{HttpResponse, HttpServer, middleware, web};
 use anyhow::{Context, bail};
 use clap::{Args, ValueEnum};
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 use tally_bus::Bus;
 use tally_catalyst_api::SecuritySchemes as CatalystAuth;
-use tally_platform::{ApiTokens, Problem, SecretBox, auth::require_token};
+use tally_platform::{ApiTokens, Problem, SecretBox};
 use utoipa::OpenApi;
-use utoipa_actix_web::AppExt;
 use utoipa_swagger_ui::SwaggerUi;
 
 pub const DEFAULT_DB: &str = "postgres://postgres@127.0.0.1:5432/tally";
@@ -174,11 +173,9 @@ async fn metrics() -> HttpResponse {
 
 /// Builds the whole OpenAPI document for every service (used by `tally openapi` and tests).
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    let (_, api) = App::new()
-        .into_utoipa_app()
-        .openapi(ApiDoc::openapi())
+    let (_, api) = tally_platform::api_app(ApiDoc::openapi(), web::Data::new(ApiTokens::default()))
         .service(
-            utoipa_actix_web::scope("/api/v1")
+            tally_platform::api_scope()
                 .configure(tally_inventory::routes)
                 .configure(tally_rum_aggregator::routes)
                 .configure(tally_cssm_uplink::routes)
@@ -344,15 +341,27 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     });
     let server = HttpServer::new(move || {
         let s = svc.clone();
-        let mut app = App::new()
-            .into_utoipa_app()
-            .openapi(ApiDoc::openapi())
-            .app_data(tokens.clone())
+        let scope = tally_platform::api_scope().configure(|cfg| {
+            if s.inventory.is_some() {
+                tally_inventory::routes(cfg);
+            }
+            if s.rum.is_some() {
+                tally_rum_aggregator::routes(cfg);
+            }
+            if s.uplink.is_some() {
+                tally_cssm_uplink::routes(cfg);
+            }
+            if s.scheduler.is_some() {
+                tally_renewal_scheduler::routes(cfg);
+            }
+            if s.tiers.is_some() {
+                tally_tier_assignment::routes(cfg);
+            }
+        });
+        let mut app = tally_platform::api_app(ApiDoc::openapi(), tokens.clone())
+            .service(scope)
             .app_data(catalyst_key.clone())
-            .app_data(ready.clone())
-            .app_data(tally_platform::problem::json_config(16 * 1024 * 1024))
-            .app_data(tally_platform::problem::query_config())
-            .app_data(tally_platform::problem::path_config());
+            .app_data(ready.clone());
         if let Some(d) = &s.inventory {
             app = app.app_data(d.clone());
         }
@@ -371,27 +380,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         if let Some(d) = &s.catalyst {
             app = app.app_data(d.clone());
         }
-        let scope = utoipa_actix_web::scope("/api/v1")
-            .wrap(middleware::from_fn(require_token))
-            .configure(|cfg| {
-                if s.inventory.is_some() {
-                    tally_inventory::routes(cfg);
-                }
-                if s.rum.is_some() {
-                    tally_rum_aggregator::routes(cfg);
-                }
-                if s.uplink.is_some() {
-                    tally_cssm_uplink::routes(cfg);
-                }
-                if s.scheduler.is_some() {
-                    tally_renewal_scheduler::routes(cfg);
-                }
-                if s.tiers.is_some() {
-                    tally_tier_assignment::routes(cfg);
-                }
-            });
         let (app, api) = app
-            .service(scope)
             .configure(|cfg| {
                 // Catalyst Center's paths at the root, with its own token auth, so its SDKs
                 // work unchanged.
