@@ -213,123 +213,7 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         "creating the JetStream stream (NATS >= 2.10 with JetStream enabled is required)",
     )?;
     let secrets = SecretBox::from_secret(&args.secret_key);
-    let t = &args.target;
-    let mut svc = Services::default();
-    let mut tasks = tokio::task::JoinSet::new();
-
-    if has(t, Target::Inventory) {
-        let inv = tally_inventory::Inventory {
-            pool: pool.clone(),
-            secrets: secrets.clone(),
-        };
-        svc.inventory = Some(web::Data::new(inv.clone()));
-        // Its outbox relay and the consumer of tier-assignment's license changes.
-        let b = bus.clone();
-        tasks.spawn(async move {
-            tally_inventory::run(inv, b)
-                .await
-                .map_err(anyhow::Error::from)
-        });
-    }
-    if has(t, Target::RumAggregator) {
-        let agg = tally_rum_aggregator::Aggregator::new(
-            pool.clone(),
-            bus.clone(),
-            secrets.clone(),
-            tally_rum_aggregator::Config {
-                concurrency: args.collect_concurrency,
-                workers: args.collect_workers,
-                slice: args.collect_slice,
-                device_timeout: Duration::from_secs(args.device_timeout_secs),
-                device_retries: args.device_retries,
-            },
-        )?;
-        svc.rum = Some(web::Data::new(agg.clone()));
-        tasks.spawn(async move {
-            tally_rum_aggregator::run(agg)
-                .await
-                .map_err(anyhow::Error::from)
-        });
-    }
-    if has(t, Target::CssmUplink) {
-        let cssm = cssm_client(&args)?;
-        let up = tally_cssm_uplink::Uplink {
-            pool: pool.clone(),
-            bus: bus.clone(),
-            cssm,
-            cfg: Arc::new(tally_cssm_uplink::Config {
-                mode: args.uplink_mode,
-                batch_max_reports: args.batch_max_reports,
-                poll_initial: Duration::from_millis(args.poll_initial_ms),
-                ..Default::default()
-            }),
-        };
-        svc.uplink = Some(web::Data::new(up.clone()));
-        tasks.spawn(async move {
-            tally_cssm_uplink::run(up)
-                .await
-                .map_err(anyhow::Error::from)
-        });
-    }
-    if has(t, Target::RenewalScheduler) {
-        let s = tally_renewal_scheduler::Scheduler {
-            pool: pool.clone(),
-            bus: bus.clone(),
-            cfg: Arc::new(tally_renewal_scheduler::Config {
-                cron: args.cycle_cron.clone(),
-                alert_interval: Duration::from_secs(args.alert_interval_secs.max(1)),
-                clock_offset: chrono::TimeDelta::try_seconds(args.clock_offset_secs)
-                    .unwrap_or_default(),
-            }),
-            webhooks: Some(tally_webhook::Webhooks::new(
-                tally_webhook::Schema::new("sched")?,
-                secrets.clone(),
-            )),
-        };
-        svc.scheduler = Some(web::Data::new(s.clone()));
-        tasks.spawn(async move {
-            tally_renewal_scheduler::run(s)
-                .await
-                .map_err(anyhow::Error::from)
-        });
-    }
-    if has(t, Target::TierAssignment) {
-        let tiers = tally_tier_assignment::Tiers::new(
-            pool.clone(),
-            bus.clone(),
-            secrets.clone(),
-            cssm_client(&args)?,
-            tally_tier_assignment::Config {
-                concurrency: args.tier_concurrency,
-                device_timeout: Duration::from_secs(args.device_timeout_secs),
-                device_retries: args.device_retries,
-                pool_sync_interval: Duration::from_secs(args.pool_sync_interval_secs.max(60)),
-                ..Default::default()
-            },
-        )?;
-        svc.tiers = Some(web::Data::new(tiers.clone()));
-        tasks.spawn(async move {
-            tally_tier_assignment::run(tiers)
-                .await
-                .map_err(anyhow::Error::from)
-        });
-    }
-
-    if has(t, Target::CatalystApi) {
-        let cat = tally_catalyst_api::Catalyst {
-            pool: pool.clone(),
-            bus: bus.clone(),
-            clock_offset: chrono::TimeDelta::try_seconds(args.clock_offset_secs)
-                .unwrap_or_default(),
-        };
-        svc.catalyst = Some(web::Data::new(cat.clone()));
-        // The consumer of tier-assignment's answers to its transfers.
-        tasks.spawn(async move {
-            tally_catalyst_api::run(cat)
-                .await
-                .map_err(anyhow::Error::from)
-        });
-    }
+    let (svc, mut tasks) = start_services(&args, &pool, &bus, &secrets)?;
 
     let tokens = web::Data::new(tokens);
     let catalyst_key = web::Data::new(tally_platform::catalyst_token::TokenKey::from_secret(
@@ -418,6 +302,134 @@ pub async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     tasks.shutdown().await;
     tracing::info!("tally stopped");
     Ok(())
+}
+
+/// Each target's service value (for the HTTP app) and its background work (relays, consumers,
+/// workers), started on a join set: the server stops when any of them ends.
+fn start_services(
+    args: &ServeArgs,
+    pool: &tally_store::Pool,
+    bus: &Bus,
+    secrets: &SecretBox,
+) -> anyhow::Result<(Services, tokio::task::JoinSet<anyhow::Result<()>>)> {
+    let t = &args.target;
+    let mut svc = Services::default();
+    let mut tasks = tokio::task::JoinSet::new();
+
+    if has(t, Target::Inventory) {
+        let inv = tally_inventory::Inventory {
+            pool: pool.clone(),
+            secrets: secrets.clone(),
+        };
+        svc.inventory = Some(web::Data::new(inv.clone()));
+        // Its outbox relay and the consumer of tier-assignment's license changes.
+        let b = bus.clone();
+        tasks.spawn(async move {
+            tally_inventory::run(inv, b)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+    }
+    if has(t, Target::RumAggregator) {
+        let agg = tally_rum_aggregator::Aggregator::new(
+            pool.clone(),
+            bus.clone(),
+            secrets.clone(),
+            tally_rum_aggregator::Config {
+                concurrency: args.collect_concurrency,
+                workers: args.collect_workers,
+                slice: args.collect_slice,
+                device_timeout: Duration::from_secs(args.device_timeout_secs),
+                device_retries: args.device_retries,
+            },
+        )?;
+        svc.rum = Some(web::Data::new(agg.clone()));
+        tasks.spawn(async move {
+            tally_rum_aggregator::run(agg)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+    }
+    if has(t, Target::CssmUplink) {
+        let cssm = cssm_client(args)?;
+        let up = tally_cssm_uplink::Uplink {
+            pool: pool.clone(),
+            bus: bus.clone(),
+            cssm,
+            cfg: Arc::new(tally_cssm_uplink::Config {
+                mode: args.uplink_mode,
+                batch_max_reports: args.batch_max_reports,
+                poll_initial: Duration::from_millis(args.poll_initial_ms),
+                ..Default::default()
+            }),
+        };
+        svc.uplink = Some(web::Data::new(up.clone()));
+        tasks.spawn(async move {
+            tally_cssm_uplink::run(up)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+    }
+    if has(t, Target::RenewalScheduler) {
+        let s = tally_renewal_scheduler::Scheduler {
+            pool: pool.clone(),
+            bus: bus.clone(),
+            cfg: Arc::new(tally_renewal_scheduler::Config {
+                cron: args.cycle_cron.clone(),
+                alert_interval: Duration::from_secs(args.alert_interval_secs.max(1)),
+                clock_offset: chrono::TimeDelta::try_seconds(args.clock_offset_secs)
+                    .unwrap_or_default(),
+            }),
+            webhooks: Some(tally_webhook::Webhooks::new(
+                tally_webhook::Schema::new("sched")?,
+                secrets.clone(),
+            )),
+        };
+        svc.scheduler = Some(web::Data::new(s.clone()));
+        tasks.spawn(async move {
+            tally_renewal_scheduler::run(s)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+    }
+    if has(t, Target::TierAssignment) {
+        let tiers = tally_tier_assignment::Tiers::new(
+            pool.clone(),
+            bus.clone(),
+            secrets.clone(),
+            cssm_client(args)?,
+            tally_tier_assignment::Config {
+                concurrency: args.tier_concurrency,
+                device_timeout: Duration::from_secs(args.device_timeout_secs),
+                device_retries: args.device_retries,
+                pool_sync_interval: Duration::from_secs(args.pool_sync_interval_secs.max(60)),
+                ..Default::default()
+            },
+        )?;
+        svc.tiers = Some(web::Data::new(tiers.clone()));
+        tasks.spawn(async move {
+            tally_tier_assignment::run(tiers)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+    }
+
+    if has(t, Target::CatalystApi) {
+        let cat = tally_catalyst_api::Catalyst {
+            pool: pool.clone(),
+            bus: bus.clone(),
+            clock_offset: chrono::TimeDelta::try_seconds(args.clock_offset_secs)
+                .unwrap_or_default(),
+        };
+        svc.catalyst = Some(web::Data::new(cat.clone()));
+        // The consumer of tier-assignment's answers to its transfers.
+        tasks.spawn(async move {
+            tally_catalyst_api::run(cat)
+                .await
+                .map_err(anyhow::Error::from)
+        });
+    }
+    Ok((svc, tasks))
 }
 
 /// CSSM's API client, or `None` in offline mode (air-gapped sites exchange files instead).
