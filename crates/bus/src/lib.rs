@@ -127,20 +127,3 @@ impl Bus {
         self.js.query_account().await.is_ok()
     }
 }
-
-/// For tests of anything that uses the bus: a real NATS server, one namespace per test.
-pub mod testing {
-    use crate::{Bus, BusError};
-
-    /// `TALLY_TEST_NATS_URL`, else the default local server.
-    pub fn nats_url() -> String {
-        std::env::var("TALLY_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-    }
-
-    /// A bus in a namespace of its own, with its stream created.
-    pub async fn bus() -> Result<Bus, BusError> {
-        let bus = Bus::connect(&nats_url(), &format!("t{}", uuid::Uuid::new_v4().simple())).await?;
-        bus.ensure_stream().await?;
-        Ok(bus)
-    }
-}

@@ -1,9 +1,9 @@
 //! Postgres access shared by every service: the connection pool, the embedded migrations (one
-//! Postgres schema per service), the transactional outbox and inbox tables, and per-test databases.
+//! Postgres schema per service), the transactional outbox and inbox tables. Per-test databases
+//! are in tally-testkit.
 
 pub mod outbox;
 pub mod projection;
-pub mod testdb;
 pub mod text_enum;
 
 /// A hash of the migrations folder (build.rs): names the per-test template database, so a
@@ -31,8 +31,6 @@ pub enum StoreError {
     Pool(String),
     #[error("migration failed: {0}")]
     Migration(String),
-    #[error("database admin: {0}")]
-    Admin(#[from] tokio_postgres::Error),
 }
 
 impl From<deadpool::PoolError> for StoreError {

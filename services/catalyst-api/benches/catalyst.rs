@@ -26,9 +26,9 @@ async fn main() {
     let n = fleet::devices_arg();
     let calls = 200;
     tally_platform::init_crypto();
-    let db = tally_store::testdb::TestDb::new().await.unwrap();
+    let db = tally_testkit::TestDb::new().await.unwrap();
     let pool = tally_store::pool(&db.url, 8).unwrap();
-    let bus = tally_bus::testing::bus().await.unwrap();
+    let bus = tally_testkit::bus().await.unwrap();
     let s = Catalyst {
         pool,
         bus,

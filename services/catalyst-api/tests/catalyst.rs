@@ -14,7 +14,7 @@ use tally_bus::proto;
 use tally_catalyst_api::{Catalyst, transfer_accepted};
 use tally_platform::{ApiTokens, auth::Role, catalyst_token::TokenKey};
 use tally_renewal_scheduler::{Config, Scheduler};
-use tally_store::testdb::TestDb;
+use tally_testkit::TestDb;
 use utoipa_actix_web::AppExt;
 
 const SECRET: &str = "catalyst-test-secret-key";
@@ -24,7 +24,7 @@ const VIEWER: &str = "viewer-token-0123456789";
 async fn catalyst() -> (TestDb, Catalyst) {
     let db = TestDb::new().await.unwrap();
     let pool = tally_store::pool(&db.url, 8).unwrap();
-    let bus = tally_bus::testing::bus().await.unwrap();
+    let bus = tally_testkit::bus().await.unwrap();
     let s = Catalyst {
         pool,
         bus,
