@@ -3,18 +3,16 @@
 //! out-of-compliance, and what the Catalyst Center term and usage calls answer.
 
 use crate::Scheduler;
-use crate::alerts::raise::{parse_threshold, threshold_str};
+use crate::alerts::raise::{already_fired, threshold_str};
 use crate::alerts::{Kind, NewAlert, Raised, Subject, raise};
 use crate::deadlines;
-use crate::store::alerts::{self as alert_store, Silence};
+use crate::store::alerts::Silence;
 use crate::store::pools::{self as store, EndingTerm, NewPools, NewTerms};
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use std::collections::{HashMap, HashSet};
 use tally_bus::{consumer::HandlerError, proto};
-use tally_domain::alert::{
-    AlertKey, AlertKind, AlertState, AlertThresholds, Threshold, due_alerts,
-};
+use tally_domain::alert::{AlertKind, AlertState, AlertThresholds, Threshold, due_alerts};
 use tally_store::outbox::{Schema, claim};
 
 /// A date as CSSM gives it (RFC 3339, or a bare date meaning its start in UTC).
@@ -162,21 +160,7 @@ pub async fn evaluate(
         )
     };
     let subjects: Vec<String> = terms.iter().map(subject_of).collect();
-    let sent = alert_store::sent(c, Kind::TermEnd.as_str(), &subjects).await?;
-    let mut already: HashMap<String, HashSet<AlertKey>> = HashMap::new();
-    for r in sent {
-        if let Some(threshold) = parse_threshold(&r.threshold) {
-            already
-                .entry(r.subject.clone())
-                .or_default()
-                .insert(AlertKey {
-                    subject: r.subject,
-                    kind: AlertKind::TermEnd,
-                    due: r.due,
-                    threshold,
-                });
-        }
-    }
+    let already = already_fired(c, AlertKind::TermEnd, &subjects).await?;
     let empty = HashSet::new();
     for (t, id) in terms.iter().zip(subjects) {
         let state = AlertState {

@@ -2,17 +2,15 @@
 //! interval, one replica at a time.
 
 use super::Kind;
-use super::raise::{NewAlert, Raised, Subject, parse_threshold, raise, threshold_str};
+use super::raise::{NewAlert, Raised, Subject, already_fired, raise, threshold_str};
 use crate::Scheduler;
 use crate::deadlines::{self, assess};
 use crate::store::{alerts, devices};
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection;
 use serde::{Deserialize, Serialize};
-use std::collections::{HashMap, HashSet};
-use tally_domain::alert::{
-    AlertKey, AlertKind, AlertState, AlertThresholds, Threshold, due_alerts,
-};
+use std::collections::HashSet;
+use tally_domain::alert::{AlertKind, AlertState, AlertThresholds, Threshold, due_alerts};
 use utoipa::ToSchema;
 
 /// Only one replica evaluates alerts at a time (the unique key dedupes anyway).
@@ -46,21 +44,7 @@ pub async fn evaluate(
             let rows =
                 devices::near_deadline(c, now, i32::try_from(widest).unwrap_or(i32::MAX)).await?;
             let subjects: Vec<String> = rows.iter().map(|d| d.id.to_string()).collect();
-            let sent = alerts::sent(c, Kind::AckDeadline.as_str(), &subjects).await?;
-            let mut already: HashMap<String, HashSet<AlertKey>> = HashMap::new();
-            for r in sent {
-                if let Some(threshold) = parse_threshold(&r.threshold) {
-                    already
-                        .entry(r.subject.clone())
-                        .or_default()
-                        .insert(AlertKey {
-                            subject: r.subject,
-                            kind: AlertKind::AckDeadline,
-                            due: r.due,
-                            threshold,
-                        });
-                }
-            }
+            let already = already_fired(c, AlertKind::AckDeadline, &subjects).await?;
             let silences = alerts::active_silences(c, now).await?;
             let empty = HashSet::new();
             let mut ev = Evaluation {

@@ -7,9 +7,9 @@ use crate::deadlines::{impact_str, role_of};
 use crate::store::{alerts, cycles::Stage, devices};
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncPgConnection;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use tally_bus::proto;
-use tally_domain::alert::Threshold;
+use tally_domain::alert::{AlertKey, AlertKind, Threshold};
 use tally_store::outbox::Schema;
 use uuid::Uuid;
 
@@ -27,6 +27,31 @@ pub(crate) fn parse_threshold(s: &str) -> Option<Threshold> {
     s.strip_prefix("days_before:")
         .and_then(|n| n.parse().ok())
         .map(Threshold::DaysBefore)
+}
+
+/// The keys of the alerts of `kind` already fired about these subjects, by subject: what
+/// `due_alerts` must not fire again.
+pub async fn already_fired(
+    c: &mut AsyncPgConnection,
+    kind: AlertKind,
+    subjects: &[String],
+) -> Result<HashMap<String, HashSet<AlertKey>>, diesel::result::Error> {
+    let text = match kind {
+        AlertKind::AckDeadline => Kind::AckDeadline,
+        AlertKind::TermEnd => Kind::TermEnd,
+    };
+    let mut out: HashMap<String, HashSet<AlertKey>> = HashMap::new();
+    for r in alerts::sent(c, text.as_str(), subjects).await? {
+        if let Some(threshold) = parse_threshold(&r.threshold) {
+            out.entry(r.subject.clone()).or_default().insert(AlertKey {
+                subject: r.subject,
+                kind,
+                due: r.due,
+                threshold,
+            });
+        }
+    }
+    Ok(out)
 }
 
 /// What an alert is about: a device, or a pool or subscription (no device).
