@@ -54,6 +54,7 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(licenses::license_terms)
         .service(licenses::license_usage)
         .service(tasks::transfer)
+        .service(tasks::transfer_put)
         .service(tasks::register)
         .service(tasks::deregister)
         .service(tasks::get_task);

@@ -3,7 +3,7 @@
 //! failed at once), followed through `GET /task/{id}` until tier-assignment's answer ends them.
 
 use crate::Catalyst;
-use actix_web::{HttpRequest, HttpResponse, get, http::StatusCode, post, put, route, web};
+use actix_web::{HttpRequest, HttpResponse, get, http::StatusCode, post, put, web};
 use serde::Deserialize;
 use serde_json::json;
 use tally_bus::{consumer::HandlerError, proto};
@@ -63,8 +63,8 @@ fn parse_uuids(body: &DeviceUuids) -> Result<Vec<Uuid>, Problem> {
         .collect()
 }
 
-/// Change Virtual Account: a task that tier-assignment carries out with a tier job. The SDKs
-/// POST it; older docs show PUT: both are accepted.
+/// Change Virtual Account: a task that tier-assignment carries out with a tier job (the SDKs
+/// POST it).
 #[utoipa::path(
     tag = "catalyst",
     request_body = DeviceUuids,
@@ -76,12 +76,35 @@ fn parse_uuids(body: &DeviceUuids) -> Result<Vec<Uuid>, Problem> {
         (status = 403, body = Problem),
     )
 )]
-#[route(
-    "/dna/intent/api/v1/licenses/smartAccount/{smart_account_id}/virtualAccount/{virtual_account_name}/device/transfer",
-    method = "POST",
-    method = "PUT"
+#[post(
+    "/dna/intent/api/v1/licenses/smartAccount/{smart_account_id}/virtualAccount/{virtual_account_name}/device/transfer"
 )]
 pub(crate) async fn transfer(
+    s: web::Data<Catalyst>,
+    path: web::Path<(String, String)>,
+    body: web::Json<DeviceUuids>,
+    caller: CatalystCaller,
+) -> Result<HttpResponse, Problem> {
+    let (sa, va) = path.into_inner();
+    move_devices(&s, &caller, TaskKind::Transfer, Some(sa), va, &body).await
+}
+
+/// Change Virtual Account as older docs show it (PUT): the same call as the POST.
+#[utoipa::path(
+    tag = "catalyst",
+    request_body = DeviceUuids,
+    security(("x-auth-token" = [])),
+    responses(
+        (status = 202, description = "`{\"response\": {\"taskId\", \"url\"}, \"version\": \"1.0\"}`"),
+        (status = 400, body = Problem),
+        (status = 401, body = Problem),
+        (status = 403, body = Problem),
+    )
+)]
+#[put(
+    "/dna/intent/api/v1/licenses/smartAccount/{smart_account_id}/virtualAccount/{virtual_account_name}/device/transfer"
+)]
+pub(crate) async fn transfer_put(
     s: web::Data<Catalyst>,
     path: web::Path<(String, String)>,
     body: web::Json<DeviceUuids>,
