@@ -1,8 +1,7 @@
 //! What every service's copy of inventory's devices does the same way.
 
 use crate::{consumer::HandlerError, proto};
-use diesel_async::AsyncConnection;
-use tally_store::outbox::{Schema, claim};
+use tally_store::outbox::{Schema, once};
 use uuid::Uuid;
 
 /// A device id from an event; one that does not parse can never succeed.
@@ -24,14 +23,12 @@ pub async fn delete_devices(
         .map(|d| device_id(d))
         .collect::<Result<Vec<_>, _>>()?;
     let mut conn = pool.get().await.map_err(tally_store::StoreError::from)?;
-    conn.transaction(async |c| {
-        if !claim(c, schema, msg_id).await? {
-            return Ok(());
-        }
+    once(&mut conn, schema, msg_id, async |c| {
         tally_store::projection::mark_devices_deleted(c, schema, &ids).await?;
         Ok::<_, HandlerError>(())
     })
-    .await
+    .await?;
+    Ok(())
 }
 
 /// The columns of a `DevicesUpserted` chunk, as arrays for one `unnest` statement.

@@ -3,11 +3,11 @@
 //! the inbox, so a redelivered message changes nothing.
 
 use crate::store::devices::{self, CHUNK, DeviceRow, LicenseColumns};
-use diesel_async::{AsyncConnection, AsyncPgConnection};
+use diesel_async::AsyncPgConnection;
 use std::collections::{HashMap, HashSet};
 use tally_bus::{consumer::HandlerError, proto};
 use tally_domain::{DnaTier, NetworkLicense};
-use tally_store::outbox::{Schema, claim};
+use tally_store::outbox::{Schema, once};
 use uuid::Uuid;
 
 /// Longest virtual account name inventory stores (as the API allows).
@@ -77,10 +77,7 @@ pub async fn apply(
     ev: &proto::DeviceLicensesChanged,
 ) -> Result<(), HandlerError> {
     let changes = parse(ev)?;
-    conn.transaction(async |c| {
-        if !claim(c, Schema::Inventory, msg_id).await? {
-            return Ok(());
-        }
+    once(conn, Schema::Inventory, msg_id, async |c| {
         let mut skipped = Vec::new();
         for chunk in changes.chunks(CHUNK) {
             let cols = LicenseColumns {
@@ -116,7 +113,8 @@ pub async fn apply(
         }
         Ok::<_, HandlerError>(())
     })
-    .await
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -9,11 +9,11 @@ use crate::deadlines;
 use crate::store::alerts::Silence;
 use crate::store::pools::{self as store, EndingTerm, NewPools, NewTerms};
 use chrono::{DateTime, NaiveDate, TimeDelta, Utc};
-use diesel_async::{AsyncConnection, AsyncPgConnection};
+use diesel_async::AsyncPgConnection;
 use std::collections::{HashMap, HashSet};
 use tally_bus::{consumer::HandlerError, proto};
 use tally_domain::alert::{AlertKind, AlertState, AlertThresholds, Threshold, due_alerts};
-use tally_store::outbox::{Schema, claim};
+use tally_store::outbox::{Schema, once};
 
 /// A date as CSSM gives it (RFC 3339, or a bare date meaning its start in UTC).
 pub fn parse_date(s: &str) -> Option<DateTime<Utc>> {
@@ -41,10 +41,7 @@ pub async fn synced(
 ) -> Result<(), HandlerError> {
     let at = DateTime::from_timestamp_millis(ev.synced_at_ms).unwrap_or_else(Utc::now);
     let mut conn = s.pool.get().await.map_err(tally_store::StoreError::from)?;
-    conn.transaction(async |c| {
-        if !claim(c, Schema::Sched, msg_id).await? {
-            return Ok(());
-        }
+    once(&mut conn, Schema::Sched, msg_id, async |c| {
         // One announcement per smart account at a time; a redelivered older one must not undo
         // a newer one (even one that emptied the account).
         if !store::claim_sync(c, &ev.smart_account, at).await? {
@@ -93,7 +90,8 @@ pub async fn synced(
         deadlines::refresh_ids(c, &changed, s.now()).await?;
         Ok::<_, HandlerError>(())
     })
-    .await
+    .await?;
+    Ok(())
 }
 
 fn pool_subject(sa: &str, va: &str, what: String) -> Subject {

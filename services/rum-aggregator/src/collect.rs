@@ -12,7 +12,7 @@ use std::time::Duration;
 use tally_bus::{consumer::HandlerError, proto};
 use tally_domain::{Udi, rum};
 use tally_southbound::{SouthboundError, Target};
-use tally_store::outbox::{Schema, claim};
+use tally_store::outbox::{Schema, once};
 use uuid::Uuid;
 
 /// Keeps each `ReportsCollected` message well under NATS' default 1 MiB payload limit.
@@ -30,10 +30,7 @@ pub async fn start_cycle(
         .get()
         .await
         .map_err(tally_store::StoreError::from)?;
-    conn.transaction(async |c| {
-        if !claim(c, Schema::Rum, msg_id).await? {
-            return Ok(());
-        }
+    once(&mut conn, Schema::Rum, msg_id, async |c| {
         let n = collections::queue_cycle(c, cycle).await?;
         tally_bus::emit(
             c,
@@ -47,7 +44,8 @@ pub async fn start_cycle(
         tracing::info!(cycle = %cycle, devices = n, "collection queued");
         Ok::<_, HandlerError>(())
     })
-    .await
+    .await?;
+    Ok(())
 }
 
 /// One accepted report: what was read off it, and its exact text.

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use tally_bus::{consumer::HandlerError, proto};
 use tally_southbound::Target;
-use tally_store::outbox::{Schema, claim};
+use tally_store::outbox::{Schema, once};
 use uuid::Uuid;
 
 pub async fn enqueue(
@@ -38,14 +38,12 @@ pub async fn enqueue(
         .get()
         .await
         .map_err(tally_store::StoreError::from)?;
-    conn.transaction(async |c| {
-        if !claim(c, Schema::Rum, msg_id).await? {
-            return Ok(());
-        }
+    once(&mut conn, Schema::Rum, msg_id, async |c| {
         ack_imports::enqueue(c, &new).await?;
         Ok::<_, HandlerError>(())
     })
-    .await
+    .await?;
+    Ok(())
 }
 
 async fn import_one(agg: &Aggregator, job: Job) -> (Job, Option<String>) {

@@ -2,9 +2,8 @@
 
 use crate::Aggregator;
 use crate::store::devices;
-use diesel_async::AsyncConnection;
 use tally_bus::{consumer::HandlerError, projection::Columns, proto};
-use tally_store::outbox::{Schema, claim};
+use tally_store::outbox::{Schema, once};
 
 pub async fn upsert(
     agg: &Aggregator,
@@ -18,14 +17,12 @@ pub async fn upsert(
         .get()
         .await
         .map_err(tally_store::StoreError::from)?;
-    conn.transaction(async |c| {
-        if !claim(c, Schema::Rum, msg_id).await? {
-            return Ok(());
-        }
+    once(&mut conn, Schema::Rum, msg_id, async |c| {
         devices::upsert(c, &ids, &cols).await?;
         Ok::<_, HandlerError>(())
     })
-    .await
+    .await?;
+    Ok(())
 }
 
 pub async fn delete(

@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::Duration;
 use tally_bus::{consumer::HandlerError, proto};
 use tally_domain::{DnaTier, NetworkLicense, rum};
-use tally_store::outbox::{Schema, claim};
+use tally_store::outbox::{Schema, once};
 use uuid::Uuid;
 
 pub use crate::store::items::Work;
@@ -337,10 +337,7 @@ pub async fn confirm_from_reports(
     }
     let ids: Vec<Uuid> = seen.keys().copied().collect();
     let mut conn = t.pool.get().await.map_err(tally_store::StoreError::from)?;
-    conn.transaction(async |c| {
-        if !claim(c, Schema::Tiers, msg_id).await? {
-            return Ok(());
-        }
+    once(&mut conn, Schema::Tiers, msg_id, async |c| {
         let pending = devices::lock_awaiting_reload(c, &ids).await?;
         let mut confirmed: Vec<Confirmed> = Vec::new();
         for p in pending {
@@ -395,7 +392,8 @@ pub async fn confirm_from_reports(
         }
         Ok::<_, HandlerError>(())
     })
-    .await
+    .await?;
+    Ok(())
 }
 
 /// Every ACK a device installed goes into its history.
@@ -413,10 +411,7 @@ pub async fn record_acks(
         return Ok(());
     }
     let mut conn = t.pool.get().await.map_err(tally_store::StoreError::from)?;
-    conn.transaction(async |c| {
-        if !claim(c, Schema::Tiers, msg_id).await? {
-            return Ok(());
-        }
+    once(&mut conn, Schema::Tiers, msg_id, async |c| {
         let mut e = NewEntries::default();
         for d in &dev {
             e.push(*d, HistoryKind::Ack, String::new(), String::new());
@@ -425,7 +420,8 @@ pub async fn record_acks(
         history::insert(c, &e, HistoryEvent::Acknowledged, None, &detail).await?;
         Ok::<_, HandlerError>(())
     })
-    .await
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use chrono::Utc;
 use diesel::OptionalExtension;
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use tally_bus::proto;
-use tally_store::outbox::Schema;
+use tally_store::outbox::{Schema, once};
 use uuid::Uuid;
 
 pub use crate::store::{Job, JobState};
@@ -288,12 +288,10 @@ pub async fn transfer(
         },
     };
     let mut conn = t.pool.get().await.map_err(tally_store::StoreError::from)?;
-    conn.transaction(async |c| {
-        if !tally_store::outbox::claim(c, Schema::Tiers, msg_id).await? {
-            return Ok(());
-        }
+    once(&mut conn, Schema::Tiers, msg_id, async |c| {
         tally_bus::emit(c, Schema::Tiers, &accepted).await?;
         Ok::<_, HandlerError>(())
     })
-    .await
+    .await?;
+    Ok(())
 }

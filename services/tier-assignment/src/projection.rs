@@ -4,13 +4,12 @@
 
 use crate::Tiers;
 use crate::store::{self, devices};
-use diesel_async::AsyncConnection;
 use tally_bus::{consumer::HandlerError, projection::Columns, proto};
 use tally_domain::{
     DnaTier, NetworkLicense,
     rules::{Level, Rules},
 };
-use tally_store::outbox::{Schema, claim};
+use tally_store::outbox::{Schema, once};
 
 /// The licenses a device holds for its levels under `rules` (none if its levels are unknown or
 /// no license fits its model: the device then draws on no pool until a job gives it one).
@@ -38,17 +37,15 @@ pub async fn upsert(
     let cols = Columns::of(&ev);
     let ids = cols.ids()?;
     let mut conn = t.pool.get().await.map_err(tally_store::StoreError::from)?;
-    conn.transaction(async |c| {
-        if !claim(c, Schema::Tiers, msg_id).await? {
-            return Ok(());
-        }
+    once(&mut conn, Schema::Tiers, msg_id, async |c| {
         let rules = store::load_rules(c).await?.rules;
         let (net_pools, dna_pools): (Vec<Option<String>>, Vec<Option<String>>) =
             ev.devices.iter().map(|d| holdings(&rules, d)).unzip();
         devices::upsert(c, &ids, &cols, &net_pools, &dna_pools).await?;
         Ok::<_, HandlerError>(())
     })
-    .await
+    .await?;
+    Ok(())
 }
 
 pub async fn delete(
