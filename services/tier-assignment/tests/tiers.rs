@@ -976,9 +976,8 @@ async fn a_device_deleted_then_published_late_stays_deleted() {
 /// `store::like` escapes backslashes; the ledger route's own escaping does not.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ledger_model_filter_with_a_backslash_is_not_a_500() {
-    use actix_web::{App, middleware, test, web};
-    use tally_platform::{ApiTokens, auth::require_token};
-    use utoipa_actix_web::AppExt;
+    use actix_web::{test, web};
+    use tally_platform::ApiTokens;
     let cx = ctx(20, None).await;
     // As autovacuum would: with statistics a small fleet is read by a sequential scan.
     {
@@ -989,17 +988,9 @@ async fn a_ledger_model_filter_with_a_backslash_is_not_a_500() {
             .unwrap();
     }
     let tokens = web::Data::new(ApiTokens::parse("viewer:viewer-token-0123456789").unwrap());
-    let (app, _api) = App::new()
-        .into_utoipa_app()
-        .app_data(tokens)
+    let (app, _api) = tally_platform::api_app(Default::default(), tokens)
+        .service(tally_platform::api_scope().configure(tally_tier_assignment::routes))
         .app_data(web::Data::new(cx.t.clone()))
-        .app_data(tally_platform::problem::query_config())
-        .app_data(tally_platform::problem::path_config())
-        .service(
-            utoipa_actix_web::scope("/api/v1")
-                .wrap(middleware::from_fn(require_token))
-                .configure(tally_tier_assignment::routes),
-        )
         .split_for_parts();
     let app = test::init_service(app).await;
     let req = test::TestRequest::get()
