@@ -90,17 +90,8 @@ pub async fn run_cron(s: Scheduler, cron: croner::Cron) {
 #[derive(Debug, Default)]
 pub struct Update {
     pub cycle_id: String,
-    pub devices: Option<i32>,
-    pub devices_ok: i32,
-    pub devices_failed: i32,
-    pub devices_with_reports: i32,
-    pub reports_stored: i32,
-    pub reports_quarantined: i32,
-    pub reports_duplicate: i32,
-    pub reports_uploaded: i32,
-    pub reports_upload_failed: i32,
-    pub devices_upload_failed: i32,
-    pub batches: i32,
+    /// The ACK counters are left at 0: they come from the per-device outcomes below.
+    pub counts: Counts,
     /// Devices whose ACK import succeeded / failed (each counted once per cycle).
     pub ack_ok_devices: Vec<Uuid>,
     pub ack_failed_devices: Vec<Uuid>,
@@ -116,7 +107,10 @@ impl From<proto::CollectionStarted> for Update {
     fn from(e: proto::CollectionStarted) -> Self {
         Self {
             cycle_id: e.cycle_id,
-            devices: Some(n(e.devices)),
+            counts: Counts {
+                devices: Some(n(e.devices)),
+                ..Counts::default()
+            },
             ..Default::default()
         }
     }
@@ -126,12 +120,15 @@ impl From<proto::CollectionProgress> for Update {
     fn from(e: proto::CollectionProgress) -> Self {
         Self {
             cycle_id: e.cycle_id,
-            devices_ok: n(e.devices_ok),
-            devices_failed: n(e.devices_failed),
-            devices_with_reports: n(e.devices_with_reports),
-            reports_stored: n(e.reports_stored),
-            reports_quarantined: n(e.reports_quarantined),
-            reports_duplicate: n(e.reports_duplicate),
+            counts: Counts {
+                devices_ok: n(e.devices_ok),
+                devices_failed: n(e.devices_failed),
+                devices_with_reports: n(e.devices_with_reports),
+                reports_stored: n(e.reports_stored),
+                reports_quarantined: n(e.reports_quarantined),
+                reports_duplicate: n(e.reports_duplicate),
+                ..Counts::default()
+            },
             failures: e
                 .failures
                 .into_iter()
@@ -146,10 +143,13 @@ impl From<proto::UploadProgress> for Update {
     fn from(e: proto::UploadProgress) -> Self {
         Self {
             cycle_id: e.cycle_id,
-            reports_uploaded: n(e.reports_uploaded),
-            reports_upload_failed: n(e.reports_failed),
-            devices_upload_failed: n(e.devices_failed),
-            batches: n(e.batches),
+            counts: Counts {
+                reports_uploaded: n(e.reports_uploaded),
+                reports_upload_failed: n(e.reports_failed),
+                devices_upload_failed: n(e.devices_failed),
+                batches: n(e.batches),
+                ..Counts::default()
+            },
             failures: e
                 .failures
                 .into_iter()
@@ -233,19 +233,9 @@ async fn add(
 ) -> Result<(), diesel::result::Error> {
     let (acks_imported, acks_failed) = ack_outcomes(c, cycle, u).await?;
     let counts = Counts {
-        devices: u.devices,
-        devices_ok: u.devices_ok,
-        devices_failed: u.devices_failed,
-        devices_with_reports: u.devices_with_reports,
-        reports_stored: u.reports_stored,
-        reports_quarantined: u.reports_quarantined,
-        reports_duplicate: u.reports_duplicate,
-        reports_uploaded: u.reports_uploaded,
-        reports_upload_failed: u.reports_upload_failed,
-        devices_upload_failed: u.devices_upload_failed,
-        batches: u.batches,
         acks_imported,
         acks_failed,
+        ..u.counts
     };
     store::add_counts(c, cycle, &counts).await?;
     for (device, stage, reason) in &u.failures {
