@@ -142,7 +142,8 @@ fn rejection(d: &DeviceView, violations: Vec<Violation>) -> Rejection {
 pub fn plan(input: &PlanInput<'_>) -> Plan {
     let mut unchanged = 0;
     let mut rejected = Vec::new();
-    let mut candidates = Vec::new();
+    // Sized up front: at 100,000 devices, growing a list of candidates copies it many times over.
+    let mut candidates = Vec::with_capacity(input.devices.len());
     for d in input.devices {
         match assess(input, d) {
             Assessed::Unchanged => unchanged += 1,
@@ -267,20 +268,24 @@ fn assess(input: &PlanInput<'_>, d: &DeviceView) -> Assessed {
 fn pool_moves(cur: &Levels, to: &Levels) -> (Vec<PoolKey>, Vec<PoolKey>) {
     let mut draws = Vec::new();
     let mut releases = Vec::new();
+    let same_account =
+        cur.smart_account == to.smart_account && cur.virtual_account == to.virtual_account;
     for (old, new) in [
         (&cur.network_pool, &to.network_pool),
         (&cur.dna_pool, &to.dna_pool),
     ] {
-        let old_key = old
-            .as_ref()
-            .map(|l| key(&cur.smart_account, &cur.virtual_account, l));
-        let new_key = new
-            .as_ref()
-            .map(|l| key(&to.smart_account, &to.virtual_account, l));
-        if old_key != new_key {
-            draws.extend(new_key);
-            releases.extend(old_key);
+        // Compared before any key is built: most devices keep most of their pools.
+        if same_account && old == new {
+            continue;
         }
+        draws.extend(
+            new.as_ref()
+                .map(|l| key(&to.smart_account, &to.virtual_account, l)),
+        );
+        releases.extend(
+            old.as_ref()
+                .map(|l| key(&cur.smart_account, &cur.virtual_account, l)),
+        );
     }
     (draws, releases)
 }
@@ -305,6 +310,16 @@ fn unknown_pools(input: &PlanInput<'_>, draws: &[PoolKey]) -> Vec<Violation> {
 /// Draws and releases per pool, of the admitted changes.
 type Impact = BTreeMap<PoolKey, (i64, i64)>;
 
+/// Adds `n` to a pool's count; the key is only copied the first time the pool is seen.
+fn bump(counts: &mut HashMap<PoolKey, i64>, k: &PoolKey, n: i64) {
+    match counts.get_mut(k) {
+        Some(v) => *v += n,
+        None => {
+            counts.insert(k.clone(), n);
+        }
+    }
+}
+
 /// Admits candidates in order while every pool they draw on has room; the others are rejected,
 /// naming the full pools. Releases make no room here: a device that fails or is cancelled takes
 /// its old license back, so a release only counts once the job can no longer undo it (see
@@ -322,20 +337,30 @@ fn admit(
         });
         if fits {
             for k in &c.draws {
-                *running.entry(k.clone()).or_default() += 1;
+                bump(&mut running, k, 1);
             }
             admitted[i] = true;
         }
     }
     let mut impact = Impact::new();
-    let mut changes = Vec::new();
+    let mut changes = Vec::with_capacity(candidates.len());
     for (c, ok) in candidates.into_iter().zip(admitted) {
         if ok {
             for k in &c.draws {
-                impact.entry(k.clone()).or_default().0 += 1;
+                match impact.get_mut(k) {
+                    Some(v) => v.0 += 1,
+                    None => {
+                        impact.insert(k.clone(), (1, 0));
+                    }
+                }
             }
             for k in &c.releases {
-                impact.entry(k.clone()).or_default().1 += 1;
+                match impact.get_mut(k) {
+                    Some(v) => v.1 += 1,
+                    None => {
+                        impact.insert(k.clone(), (0, 1));
+                    }
+                }
             }
             changes.push(c.change);
             continue;
