@@ -11,12 +11,11 @@
 #[path = "../../renewal-scheduler/benches/fleet/mod.rs"]
 mod fleet;
 
-use actix_web::{App, test, web};
+use actix_web::{test, web};
 use chrono::Utc;
 use std::time::Instant;
 use tally_catalyst_api::Catalyst;
 use tally_platform::{ApiTokens, catalyst_token::TokenKey};
-use utoipa_actix_web::AppExt;
 
 const TOKEN: &str = "viewer:bench-viewer-token-0123456789";
 const SECRET: &str = "bench-secret-key-0123456789";
@@ -50,17 +49,13 @@ async fn main() {
         refresh.as_secs_f64()
     );
 
-    let app = test::init_service(
-        App::new()
-            .into_utoipa_app()
-            .app_data(web::Data::new(s.clone()))
-            .app_data(web::Data::new(ApiTokens::parse(TOKEN).unwrap()))
-            .app_data(web::Data::new(TokenKey::from_secret(SECRET)))
-            .app_data(tally_platform::problem::query_config())
-            .configure(tally_catalyst_api::routes)
-            .into_app(),
-    )
-    .await;
+    let tokens = web::Data::new(ApiTokens::parse(TOKEN).unwrap());
+    let (app, _api) = tally_platform::api_app(Default::default(), tokens)
+        .app_data(web::Data::new(TokenKey::from_secret(SECRET)))
+        .app_data(web::Data::new(s.clone()))
+        .configure(tally_catalyst_api::routes)
+        .split_for_parts();
+    let app = test::init_service(app).await;
     let basic = base64::Engine::encode(
         &base64::engine::general_purpose::STANDARD,
         "bench:bench-viewer-token-0123456789",

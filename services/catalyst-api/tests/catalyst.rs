@@ -3,7 +3,7 @@
 //! fleet copy (through the scheduler's store), and transfer tasks (outbox event out,
 //! TransferAccepted back).
 
-use actix_web::{App, test, web};
+use actix_web::{test, web};
 use base64::Engine;
 use diesel::sql_types::{Bytea, Text};
 use diesel_async::RunQueryDsl;
@@ -15,7 +15,6 @@ use tally_catalyst_api::{Catalyst, transfer_accepted};
 use tally_platform::{ApiTokens, auth::Role, catalyst_token::TokenKey};
 use tally_renewal_scheduler::{Config, Scheduler};
 use tally_testkit::TestDb;
-use utoipa_actix_web::AppExt;
 
 const SECRET: &str = "catalyst-test-secret-key";
 const ADMIN: &str = "admin-token-0123456789";
@@ -64,22 +63,18 @@ async fn seed(s: &Catalyst) {
     .unwrap();
 }
 
-/// The Catalyst routes on an app with these API tokens, as `tally serve` mounts them.
+/// The Catalyst routes on an app with these API tokens, as `tally serve` mounts them: at the
+/// root of the app `api_app` builds, beside (not in) the bearer-checked `/api/v1` scope.
 macro_rules! app_with {
-    ($s:expr, $tokens:expr) => {
-        test::init_service(
-            App::new()
-                .into_utoipa_app()
-                .app_data(web::Data::new($s.clone()))
-                .app_data(web::Data::new(ApiTokens::parse($tokens).unwrap()))
-                .app_data(web::Data::new(TokenKey::from_secret(SECRET)))
-                .app_data(tally_platform::problem::json_config(1 << 20))
-                .app_data(tally_platform::problem::query_config())
-                .configure(tally_catalyst_api::routes)
-                .into_app(),
-        )
-        .await
-    };
+    ($s:expr, $tokens:expr) => {{
+        let tokens = web::Data::new(ApiTokens::parse($tokens).unwrap());
+        let (app, _api) = tally_platform::api_app(Default::default(), tokens)
+            .app_data(web::Data::new(TokenKey::from_secret(SECRET)))
+            .app_data(web::Data::new($s.clone()))
+            .configure(tally_catalyst_api::routes)
+            .split_for_parts();
+        test::init_service(app).await
+    }};
 }
 
 macro_rules! app {
