@@ -10,13 +10,12 @@
 
 mod fleet;
 
-use actix_web::{App, test, web};
+use actix_web::{test, web};
 use chrono::{TimeDelta, Utc};
 use std::sync::Arc;
 use std::time::Instant;
 use tally_platform::ApiTokens;
 use tally_renewal_scheduler::{Config, Scheduler, deadlines};
-use utoipa_actix_web::AppExt;
 
 const TOKEN: &str = "viewer:bench-viewer-token-0123456789";
 
@@ -48,16 +47,12 @@ async fn main() {
         refresh.as_secs_f64()
     );
 
-    let app = test::init_service(
-        App::new()
-            .into_utoipa_app()
-            .app_data(web::Data::new(s.clone()))
-            .app_data(web::Data::new(ApiTokens::parse(TOKEN).unwrap()))
-            .app_data(tally_platform::problem::query_config())
-            .service(utoipa_actix_web::scope("/api/v1").configure(tally_renewal_scheduler::routes))
-            .into_app(),
-    )
-    .await;
+    let tokens = web::Data::new(ApiTokens::parse(TOKEN).unwrap());
+    let (app, _api) = tally_platform::api_app(Default::default(), tokens)
+        .service(tally_platform::api_scope().configure(tally_renewal_scheduler::routes))
+        .app_data(web::Data::new(s.clone()))
+        .split_for_parts();
+    let app = test::init_service(app).await;
 
     let week = (now + TimeDelta::days(7)).to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let cases: Vec<(&str, String)> = vec![
