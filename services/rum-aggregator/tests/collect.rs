@@ -3,7 +3,7 @@
 //! isolation, quarantine, replay dedupe, and the manual upload route.
 
 use actix_web::{http::StatusCode, test, web};
-use diesel::sql_types::{BigInt, Bytea, Nullable, Text, Uuid as SqlUuid};
+use diesel::sql_types::{Bytea, Nullable, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use prost::Message;
 use serde_json::Value;
@@ -13,9 +13,9 @@ use std::time::{Duration, Instant};
 use tally_bus::proto;
 use tally_domain::rum;
 use tally_platform::{ApiTokens, SecretBox};
-use tally_rum_aggregator::{Aggregator, Config, collect, projection};
+use tally_rum_aggregator::{Aggregator, Config, collect};
 use tally_sim::{Fault, FleetConfig, FleetState};
-use tally_testkit::TestDb;
+use tally_testkit::{TestDb, count, fixtures};
 use uuid::Uuid;
 
 const OPERATOR: &str = "operator-token-0123456789";
@@ -55,10 +55,10 @@ async fn setup(devices: usize, in_projection: usize) -> Ctx {
     )
     .unwrap();
     let ids: Vec<Uuid> = (0..devices).map(|_| Uuid::now_v7()).collect();
-    let mut ev = proto::DevicesUpserted::default();
+    let mut devices = Vec::new();
     for (i, id) in ids.iter().enumerate().take(in_projection) {
         let info = fleet.info(i).unwrap();
-        ev.devices.push(proto::Device {
+        devices.push(proto::Device {
             device_id: id.to_string(),
             udi_pid: info.udi_pid.clone(),
             udi_serial: info.serial.clone(),
@@ -79,7 +79,16 @@ async fn setup(devices: usize, in_projection: usize) -> Ctx {
             voice_role: info.voice_role.clone(),
         });
     }
-    projection::upsert(&agg, "msg-1", ev).await.unwrap();
+    // As inventory publishes them, projected by the aggregator's own consumer.
+    fixtures::publish_devices(&agg.bus, devices).await.unwrap();
+    tally_testkit::consume_until(
+        tally_rum_aggregator::router(agg.clone())
+            .run(agg.bus.clone(), tally_rum_aggregator::DURABLE),
+        &agg.pool,
+        "SELECT count(*) FROM rum.devices",
+        in_projection as i64,
+    )
+    .await;
     Ctx {
         _db: db,
         agg,
@@ -87,14 +96,6 @@ async fn setup(devices: usize, in_projection: usize) -> Ctx {
         _fleet_handle: handle,
         ids,
     }
-}
-
-async fn count(agg: &Aggregator, sql: &str) -> i64 {
-    let mut c = agg.pool.get().await.unwrap();
-    diesel::select(diesel::dsl::sql::<BigInt>(&format!("({sql})")))
-        .get_result::<i64>(&mut c)
-        .await
-        .unwrap()
 }
 
 /// Starts a cycle and collects until nothing is pending; returns the cycle id.
@@ -277,11 +278,11 @@ async fn collects_every_report_byte_exact() {
         expected_total += device_texts.len();
     }
     assert_eq!(
-        count(&ctx.agg, "SELECT count(*) FROM rum.reports").await as usize,
+        count(&ctx.agg.pool, "SELECT count(*) FROM rum.reports").await as usize,
         expected_total
     );
     assert_eq!(
-        count(&ctx.agg, "SELECT count(*) FROM rum.quarantine").await,
+        count(&ctx.agg.pool, "SELECT count(*) FROM rum.quarantine").await,
         0
     );
 
@@ -331,7 +332,7 @@ async fn collects_every_report_byte_exact() {
     .unwrap();
     assert_eq!(
         count(
-            &ctx.agg,
+            &ctx.agg.pool,
             "SELECT count(*) FROM rum.collections WHERE state = 'pending'"
         )
         .await,
@@ -407,7 +408,7 @@ async fn faulty_devices_fail_alone() {
         good_reports += stored.len();
     }
     assert_eq!(
-        count(&ctx.agg, "SELECT count(*) FROM rum.reports").await as usize,
+        count(&ctx.agg.pool, "SELECT count(*) FROM rum.reports").await as usize,
         good_reports
     );
 
@@ -438,7 +439,7 @@ async fn faulty_devices_fail_alone() {
 async fn replayed_reports_are_duplicates() {
     let ctx = setup(10, 10).await;
     let first = run_cycle(&ctx.agg, "msg-2").await;
-    let first_n = count(&ctx.agg, "SELECT count(*) FROM rum.reports").await as usize;
+    let first_n = count(&ctx.agg.pool, "SELECT count(*) FROM rum.reports").await as usize;
     let first_ids: HashSet<u64> = collected_events(&ctx.agg, first)
         .await
         .iter()
@@ -454,7 +455,7 @@ async fn replayed_reports_are_duplicates() {
     let new_n = listed - first_n;
     assert!(new_n > 0);
     assert_eq!(
-        count(&ctx.agg, "SELECT count(*) FROM rum.reports").await as usize,
+        count(&ctx.agg.pool, "SELECT count(*) FROM rum.reports").await as usize,
         listed,
         "old reports must not be stored twice"
     );
@@ -525,7 +526,7 @@ async fn manual_upload_route() {
         serde_json::json!({"reports": n, "accepted": n, "duplicates": 0})
     );
     assert_eq!(
-        count(&ctx.agg, "SELECT count(*) FROM rum.reports").await as usize,
+        count(&ctx.agg.pool, "SELECT count(*) FROM rum.reports").await as usize,
         n
     );
     let mut stored = stored_bodies(&ctx.agg, ctx.ids[0]).await;
@@ -555,12 +556,12 @@ async fn manual_upload_route() {
         serde_json::json!({"reports": n, "accepted": 0, "duplicates": n})
     );
     assert_eq!(
-        count(&ctx.agg, "SELECT count(*) FROM rum.reports").await as usize,
+        count(&ctx.agg.pool, "SELECT count(*) FROM rum.reports").await as usize,
         n
     );
     assert_eq!(
         count(
-            &ctx.agg,
+            &ctx.agg.pool,
             "SELECT count(*) FROM rum.outbox WHERE subject = 'rum.reports.collected'"
         )
         .await,
@@ -613,7 +614,7 @@ async fn manual_upload_route() {
     assert_eq!(v["code"], "body-too-large");
 
     assert_eq!(
-        count(&ctx.agg, "SELECT count(*) FROM rum.reports").await as usize,
+        count(&ctx.agg.pool, "SELECT count(*) FROM rum.reports").await as usize,
         n
     );
 }
