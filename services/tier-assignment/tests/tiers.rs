@@ -2,7 +2,7 @@
 //! Tier jobs against real Postgres and NATS, the fleet simulator (RESTCONF boot level) and the
 //! CSSM simulator (licenses API).
 
-use diesel::sql_types::{BigInt, Text};
+use diesel::sql_types::Text;
 use diesel_async::RunQueryDsl;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -10,7 +10,7 @@ use tally_bus::proto;
 use tally_domain::DnaTier;
 use tally_platform::{Problem, SecretBox};
 use tally_sim::fleet::{Fault, FleetConfig, FleetState};
-use tally_testkit::TestDb;
+use tally_testkit::{TestDb, count, fixtures};
 use tally_tier_assignment::{
     Config, Tiers, apply,
     jobs::{self, JobError},
@@ -83,11 +83,16 @@ async fn ctx(n: usize, cssm: Option<Arc<tally_cssm::CssmClient>>) -> Ctx {
         },
     )
     .unwrap();
-    let mut ev = proto::DevicesUpserted::default();
-    for i in 0..n {
-        ev.devices.push(sim_device(&fleet, &secrets, i, 1));
-    }
-    projection::upsert(&t, "devices-1", ev).await.unwrap();
+    // As inventory publishes them, projected by tier-assignment's own consumer.
+    let devices = (0..n).map(|i| sim_device(&fleet, &secrets, i, 1)).collect();
+    fixtures::publish_devices(&t.bus, devices).await.unwrap();
+    tally_testkit::consume_until(
+        tally_tier_assignment::router(t.clone()).run(t.bus.clone(), tally_tier_assignment::DURABLE),
+        &t.pool,
+        "SELECT count(*) FROM tiers.devices",
+        n as i64,
+    )
+    .await;
     Ctx {
         _db: db,
         t,
@@ -168,14 +173,6 @@ async fn drain(t: &Tiers) {
     while apply::apply_slice(t).await.unwrap() > 0 {}
 }
 
-async fn count(t: &Tiers, sql: &str) -> i64 {
-    let mut c = t.pool.get().await.unwrap();
-    diesel::select(diesel::dsl::sql::<BigInt>(&format!("({sql})")))
-        .get_result::<i64>(&mut c)
-        .await
-        .unwrap()
-}
-
 async fn job(t: &Tiers, id: Uuid) -> jobs::Job {
     let mut c = t.pool.get().await.unwrap();
     jobs::get(&mut c, id).await.unwrap().unwrap()
@@ -231,16 +228,19 @@ async fn overcommit_is_refused_and_nothing_changes() {
     assert_eq!(problem.status, 409);
     assert_eq!(problem.code, "plan-refused");
     assert!(problem.errors[0].message.contains("pool-overcommit"));
-    assert_eq!(count(&cx.t, "SELECT count(*) FROM tiers.jobs").await, 0);
     assert_eq!(
-        count(&cx.t, "SELECT count(*) FROM tiers.job_items").await,
+        count(&cx.t.pool, "SELECT count(*) FROM tiers.jobs").await,
+        0
+    );
+    assert_eq!(
+        count(&cx.t.pool, "SELECT count(*) FROM tiers.job_items").await,
         0
     );
     assert_eq!(ledger(&cx.t).await, before);
     // Nothing but the pool announcements (one per sync) went out.
     assert_eq!(
         count(
-            &cx.t,
+            &cx.t.pool,
             "SELECT count(*) FROM tiers.outbox WHERE subject <> 'tiers.pools.synced'"
         )
         .await,
@@ -370,7 +370,7 @@ async fn dry_run_is_exactly_what_the_job_does() {
     // The job's events are in the outbox: created and one per slice.
     assert!(
         count(
-            &cx.t,
+            &cx.t.pool,
             "SELECT count(*) FROM tiers.outbox WHERE subject = 'tiers.job.changed'"
         )
         .await
@@ -378,7 +378,7 @@ async fn dry_run_is_exactly_what_the_job_does() {
     );
     assert!(
         count(
-            &cx.t,
+            &cx.t.pool,
             "SELECT count(*) FROM tiers.outbox WHERE subject = 'tiers.devices.licensed'"
         )
         .await
@@ -477,7 +477,7 @@ async fn all_or_nothing_configures_everything_back_when_one_device_fails() {
     }
     assert_eq!(ledger(&cx.t).await, before);
     let reverted = count(
-        &cx.t,
+        &cx.t.pool,
         &format!(
             "SELECT count(*) FROM tiers.history WHERE job_id = '{}' AND event = 'reverted'",
             j.id
@@ -500,7 +500,10 @@ async fn a_retry_with_the_same_key_returns_the_same_job() {
     let e = create(&cx.t, &other, Some("retry-1")).await.unwrap_err();
     assert!(matches!(e, JobError::KeyReused(_)), "{e}");
     assert_eq!(Problem::from(e).code, "idempotency-key-reused");
-    assert_eq!(count(&cx.t, "SELECT count(*) FROM tiers.jobs").await, 1);
+    assert_eq!(
+        count(&cx.t.pool, "SELECT count(*) FROM tiers.jobs").await,
+        1
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -671,7 +674,7 @@ async fn the_next_report_after_reload_confirms_the_change_and_acks_enter_history
     .await
     .unwrap();
     let events = count(
-        &cx.t,
+        &cx.t.pool,
         &format!(
             "SELECT count(*) FROM tiers.history WHERE device_id = '{}' AND event IN ('configured', 'confirmed', 'acknowledged')",
             device_id(idx[0])
@@ -680,7 +683,7 @@ async fn the_next_report_after_reload_confirms_the_change_and_acks_enter_history
     .await;
     assert_eq!(events, 3);
     let confirmed_for_job = count(
-        &cx.t,
+        &cx.t.pool,
         &format!(
             "SELECT count(*) FROM tiers.history WHERE job_id = '{}' AND event = 'confirmed'",
             j.id
@@ -1052,7 +1055,10 @@ async fn a_transfer_request_becomes_one_job_moving_the_devices() {
     jobs::transfer(&cx.t, "tr-1", ev.clone()).await.unwrap();
     // Redelivered (or sent again by a retrying client): the same job, not a second one.
     jobs::transfer(&cx.t, "tr-2", ev).await.unwrap();
-    assert_eq!(count(&cx.t, "SELECT count(*) FROM tiers.jobs").await, 1);
+    assert_eq!(
+        count(&cx.t.pool, "SELECT count(*) FROM tiers.jobs").await,
+        1
+    );
     let events = accepted_events(&cx.t).await;
     assert_eq!(events.len(), 2);
     assert_eq!(events[0].job_id, events[1].job_id);
