@@ -1,35 +1,16 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Cycle starts (on demand and per cron tick) and the counters that close a cycle.
 
-use diesel::sql_types::{BigInt, Int4, Text};
+mod common;
+
+use common::scheduler;
+use diesel::sql_types::{Int4, Text};
 use diesel_async::RunQueryDsl;
 use prost::Message;
-use std::sync::Arc;
 use tally_bus::proto;
-use tally_renewal_scheduler::{Config, Scheduler, cycles};
-use tally_testkit::TestDb;
+use tally_renewal_scheduler::{Scheduler, cycles};
+use tally_testkit::count;
 use uuid::Uuid;
-
-async fn scheduler() -> (TestDb, Scheduler) {
-    let db = TestDb::new().await.unwrap();
-    let pool = tally_store::pool(&db.url, 8).unwrap();
-    let bus = tally_testkit::bus().await.unwrap();
-    let s = Scheduler {
-        pool,
-        bus,
-        cfg: Arc::new(Config::default()),
-        webhooks: None,
-    };
-    (db, s)
-}
-
-async fn count(s: &Scheduler, sql: &str) -> i64 {
-    let mut c = s.pool.get().await.unwrap();
-    diesel::select(diesel::dsl::sql::<BigInt>(&format!("({sql})")))
-        .get_result::<i64>(&mut c)
-        .await
-        .unwrap()
-}
 
 #[derive(diesel::QueryableByName, Debug)]
 struct CycleRow {
@@ -65,7 +46,7 @@ async fn on_demand_start_is_refused_while_one_runs() {
         Err(cycles::StartError::Running(id)) => assert_eq!(id, first),
         other => panic!("expected Running({first}), got {other:?}"),
     }
-    assert_eq!(count(&s, "SELECT count(*) FROM sched.cycles").await, 1);
+    assert_eq!(count(&s.pool, "SELECT count(*) FROM sched.cycles").await, 1);
     // One CycleStarted in the outbox, for the first cycle.
     let mut c = s.pool.get().await.unwrap();
     #[derive(diesel::QueryableByName)]
@@ -104,7 +85,7 @@ async fn concurrent_on_demand_starts_start_one_cycle() {
         }
     }
     assert_eq!((started, refused), (1, 3));
-    assert_eq!(count(&s, "SELECT count(*) FROM sched.cycles").await, 1);
+    assert_eq!(count(&s.pool, "SELECT count(*) FROM sched.cycles").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -117,8 +98,8 @@ async fn scheduled_tick_fires_once() {
     assert!(first.is_some());
     let second = cycles::start(&s, "schedule", Some(tick)).await.unwrap();
     assert_eq!(second, None);
-    assert_eq!(count(&s, "SELECT count(*) FROM sched.cycles").await, 1);
-    assert_eq!(count(&s, "SELECT count(*) FROM sched.outbox").await, 1);
+    assert_eq!(count(&s.pool, "SELECT count(*) FROM sched.cycles").await, 1);
+    assert_eq!(count(&s.pool, "SELECT count(*) FROM sched.outbox").await, 1);
     // A tick while a cycle still runs is skipped, saying which cycle runs: one at a time.
     let week = chrono::Duration::days(7);
     let skipped = cycles::start(&s, "schedule", Some(tick + week)).await;
@@ -126,7 +107,7 @@ async fn scheduled_tick_fires_once() {
         matches!(skipped, Err(cycles::StartError::Running(id)) if Some(id) == first),
         "{skipped:?}"
     );
-    assert_eq!(count(&s, "SELECT count(*) FROM sched.cycles").await, 1);
+    assert_eq!(count(&s.pool, "SELECT count(*) FROM sched.cycles").await, 1);
     // Once it finished, the next tick is a new cycle.
     {
         use diesel_async::RunQueryDsl;
@@ -141,7 +122,7 @@ async fn scheduled_tick_fires_once() {
         .unwrap();
     assert!(next.is_some());
     assert_ne!(next, first);
-    assert_eq!(count(&s, "SELECT count(*) FROM sched.cycles").await, 2);
+    assert_eq!(count(&s.pool, "SELECT count(*) FROM sched.cycles").await, 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -248,7 +229,7 @@ async fn counters_close_the_cycle_once_each() {
     assert_eq!(c.devices_ok, 3);
     assert_eq!(
         count(
-            &s,
+            &s.pool,
             "SELECT count(*) FROM sched.cycles WHERE finished_at IS NOT NULL"
         )
         .await,
@@ -375,7 +356,7 @@ async fn failures_complete_with_errors() {
     assert_eq!(cycle(&s, id).await.state, "complete_with_errors");
     assert_eq!(
         count(
-            &s,
+            &s.pool,
             &format!(
                 "SELECT count(*) FROM sched.cycle_failures WHERE device_id = '{bad}' \
                  AND stage = 'collection' AND reason = 'device timed out'"
@@ -419,7 +400,10 @@ async fn the_fleet_copy_records_uploads_and_installed_acks() {
     };
     fleet::upsert(&s, "up-1", ev.clone()).await.unwrap();
     fleet::upsert(&s, "up-1", ev).await.unwrap();
-    assert_eq!(count(&s, "SELECT count(*) FROM sched.devices").await, 3);
+    assert_eq!(
+        count(&s.pool, "SELECT count(*) FROM sched.devices").await,
+        3
+    );
     // An ACK bundle imported outside any cycle still restarts the devices' deadlines.
     let acks = proto::AcksImported {
         cycle_id: String::new(),
@@ -432,7 +416,7 @@ async fn the_fleet_copy_records_uploads_and_installed_acks() {
         .unwrap();
     assert_eq!(
         count(
-            &s,
+            &s.pool,
             "SELECT count(*) FROM sched.devices WHERE last_ack_at IS NOT NULL"
         )
         .await,
@@ -448,7 +432,7 @@ async fn the_fleet_copy_records_uploads_and_installed_acks() {
     fleet::acks_received(&s, "rcv-1", received).await.unwrap();
     assert_eq!(
         count(
-            &s,
+            &s.pool,
             "SELECT count(*) FROM sched.devices WHERE last_upload_at IS NOT NULL"
         )
         .await,
@@ -474,7 +458,7 @@ async fn the_fleet_copy_records_uploads_and_installed_acks() {
     .await
     .unwrap();
     assert_eq!(
-        count(&s, "SELECT count(*) FROM sched.devices WHERE deleted").await,
+        count(&s.pool, "SELECT count(*) FROM sched.devices WHERE deleted").await,
         1
     );
 }
