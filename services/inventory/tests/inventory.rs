@@ -4,7 +4,7 @@
 //! tier-assignment consumed from a real NATS.
 
 use actix_web::{http::StatusCode, test, web};
-use diesel::sql_types::{BigInt, Bytea, Text};
+use diesel::sql_types::{Bytea, Text};
 use diesel_async::RunQueryDsl;
 use prost::Message;
 use serde_json::{Value, json};
@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use tally_bus::proto;
 use tally_inventory::Inventory;
 use tally_platform::{ApiTokens, SecretBox};
-use tally_testkit::TestDb;
+use tally_testkit::{TestDb, count};
 
 const OPERATOR: &str = "operator-token-0123456789";
 const SECRET: &str = "test-secret-key-0123456789";
@@ -73,14 +73,6 @@ macro_rules! send {
         let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
         (status, ct, v, body)
     }};
-}
-
-async fn count(pool: &tally_store::Pool, sql: &str) -> i64 {
-    let mut c = pool.get().await.unwrap();
-    diesel::select(diesel::dsl::sql::<BigInt>(&format!("({sql})")))
-        .get_result::<i64>(&mut c)
-        .await
-        .unwrap()
 }
 
 /// Rows in `table`.
