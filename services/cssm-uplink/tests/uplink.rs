@@ -12,7 +12,7 @@ use tally_bus::proto;
 use tally_cssm_uplink::{Config, Mode, Uplink, batch, offline};
 use tally_domain::{Udi, ack, bundle::AckBundle, rum, sign::Signer};
 use tally_sim::{CssmConfig, CssmState, FleetConfig, FleetState};
-use tally_testkit::TestDb;
+use tally_testkit::{TestDb, count};
 use uuid::Uuid;
 
 struct Cssm {
@@ -133,14 +133,6 @@ impl Fleet {
     }
 }
 
-async fn count(up: &Uplink, sql: &str) -> i64 {
-    let mut c = up.pool.get().await.unwrap();
-    diesel::select(diesel::dsl::sql::<BigInt>(&format!("({sql})")))
-        .get_result::<i64>(&mut c)
-        .await
-        .unwrap()
-}
-
 #[derive(diesel::QueryableByName)]
 struct OutRow {
     #[diesel(sql_type = Text)]
@@ -180,7 +172,7 @@ async fn drain(up: &Uplink) {
     let t = Instant::now();
     loop {
         let open = count(
-            up,
+            &up.pool,
             "SELECT count(*) FROM uplink.batches WHERE state IN ('new', 'polling')",
         )
         .await;
@@ -260,7 +252,7 @@ async fn online_upload_acks_every_device() {
     // Redelivery changes nothing.
     batch::accept(&up, "m-1", ev.clone()).await.unwrap();
     assert_eq!(
-        count(&up, "SELECT count(*) FROM uplink.reports").await as usize,
+        count(&up.pool, "SELECT count(*) FROM uplink.reports").await as usize,
         total
     );
     let vas: HashSet<&str> = ev
@@ -281,10 +273,13 @@ async fn online_upload_acks_every_device() {
             .map(|r| (&r.state, &r.error))
             .collect::<Vec<_>>()
     );
-    assert_eq!(count(&up, "SELECT count(*) FROM uplink.acks").await, 10);
+    assert_eq!(
+        count(&up.pool, "SELECT count(*) FROM uplink.acks").await,
+        10
+    );
     assert_eq!(
         count(
-            &up,
+            &up.pool,
             "SELECT count(*) FROM uplink.batches WHERE state = 'complete'"
         )
         .await as usize,
@@ -334,7 +329,7 @@ async fn small_batches_keep_each_device_whole() {
     }
     assert_eq!(
         count(
-            &up,
+            &up.pool,
             "SELECT count(*) FROM uplink.reports WHERE state = 'pending'"
         )
         .await,
@@ -363,7 +358,10 @@ async fn small_batches_keep_each_device_whole() {
     );
     drain(&up).await;
     assert!(reports(&up).await.iter().all(|r| r.state == "acked"));
-    assert_eq!(count(&up, "SELECT count(*) FROM uplink.acks").await, 10);
+    assert_eq!(
+        count(&up.pool, "SELECT count(*) FROM uplink.acks").await,
+        10
+    );
     let acks: Vec<proto::DeviceAck> = acks_received(&up)
         .await
         .into_iter()
@@ -400,7 +398,7 @@ async fn reports_cssm_already_has_fail_as_duplicates() {
             r.error
         );
     }
-    assert_eq!(count(&up, "SELECT count(*) FROM uplink.acks").await, 0);
+    assert_eq!(count(&up.pool, "SELECT count(*) FROM uplink.acks").await, 0);
     assert!(acks_received(&up).await.is_empty());
     let p = progress(&up).await;
     assert_eq!(p.iter().map(|e| e.devices_failed).sum::<u32>(), 10);
@@ -418,11 +416,11 @@ async fn reports_cssm_already_has_fail_as_duplicates() {
     assert_eq!(cssm.state.stats().duplicates as usize, total);
     assert_eq!(
         count(
-            &up,
+            &up.pool,
             "SELECT count(*) FROM uplink.batches WHERE state = 'failed'"
         )
         .await,
-        count(&up, "SELECT count(*) FROM uplink.batches").await
+        count(&up.pool, "SELECT count(*) FROM uplink.batches").await
     );
 }
 
@@ -447,7 +445,7 @@ async fn offline_bundle_round_trip() {
     );
     assert_eq!(
         count(
-            &up,
+            &up.pool,
             "SELECT count(*) FROM uplink.reports WHERE state = 'exported'"
         )
         .await as usize,
@@ -480,13 +478,13 @@ async fn offline_bundle_round_trip() {
     assert!(p.errors[0].field.contains(&stranger.to_string()));
     assert_eq!(
         count(
-            &up,
+            &up.pool,
             "SELECT count(*) FROM uplink.reports WHERE state = 'exported'"
         )
         .await as usize,
         total
     );
-    assert_eq!(count(&up, "SELECT count(*) FROM uplink.acks").await, 0);
+    assert_eq!(count(&up.pool, "SELECT count(*) FROM uplink.acks").await, 0);
     assert!(acks_received(&up).await.is_empty());
     // Garbage is a 400.
     let p = offline::import_acks(&up, b"not a tarball")
@@ -501,7 +499,10 @@ async fn offline_bundle_round_trip() {
     assert_eq!(r.devices_acked, 10);
     let rows = reports(&up).await;
     assert!(rows.iter().all(|r| r.state == "acked"));
-    assert_eq!(count(&up, "SELECT count(*) FROM uplink.acks").await, 10);
+    assert_eq!(
+        count(&up.pool, "SELECT count(*) FROM uplink.acks").await,
+        10
+    );
     let events = acks_received(&up).await;
     assert!(events.iter().all(|e| e.source == "offline"));
     let acks: Vec<proto::DeviceAck> = events.into_iter().flat_map(|e| e.acks).collect();
@@ -510,7 +511,10 @@ async fn offline_bundle_round_trip() {
     // The same ACK bundle again: nothing is waiting any more.
     let p = offline::import_acks(&up, &ack_bytes).await.err().unwrap();
     assert_eq!(p.status, 422);
-    assert_eq!(count(&up, "SELECT count(*) FROM uplink.acks").await, 10);
+    assert_eq!(
+        count(&up.pool, "SELECT count(*) FROM uplink.acks").await,
+        10
+    );
 
     // Ids stay u64 end to end.
     let mut c = up.pool.get().await.unwrap();
@@ -553,7 +557,7 @@ async fn named_duplicates_fail_and_the_rest_go_again() {
         batch::form_batches(&up, true).await.unwrap();
         drain(&up).await;
         let pending = count(
-            &up,
+            &up.pool,
             "SELECT count(*) FROM uplink.reports WHERE state IN ('pending', 'batched')",
         )
         .await;
@@ -571,7 +575,7 @@ async fn named_duplicates_fail_and_the_rest_go_again() {
             assert_eq!(r.state, "acked", "{:?}", r.error);
         }
     }
-    assert_eq!(count(&up, "SELECT count(*) FROM uplink.acks").await, 5);
+    assert_eq!(count(&up.pool, "SELECT count(*) FROM uplink.acks").await, 5);
     let acks: Vec<proto::DeviceAck> = acks_received(&up)
         .await
         .into_iter()
@@ -618,7 +622,7 @@ async fn acks_of_two_exports_in_flight_find_their_own_reports() {
         let up = &up;
         async move {
             count(
-                up,
+                &up.pool,
                 &format!("SELECT count(*) FROM uplink.reports WHERE state = '{s}'"),
             )
             .await as usize
@@ -653,20 +657,27 @@ struct ReportId {
 /// Batches, status and requeue through the REST routes, as `tally serve` mounts them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn routes_list_batches_count_reports_and_requeue_exports() {
-    use actix_web::{App, test};
-    use utoipa_actix_web::AppExt;
+    use actix_web::{test, web};
+    const OPERATOR: &str = "operator-token-0123456789";
     let (_db, up) = uplink(None, 5000).await;
     let fleet = Fleet::new(4);
     let ev = fleet.collect();
     let total = ev.reports.len() as i64;
     batch::accept(&up, "m-1", ev).await.unwrap();
-    let (app, _api) = App::new()
-        .into_utoipa_app()
-        .app_data(actix_web::web::Data::new(up.clone()))
-        .service(utoipa_actix_web::scope("/api/v1").configure(tally_cssm_uplink::routes))
+    let tokens =
+        web::Data::new(tally_platform::ApiTokens::parse(&format!("operator:{OPERATOR}")).unwrap());
+    let (app, _api) = tally_platform::api_app(Default::default(), tokens)
+        .service(tally_platform::api_scope().configure(tally_cssm_uplink::routes))
+        .app_data(web::Data::new(up.clone()))
         .split_for_parts();
     let app = test::init_service(app).await;
-    let get = |uri: &str| test::TestRequest::get().uri(uri).to_request();
+    let bearer = ("authorization", format!("Bearer {OPERATOR}"));
+    let get = |uri: &str| {
+        test::TestRequest::get()
+            .uri(uri)
+            .insert_header(bearer.clone())
+            .to_request()
+    };
     let json = |resp: actix_web::dev::ServiceResponse| async move {
         let status = resp.status().as_u16();
         let body: serde_json::Value = test::read_body_json(resp).await;
@@ -693,7 +704,7 @@ async fn routes_list_batches_count_reports_and_requeue_exports() {
     assert_eq!(s, 200);
     let list = list.as_array().unwrap();
     // One exported batch per virtual account.
-    let n = count(&up, "SELECT count(*) FROM uplink.batches").await as usize;
+    let n = count(&up.pool, "SELECT count(*) FROM uplink.batches").await as usize;
     assert!(n >= 1);
     assert_eq!(list.len(), n);
     for b in list {
@@ -740,6 +751,7 @@ async fn routes_list_batches_count_reports_and_requeue_exports() {
 
     let req = test::TestRequest::post()
         .uri("/api/v1/uplink/offline/requeue")
+        .insert_header(bearer.clone())
         .to_request();
     let (s, r) = json(test::call_service(&app, req).await).await;
     assert_eq!((s, &r["reports"]), (200, &serde_json::json!(total)));
@@ -754,7 +766,7 @@ async fn routes_list_batches_count_reports_and_requeue_exports() {
     assert_eq!(st["reports"]["pending"], total);
     assert_eq!(
         count(
-            &up,
+            &up.pool,
             "SELECT count(*) FROM uplink.reports WHERE batch_id IS NOT NULL"
         )
         .await,
