@@ -1,41 +1,25 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 //! Deadlines, risk ranking, roll-ups and alerts over a simulated clock, against real Postgres.
 
+mod common;
+
 use chrono::{DateTime, TimeDelta, Utc};
-use diesel::sql_types::BigInt;
 use diesel_async::RunQueryDsl;
-use std::sync::Arc;
 use tally_bus::proto;
 use tally_platform::SecretBox;
 use tally_renewal_scheduler::compliance::{Dimension, Status};
-use tally_renewal_scheduler::{Config, Scheduler, alerts, compliance, deadlines, fleet};
-use tally_testkit::TestDb;
+use tally_renewal_scheduler::{Scheduler, alerts, compliance, deadlines, fleet};
+use tally_testkit::{TestDb, count, fixtures};
 use uuid::Uuid;
-
-async fn count(s: &Scheduler, sql: &str) -> i64 {
-    let mut c = s.pool.get().await.unwrap();
-    diesel::select(diesel::dsl::sql::<BigInt>(&format!("({sql})")))
-        .get_result::<i64>(&mut c)
-        .await
-        .unwrap()
-}
 
 /// Four devices whose last ACK was at `acked`: a CUBE router, two switches (one at another
 /// site) and a router without a DNA subscription (nothing to report, no deadline).
 async fn fleet_acked_at(acked: DateTime<Utc>) -> (TestDb, Scheduler, Vec<Uuid>) {
-    let db = TestDb::new().await.unwrap();
-    let pool = tally_store::pool(&db.url, 8).unwrap();
-    let bus = tally_testkit::bus().await.unwrap();
-    let secrets = SecretBox::from_secret("compliance-tests-secret");
-    let s = Scheduler {
-        pool,
-        bus,
-        cfg: Arc::new(Config::default()),
-        webhooks: Some(tally_webhook::Webhooks::new(
-            tally_webhook::Schema::new("sched").unwrap(),
-            secrets,
-        )),
-    };
+    let (db, mut s) = common::scheduler().await;
+    s.webhooks = Some(tally_webhook::Webhooks::new(
+        tally_webhook::Schema::new("sched").unwrap(),
+        SecretBox::from_secret("compliance-tests-secret"),
+    ));
     let ids: Vec<Uuid> = (0..4).map(|_| Uuid::now_v7()).collect();
     let dev =
         |i: usize, host: &str, model: &str, site: &str, cube: bool, dna: &str| proto::Device {
@@ -51,15 +35,22 @@ async fn fleet_acked_at(acked: DateTime<Utc>) -> (TestDb, Scheduler, Vec<Uuid>) 
             revision: 1,
             ..Default::default()
         };
-    let ev = proto::DevicesUpserted {
-        devices: vec![
-            dev(0, "sw-a", "C9300-48P", "hq", false, "dna-advantage"),
-            dev(1, "cube-1", "ISR4331", "branch-01", true, "dna-essentials"),
-            dev(2, "sw-b", "C9200-24P", "branch-01", false, "dna-essentials"),
-            dev(3, "rtr-1", "ISR4451", "hq", false, ""),
-        ],
-    };
-    fleet::upsert(&s, "devices-1", ev).await.unwrap();
+    // As inventory publishes them, projected by the scheduler's own consumer.
+    let devices = vec![
+        dev(0, "sw-a", "C9300-48P", "hq", false, "dna-advantage"),
+        dev(1, "cube-1", "ISR4331", "branch-01", true, "dna-essentials"),
+        dev(2, "sw-b", "C9200-24P", "branch-01", false, "dna-essentials"),
+        dev(3, "rtr-1", "ISR4451", "hq", false, ""),
+    ];
+    fixtures::publish_devices(&s.bus, devices).await.unwrap();
+    tally_testkit::consume_until(
+        tally_renewal_scheduler::router(s.clone())
+            .run(s.bus.clone(), tally_renewal_scheduler::DURABLE),
+        &s.pool,
+        "SELECT count(*) FROM sched.devices",
+        4,
+    )
+    .await;
     let mut c = s.pool.get().await.unwrap();
     diesel::sql_query(
         "UPDATE sched.devices SET first_seen_at = $1 - interval '30 days', last_upload_at = $1, last_ack_at = $1",
@@ -151,14 +142,14 @@ async fn alerts_fire_once_at_each_threshold_on_a_simulated_clock() {
     // Every fired alert went out once on NATS (outbox) and once per webhook.
     assert_eq!(
         count(
-            &s,
+            &s.pool,
             "SELECT count(*) FROM sched.outbox WHERE subject = 'sched.alert.raised'"
         )
         .await,
         15
     );
     assert_eq!(
-        count(&s, "SELECT count(*) FROM sched.webhook_deliveries").await,
+        count(&s.pool, "SELECT count(*) FROM sched.webhook_deliveries").await,
         15
     );
     // CUBE first among the overdue, as it stops working.
@@ -195,10 +186,10 @@ async fn a_silenced_site_is_recorded_not_delivered_and_replicas_fire_once() {
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.fired + b.fired, 1, "only sw-a at hq is delivered");
     assert_eq!(a.silenced + b.silenced, 2);
-    assert_eq!(count(&s, "SELECT count(*) FROM sched.alerts").await, 3);
+    assert_eq!(count(&s.pool, "SELECT count(*) FROM sched.alerts").await, 3);
     assert_eq!(
         count(
-            &s,
+            &s.pool,
             "SELECT count(*) FROM sched.outbox WHERE subject = 'sched.alert.raised'"
         )
         .await,
@@ -239,20 +230,20 @@ async fn failed_devices_raise_one_alert_per_cycle_and_stage() {
         .unwrap();
     assert_eq!(
         count(
-            &s,
+            &s.pool,
             "SELECT count(*) FROM sched.alerts WHERE kind = 'collection_failed'"
         )
         .await,
         2
     );
     assert_eq!(
-        count(&s, &format!("SELECT count(*) FROM sched.alerts WHERE kind = 'collection_failed' AND severity = 'critical' AND device_id = '{}'", ids[1])).await,
+        count(&s.pool, &format!("SELECT count(*) FROM sched.alerts WHERE kind = 'collection_failed' AND severity = 'critical' AND device_id = '{}'", ids[1])).await,
         1,
         "the CUBE router's failure is critical"
     );
     assert_eq!(
         count(
-            &s,
+            &s.pool,
             "SELECT count(*) FROM sched.outbox WHERE subject = 'sched.alert.raised'"
         )
         .await,
@@ -416,11 +407,15 @@ async fn stored_rollups_equal_assessing_every_device() {
     for &by in Dimension::ALL {
         assert_eq!(
             count(
-                &s,
+                &s.pool,
                 &format!("SELECT sum(n)::int8 FROM sched.compliance_counts WHERE dim = '{by}'")
             )
             .await,
-            count(&s, "SELECT count(*) FROM sched.devices WHERE NOT deleted").await,
+            count(
+                &s.pool,
+                "SELECT count(*) FROM sched.devices WHERE NOT deleted"
+            )
+            .await,
             "{by}"
         );
     }
@@ -500,7 +495,7 @@ async fn pools_bring_renewal_reminders_and_out_of_compliance() {
         let s = &s;
         async move {
             count(
-                s,
+                &s.pool,
                 &format!("SELECT count(*) FROM sched.alerts WHERE kind = '{kind}'"),
             )
             .await
@@ -525,7 +520,7 @@ async fn pools_bring_renewal_reminders_and_out_of_compliance() {
     assert_eq!(kinds("out_of_compliance").await, 1, "one alert per episode");
     // The perpetual pool never gets a reminder; every reminder names the subscription.
     assert_eq!(
-        count(&s, "SELECT count(*) FROM sched.alerts WHERE kind = 'term_end' AND subject LIKE '%Sub-001' AND message LIKE '%renew%'").await,
+        count(&s.pool, "SELECT count(*) FROM sched.alerts WHERE kind = 'term_end' AND subject LIKE '%Sub-001' AND message LIKE '%renew%'").await,
         3
     );
     // An older announcement redelivered late changes nothing; licenses bought clear it.
@@ -545,7 +540,7 @@ async fn pools_bring_renewal_reminders_and_out_of_compliance() {
     .unwrap();
     assert_eq!(
         count(
-            &s,
+            &s.pool,
             "SELECT count(*) FROM sched.devices WHERE out_of_compliance"
         )
         .await,
@@ -572,7 +567,7 @@ async fn pools_bring_renewal_reminders_and_out_of_compliance() {
     assert_eq!(kinds("out_of_compliance").await, 2);
     assert_eq!(
         count(
-            &s,
+            &s.pool,
             "SELECT count(*) FROM sched.devices WHERE out_of_compliance"
         )
         .await,
@@ -584,7 +579,7 @@ async fn pools_bring_renewal_reminders_and_out_of_compliance() {
     pools::synced(&s, "pools-4", other).await.unwrap();
     assert_eq!(
         count(
-            &s,
+            &s.pool,
             "SELECT count(*) FROM sched.devices WHERE out_of_compliance"
         )
         .await,
@@ -601,10 +596,10 @@ async fn pools_bring_renewal_reminders_and_out_of_compliance() {
     )
     .await
     .unwrap();
-    assert_eq!(count(&s, "SELECT count(*) FROM sched.pools").await, 0);
+    assert_eq!(count(&s.pool, "SELECT count(*) FROM sched.pools").await, 0);
     assert_eq!(
-        count(&s, "SELECT count(*) FROM sched.outbox WHERE subject = 'sched.alert.raised' AND payload::text LIKE '%'").await,
-        count(&s, "SELECT count(*) FROM sched.alerts WHERE NOT silenced").await,
+        count(&s.pool, "SELECT count(*) FROM sched.outbox WHERE subject = 'sched.alert.raised' AND payload::text LIKE '%'").await,
+        count(&s.pool, "SELECT count(*) FROM sched.alerts WHERE NOT silenced").await,
     );
 }
 
@@ -637,7 +632,7 @@ async fn srst_and_cme_gateways_rank_with_cube() {
     // The projection ran the deadline engine in its own transaction: no reader pays for it.
     assert_eq!(
         count(
-            &s,
+            &s.pool,
             &format!(
                 "SELECT count(*) FROM sched.devices WHERE NOT assessed AND id IN ('{}', '{}')",
                 ids[0], ids[1]
