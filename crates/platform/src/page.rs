@@ -15,7 +15,7 @@ impl PageRules {
         Self { default, max }
     }
 
-    /// The page asked for, or a validation problem naming `limit` or `offset`.
+    /// The page asked for, or a validation problem naming `limit` or `offset` and the bad value.
     pub fn page(self, limit: Option<i64>, offset: Option<i64>) -> Result<Page, Problem> {
         let limit = limit.unwrap_or(self.default);
         let offset = offset.unwrap_or(0);
@@ -23,7 +23,7 @@ impl PageRules {
         if !(1..=self.max).contains(&limit) {
             errors.push(FieldError {
                 field: "limit".into(),
-                message: format!("must be between 1 and {}", self.max),
+                message: format!("{limit} is not between 1 and {}", self.max),
             });
         }
         if offset < 0 {
@@ -71,7 +71,7 @@ mod tests {
         );
         for bad in [0, -1, 1001] {
             let p = RULES.page(Some(bad), None).unwrap_err();
-            assert_eq!(p.detail, "limit: must be between 1 and 1000");
+            assert_eq!(p.detail, format!("limit: {bad} is not between 1 and 1000"));
         }
         let p = RULES.page(Some(1), Some(-3)).unwrap_err();
         assert_eq!(p.detail, "offset: -3 is negative");

@@ -735,11 +735,11 @@ async fn routes_list_batches_count_reports_and_requeue_exports() {
     for (uri, detail) in [
         (
             "/api/v1/uplink/batches?limit=0",
-            "limit: must be between 1 and 1000",
+            "limit: 0 is not between 1 and 1000",
         ),
         (
             "/api/v1/uplink/batches?limit=1001",
-            "limit: must be between 1 and 1000",
+            "limit: 1001 is not between 1 and 1000",
         ),
         // Every list route pages the same way: a negative offset is named, not guessed at.
         ("/api/v1/uplink/batches?offset=-5", "offset: -5 is negative"),
