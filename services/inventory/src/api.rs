@@ -5,7 +5,7 @@ use crate::model::{Device, DeviceInput, ValidDevice};
 use crate::store::{InventoryError, devices, sites};
 use actix_web::{HttpRequest, HttpResponse, delete, get, post, put, web};
 use serde::{Deserialize, Serialize};
-use tally_platform::{FieldError, Problem};
+use tally_platform::{FieldError, Page, PageRules, Problem};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -74,6 +74,9 @@ impl DeviceFilter {
     }
 }
 
+/// Devices per page when none is asked for, and the most one page holds.
+const DEVICE_PAGES: PageRules = PageRules::new(100, 1000);
+
 /// List devices, filtered and paged.
 #[utoipa::path(tag = "inventory", params(DeviceFilter), responses((status = 200, body = DevicePage)))]
 #[get("/devices")]
@@ -81,14 +84,9 @@ async fn list_devices(
     inv: web::Data<Inventory>,
     f: web::Query<DeviceFilter>,
 ) -> Result<web::Json<DevicePage>, Problem> {
-    let limit = f.limit.unwrap_or(100);
-    if !(1..=1000).contains(&limit) {
-        return Err(Problem::validation(vec![FieldError {
-            field: "limit".into(),
-            message: "must be between 1 and 1000".into(),
-        }]));
-    }
-    let offset = f.offset.unwrap_or(0).max(0);
+    // A negative offset reads as 0 on this route (the other list routes name it as invalid);
+    // its clients have always been able to send one.
+    let Page { limit, offset } = DEVICE_PAGES.page(f.limit, f.offset.map(|o| o.max(0)))?;
     let mut conn = tally_platform::problem::conn(&inv.pool).await?;
     let total = devices::count(&mut conn, &f.filter()).await?;
     let rows = devices::list(&mut conn, &f.filter(), limit, offset).await?;

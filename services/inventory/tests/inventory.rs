@@ -295,9 +295,26 @@ async fn list_filters_and_pages() {
     );
     assert_eq!(page(&v), (1, vec!["BBB0003".to_owned()]));
 
-    let (status, _, p, _) = send!(app, test::TestRequest::get().uri("/api/v1/devices?limit=0"));
-    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
-    assert_eq!(p["errors"][0]["field"], "limit");
+    for (limit, detail) in [
+        (0, "limit: 0 is not between 1 and 1000"),
+        (1001, "limit: 1001 is not between 1 and 1000"),
+    ] {
+        let (status, _, p, _) = send!(
+            app,
+            test::TestRequest::get().uri(&format!("/api/v1/devices?limit={limit}"))
+        );
+        assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+        assert_eq!(p["code"], "validation-failed");
+        assert_eq!(p["errors"][0]["field"], "limit");
+        assert_eq!(p["detail"], detail);
+    }
+    // A negative offset reads as 0 on this route.
+    let (status, _, v, _) = send!(
+        app,
+        test::TestRequest::get().uri("/api/v1/devices?limit=1&offset=-5")
+    );
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(v["offset"], 0);
     let (status, _, p, _) = send!(app, test::TestRequest::get().uri("/api/v1/devices?limit=x"));
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_eq!(p["code"], "invalid-query");
