@@ -7,7 +7,7 @@ use crate::{Scheduler, alerts};
 use actix_web::{HttpRequest, HttpResponse, delete, get, post, web};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use tally_platform::{Caller, FieldError, Problem, auth::Role};
+use tally_platform::{Caller, FieldError, Page, PageRules, Problem, auth::Role};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
@@ -64,6 +64,9 @@ pub struct ComplianceQuery {
     pub format: Option<String>,
 }
 
+/// Devices per compliance page when none is asked for, and the most one page holds.
+const DEVICE_PAGES: PageRules = PageRules::new(1000, 100_000);
+
 /// Per-device compliance: status, deadline, days left, impact and why; a page at a time.
 #[utoipa::path(tag = "compliance", params(ComplianceQuery), responses((status = 200, body = Vec<compliance::DeviceCompliance>), (status = 422, body = Problem)))]
 #[get("/compliance/devices")]
@@ -82,17 +85,7 @@ async fn devices(
             )
         })?),
     };
-    let limit = q.limit.unwrap_or(1000);
-    if !(1..=100_000).contains(&limit) {
-        return Err(invalid(
-            "limit",
-            format!("{limit} is not between 1 and 100000"),
-        ));
-    }
-    let offset = q.offset.unwrap_or(0);
-    if offset < 0 {
-        return Err(invalid("offset", format!("{offset} is negative")));
-    }
+    let Page { limit, offset } = DEVICE_PAGES.page(q.limit, q.offset)?;
     let now = compliance::clock(&s);
     let f = compliance::DeviceFilter {
         site: q.site,
@@ -189,6 +182,9 @@ pub struct AlertQuery {
     pub format: Option<String>,
 }
 
+/// Alerts per list when none is asked for, and the most one list holds (no offset: newest first).
+const ALERT_PAGES: PageRules = PageRules::new(1000, 100_000);
+
 /// Alerts, newest first.
 #[utoipa::path(tag = "alerts", params(AlertQuery), responses((status = 200, body = Vec<Alert>)))]
 #[get("/alerts")]
@@ -208,10 +204,7 @@ async fn list_alerts(
             ));
         }
     };
-    let limit = q.limit.unwrap_or(1000);
-    if !(1..=100_000).contains(&limit) {
-        return Err(invalid("limit", "must be between 1 and 100000"));
-    }
+    let Page { limit, .. } = ALERT_PAGES.page(q.limit, None)?;
     let mut c = tally_platform::problem::conn(&s.pool).await?;
     let f = AlertFilter {
         open,

@@ -675,3 +675,112 @@ async fn srst_and_cme_gateways_rank_with_cube() {
         srst.reason
     );
 }
+
+const ADMIN: &str = "admin-token-0123456789";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compliance_alert_and_webhook_routes_answer_with_problems() {
+    use actix_web::{test, web};
+    use serde_json::{Value, json};
+    let (_db, s, _ids) = fleet_acked_at(t0()).await;
+    let tokens =
+        web::Data::new(tally_platform::ApiTokens::parse(&format!("admin:{ADMIN}")).unwrap());
+    // The app as `tally serve` assembles it, with only the scheduler's routes.
+    let (app, _api) = tally_platform::api_app(Default::default(), tokens)
+        .service(tally_platform::api_scope().configure(tally_renewal_scheduler::routes))
+        .app_data(web::Data::new(s))
+        .split_for_parts();
+    let app = test::init_service(app).await;
+    let call = async |req: test::TestRequest| {
+        let req = req.insert_header(("authorization", format!("Bearer {ADMIN}")));
+        let resp = test::call_service(&app, req.to_request()).await;
+        let status = resp.status().as_u16();
+        let body = test::read_body(resp).await;
+        (
+            status,
+            serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null),
+        )
+    };
+    let get = |uri: &str| test::TestRequest::get().uri(uri);
+
+    for uri in [
+        "/api/v1/compliance/devices?limit=2",
+        "/api/v1/compliance/devices?limit=2&offset=2",
+    ] {
+        let (status, v) = call(get(uri)).await;
+        assert_eq!(status, 200, "{uri}: {v}");
+        assert_eq!(v.as_array().map(Vec::len), Some(2), "{uri}: {v}");
+    }
+    let id = Uuid::now_v7();
+    for (req, field, detail) in [
+        (
+            get("/api/v1/compliance/devices?limit=0"),
+            "limit",
+            "limit: 0 is not between 1 and 100000",
+        ),
+        (
+            get("/api/v1/compliance/devices?limit=100001"),
+            "limit",
+            "limit: 100001 is not between 1 and 100000",
+        ),
+        (
+            get("/api/v1/compliance/devices?offset=-1"),
+            "offset",
+            "offset: -1 is negative",
+        ),
+        (
+            get("/api/v1/alerts?limit=0"),
+            "limit",
+            "limit: 0 is not between 1 and 100000",
+        ),
+        (
+            test::TestRequest::post()
+                .uri("/api/v1/webhooks")
+                .set_json(json!({"url": "ftp://hooks.example", "secret": "0123456789abcdef"})),
+            "url",
+            "url: scheme must be http or https",
+        ),
+        (
+            test::TestRequest::post()
+                .uri("/api/v1/webhooks")
+                .set_json(json!({"url": "https://hooks.example", "secret": "short"})),
+            "secret",
+            "secret: must be at least 16 characters",
+        ),
+    ] {
+        let (status, p) = call(req).await;
+        assert_eq!(status, 422, "{detail}: {p}");
+        assert_eq!(p["code"], "validation-failed", "{p}");
+        assert_eq!(p["errors"][0]["field"], field, "{p}");
+        assert_eq!(p["detail"], detail, "{p}");
+    }
+    for (req, detail) in [
+        (
+            test::TestRequest::post().uri(&format!("/api/v1/alerts/{id}/ack")),
+            format!("no alert {id}"),
+        ),
+        (
+            test::TestRequest::delete().uri(&format!("/api/v1/silences/{id}")),
+            format!("no silence {id}"),
+        ),
+        (
+            test::TestRequest::delete().uri(&format!("/api/v1/webhooks/{id}")),
+            format!("no webhook {id}"),
+        ),
+    ] {
+        let (status, p) = call(req).await;
+        assert_eq!(status, 404, "{detail}: {p}");
+        assert_eq!(
+            (&p["code"], &p["detail"]),
+            (&json!("not-found"), &json!(detail))
+        );
+    }
+    for uri in ["/api/v1/alerts", "/api/v1/silences", "/api/v1/webhooks"] {
+        let (status, v) = call(get(uri)).await;
+        assert_eq!(
+            (status, v.as_array().map(Vec::len)),
+            (200, Some(0)),
+            "{uri}: {v}"
+        );
+    }
+}
