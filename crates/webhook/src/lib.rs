@@ -48,7 +48,7 @@ impl Schema {
 
 #[derive(Debug, thiserror::Error)]
 pub enum WebhookError {
-    /// Bad input; `field` names what to fix (maps to a 400 problem at the API edge).
+    /// Bad input; `field` names what to fix (a 422 validation problem at the API edge).
     #[error("{field}: {reason}")]
     Invalid { field: &'static str, reason: String },
     #[error("database: {0}")]
@@ -59,6 +59,22 @@ pub enum WebhookError {
     Secret(#[from] tally_platform::secret::SecretError),
     #[error("http client: {0}")]
     Client(String),
+}
+
+/// At the API edge: bad input is a validation problem naming the field; anything else is an
+/// internal error (logged, not shown).
+impl From<WebhookError> for tally_platform::Problem {
+    fn from(e: WebhookError) -> Self {
+        match e {
+            WebhookError::Invalid { field, reason } => {
+                Self::validation(vec![tally_platform::FieldError {
+                    field: field.into(),
+                    message: reason,
+                }])
+            }
+            other => Self::internal(other),
+        }
+    }
 }
 
 impl WebhookError {

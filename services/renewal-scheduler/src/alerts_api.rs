@@ -28,10 +28,6 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(delete_webhook);
 }
 
-fn db(e: impl std::fmt::Display) -> Problem {
-    Problem::internal(e)
-}
-
 /// The text values of an enum, for an error naming what is allowed.
 fn names<T: std::fmt::Display>(all: &[T]) -> String {
     all.iter()
@@ -95,9 +91,7 @@ async fn devices(
         offset,
     };
     let mut c = tally_platform::problem::conn(&s.pool).await?;
-    let out = compliance::devices_page(&mut c, &f, q.at.unwrap_or(now), now)
-        .await
-        .map_err(db)?;
+    let out = compliance::devices_page(&mut c, &f, q.at.unwrap_or(now), now).await?;
     if tally_platform::csv_body::wanted(&req, q.format.as_deref()) {
         return tally_platform::csv_body::response(&out);
     }
@@ -127,9 +121,7 @@ async fn at_risk(
     }
     let now = compliance::clock(&s);
     let mut c = tally_platform::problem::conn(&s.pool).await?;
-    let out = compliance::at_risk_page(&mut c, q.at.unwrap_or(now), now, limit as i64)
-        .await
-        .map_err(db)?;
+    let out = compliance::at_risk_page(&mut c, q.at.unwrap_or(now), now, limit as i64).await?;
     if tally_platform::csv_body::wanted(&req, q.format.as_deref()) {
         return tally_platform::csv_body::response(&out);
     }
@@ -161,9 +153,7 @@ async fn summary(
     })?;
     let now = compliance::clock(&s);
     let mut c = tally_platform::problem::conn(&s.pool).await?;
-    let out = compliance::summary(&mut c, by, q.at.unwrap_or(now), now)
-        .await
-        .map_err(db)?;
+    let out = compliance::summary(&mut c, by, q.at.unwrap_or(now), now).await?;
     if tally_platform::csv_body::wanted(&req, q.format.as_deref()) {
         return tally_platform::csv_body::response(&out);
     }
@@ -212,7 +202,7 @@ async fn list_alerts(
         severity: q.severity.clone(),
         device_id: q.device_id,
     };
-    let rows = store::list(&mut c, &f, limit).await.map_err(db)?;
+    let rows = store::list(&mut c, &f, limit).await?;
     if tally_platform::csv_body::wanted(&req, q.format.as_deref()) {
         return tally_platform::csv_body::response(&rows);
     }
@@ -229,8 +219,7 @@ async fn ack_alert(
 ) -> Result<web::Json<Alert>, Problem> {
     let mut c = tally_platform::problem::conn(&s.pool).await?;
     store::acknowledge(&mut c, *id, &caller.name)
-        .await
-        .map_err(db)?
+        .await?
         .map(web::Json)
         .ok_or_else(|| Problem::not_found("alert", *id))
 }
@@ -253,7 +242,12 @@ async fn evaluate(
         caller.require(Role::Admin)?;
     }
     let at = body.at.unwrap_or_else(|| compliance::clock(&s));
-    alerts::evaluate(&s, at).await.map(web::Json).map_err(db)
+    // Not `?`: through `From` a pool error would become a 503, and this route has always
+    // answered a failed evaluation, pool or not, with a 500.
+    alerts::evaluate(&s, at)
+        .await
+        .map(web::Json)
+        .map_err(Problem::internal)
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -271,7 +265,7 @@ pub struct NewSilence {
 #[get("/silences")]
 async fn list_silences(s: web::Data<Scheduler>) -> Result<web::Json<Vec<Silence>>, Problem> {
     let mut c = tally_platform::problem::conn(&s.pool).await?;
-    let rows = store::list_silences(&mut c).await.map_err(db)?;
+    let rows = store::list_silences(&mut c).await?;
     Ok(web::Json(rows))
 }
 
@@ -316,7 +310,7 @@ async fn create_silence(
         reason: &body.reason,
         created_by: &caller.name,
     };
-    let row = store::create_silence(&mut c, &new).await.map_err(db)?;
+    let row = store::create_silence(&mut c, &new).await?;
     Ok(HttpResponse::Created().json(row))
 }
 
@@ -327,7 +321,7 @@ async fn delete_silence(
     id: web::Path<Uuid>,
 ) -> Result<HttpResponse, Problem> {
     let mut c = tally_platform::problem::conn(&s.pool).await?;
-    if !store::delete_silence(&mut c, *id).await.map_err(db)? {
+    if !store::delete_silence(&mut c, *id).await? {
         return Err(Problem::not_found("silence", *id));
     }
     Ok(HttpResponse::NoContent().finish())
@@ -339,13 +333,6 @@ fn webhooks(s: &Scheduler) -> Result<&tally_webhook::Webhooks, Problem> {
         .ok_or_else(|| Problem::unavailable("webhooks are not configured in this process"))
 }
 
-fn webhook_error(e: tally_webhook::WebhookError) -> Problem {
-    match e {
-        tally_webhook::WebhookError::Invalid { field, reason } => invalid(field, reason),
-        other => Problem::internal(other),
-    }
-}
-
 /// Alert webhooks (admin). Secrets are sealed and never shown again.
 #[utoipa::path(tag = "alerts", responses((status = 200, body = Vec<Object>)))]
 #[get("/webhooks")]
@@ -353,7 +340,7 @@ async fn list_webhooks(s: web::Data<Scheduler>, caller: Caller) -> Result<HttpRe
     caller.require(Role::Admin)?;
     let w = webhooks(&s)?;
     let mut c = tally_platform::problem::conn(&s.pool).await?;
-    Ok(HttpResponse::Ok().json(w.list(&mut c).await.map_err(webhook_error)?))
+    Ok(HttpResponse::Ok().json(w.list(&mut c).await?))
 }
 
 #[derive(Debug, Deserialize, ToSchema)]
@@ -391,8 +378,7 @@ async fn create_webhook(
                 enabled: true,
             },
         )
-        .await
-        .map_err(webhook_error)?;
+        .await?;
     Ok(HttpResponse::Created().json(created))
 }
 
@@ -406,7 +392,7 @@ async fn delete_webhook(
     caller.require(Role::Admin)?;
     let w = webhooks(&s)?;
     let mut c = tally_platform::problem::conn(&s.pool).await?;
-    if !w.delete(&mut c, *id).await.map_err(webhook_error)? {
+    if !w.delete(&mut c, *id).await? {
         return Err(Problem::not_found("webhook", *id));
     }
     Ok(HttpResponse::NoContent().finish())
