@@ -23,7 +23,7 @@ pub struct Export {
 /// Builds the usage bundle of every pending report of `smart_account` (or of the only smart
 /// account with pending reports) and marks those reports exported, in one transaction.
 pub async fn export(up: &Uplink, smart_account: Option<&str>) -> Result<Export, Problem> {
-    let mut conn = up.pool.get().await.map_err(tally_store::StoreError::from)?;
+    let mut conn = tally_platform::problem::conn(&up.pool).await?;
     let created_by = up.cfg.created_by.clone();
     let sa_filter = smart_account.map(str::to_owned);
     conn.transaction(async |c| {
@@ -145,7 +145,7 @@ pub async fn import_acks(up: &Uplink, bytes: &[u8]) -> Result<AckImportResult, P
             }),
         }
     }
-    let mut conn = up.pool.get().await.map_err(tally_store::StoreError::from)?;
+    let mut conn = tally_platform::problem::conn(&up.pool).await?;
     let ids: Vec<Uuid> = parsed.iter().map(|(id, _, _)| *id).collect();
     let owners = reports::exported_of(&mut conn, &ids).await?;
     let mut by_batch: BTreeMap<Uuid, Vec<(tally_domain::Udi, Vec<u64>, String)>> = BTreeMap::new();
