@@ -10,7 +10,7 @@ use std::time::Duration;
 use tally_bus::{consumer::HandlerError, proto};
 use tally_cssm::{DeviceUsage, PollOutcome, UploadOutcome};
 use tally_domain::Udi;
-use tally_store::outbox::{Schema, claim};
+use tally_store::outbox::{Schema, once};
 use uuid::Uuid;
 
 /// Most ACKs in one `AcksReceived` message (each ACK document is about 1 KiB).
@@ -35,14 +35,15 @@ pub async fn accept(
         cols.va.push(r.virtual_account);
         cols.body.push(r.body);
     }
-    conn.transaction(async |c| {
-        if !claim(c, Schema::Uplink, msg_id).await? || cols.pid.is_empty() {
-            return Ok(());
+    // An event with no reports still claims its id: a redelivery of it does nothing either.
+    once(&mut conn, Schema::Uplink, msg_id, async |c| {
+        if !cols.pid.is_empty() {
+            reports::insert(c, &cols, cycle).await?;
         }
-        reports::insert(c, &cols, cycle).await?;
         Ok::<_, HandlerError>(())
     })
-    .await
+    .await?;
+    Ok(())
 }
 
 /// Forms batches from pending reports: per smart/virtual account, full ones at once, the rest

@@ -8,7 +8,7 @@ use prost::Message;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tally_bus::proto;
+use tally_bus::{consumer::HandlerError, proto};
 use tally_cssm_uplink::{Config, Mode, Uplink, batch, offline};
 use tally_domain::{Udi, ack, bundle::AckBundle, rum, sign::Signer};
 use tally_sim::{CssmConfig, CssmState, FleetConfig, FleetState};
@@ -239,6 +239,44 @@ fn check_acks(acks: &[proto::DeviceAck], ev: &proto::ReportsCollected, fleet: &F
         let ids: HashSet<u64> = a.report_ids.iter().copied().collect();
         assert_eq!(ids, sent[&a.device_id]);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collect_event_is_handled_once_even_when_empty_or_poisoned() {
+    let (_db, up) = uplink(None, 5000).await;
+    let claimed = async |id: &str| {
+        count(
+            &up.pool,
+            &format!("SELECT count(*) FROM uplink.inbox WHERE msg_id = '{id}'"),
+        )
+        .await
+    };
+    // No reports: nothing stored, but the id is claimed like any other.
+    let empty = proto::ReportsCollected {
+        cycle_id: Uuid::now_v7().to_string(),
+        ..Default::default()
+    };
+    batch::accept(&up, "m-empty", empty.clone()).await.unwrap();
+    batch::accept(&up, "m-empty", empty).await.unwrap();
+    assert_eq!(claimed("m-empty").await, 1);
+    // A device id that is not a UUID is poison, refused before anything is claimed.
+    let mut bad = Fleet::new(1).collect();
+    bad.reports[0].device_id = "not-a-uuid".into();
+    let err = batch::accept(&up, "m-bad", bad).await.unwrap_err();
+    assert!(matches!(err, HandlerError::Poison(_)), "{err:?}");
+    assert_eq!(claimed("m-bad").await, 0);
+    // A message handled once is skipped on redelivery, even with other contents.
+    let ev = Fleet::new(2).collect();
+    let n = ev.reports.len() as i64;
+    batch::accept(&up, "m-1", ev).await.unwrap();
+    batch::accept(&up, "m-1", Fleet::new(3).collect())
+        .await
+        .unwrap();
+    assert_eq!(
+        count(&up.pool, "SELECT count(*) FROM uplink.reports").await,
+        n
+    );
+    assert_eq!(claimed("m-1").await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
