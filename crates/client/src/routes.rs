@@ -118,6 +118,26 @@ impl Client {
             .await
     }
 
+    /// `GET /uplink/offline/exports`: the exports whose ACKs are not all in.
+    pub async fn offline_exports<T: DeserializeOwned>(&self) -> Result<T> {
+        self.get("/uplink/offline/exports").await
+    }
+
+    /// `GET /uplink/offline/exports/{id}`: a kept export's bundle again, byte for byte.
+    pub async fn download_offline_export(&self, id: impl Display) -> Result<Vec<u8>> {
+        self.bytes(self.request(Method::GET, &format!("/uplink/offline/exports/{id}")))
+            .await
+    }
+
+    /// `POST /uplink/offline/exports/{id}/requeue`: that export's waiting reports back in line.
+    pub async fn requeue_offline_export<T: DeserializeOwned>(&self, id: impl Display) -> Result<T> {
+        self.json(self.request(
+            Method::POST,
+            &format!("/uplink/offline/exports/{id}/requeue"),
+        ))
+        .await
+    }
+
     // Compliance and alerts.
 
     /// `GET /compliance/summary`

@@ -291,6 +291,113 @@ impl AckBundle {
     }
 }
 
+/// Every file of an ACK bundle as (name, bytes), whatever it is called: the files of each inner
+/// `*.tar.gz` (one level down) and any plain file beside them. Only an archive that cannot be
+/// read at all, or one too large, is an error; judging each file is the caller's.
+pub fn ack_bundle_files(bytes: &[u8]) -> Result<Vec<(String, Vec<u8>)>, BundleError> {
+    let mut budget = MAX_UNPACKED_BYTES;
+    let mut out = Vec::new();
+    for (name, data) in untar_gz(bytes, &mut budget)? {
+        if name.ends_with(".tar.gz") || name.ends_with(".tgz") {
+            out.extend(untar_gz(&data, &mut budget)?);
+        } else {
+            out.push((name, data));
+        }
+    }
+    Ok(out)
+}
+
+/// Checks what Tally checks of an ACK document, which it otherwise treats as opaque (CSSM's
+/// content is unpublished): well-formed XML whose root element is `<smartLicense>`.
+pub fn check_ack_document(text: &str) -> Result<(), String> {
+    use quick_xml::events::Event;
+    let mut reader = quick_xml::Reader::from_str(text);
+    let mut depth = 0usize;
+    let mut root = None::<String>;
+    loop {
+        match reader
+            .read_event()
+            .map_err(|e| format!("not well-formed XML: {e}"))?
+        {
+            Event::Start(e) => {
+                if depth == 0 {
+                    if root.is_some() {
+                        return Err("more than one root element".into());
+                    }
+                    root = Some(String::from_utf8_lossy(e.name().as_ref()).into_owned());
+                }
+                depth += 1;
+            }
+            Event::Empty(e) if depth == 0 => {
+                if root.is_some() {
+                    return Err("more than one root element".into());
+                }
+                root = Some(String::from_utf8_lossy(e.name().as_ref()).into_owned());
+            }
+            Event::End(_) => depth = depth.saturating_sub(1),
+            Event::Text(t) if depth == 0 => {
+                let bytes: &[u8] = t.as_ref();
+                if !bytes.iter().all(|b| b.is_ascii_whitespace()) {
+                    return Err("text outside the root element".into());
+                }
+            }
+            Event::Eof => break,
+            _ => {}
+        }
+    }
+    if depth != 0 {
+        return Err("unclosed element".into());
+    }
+    match root {
+        Some(r) if r == "smartLicense" => Ok(()),
+        Some(r) => Err(format!("root element is <{r}>, not <smartLicense>")),
+        None => Err("no root element".into()),
+    }
+}
+
+/// UDIs written out in a document Tally does not otherwise read: Cisco's `PID:<pid>,SN:<sn>`
+/// text, and `udi_pid` / `udi_serial_number` pairs (JSON, escaped JSON or XML elements).
+pub fn udis_in(text: &str) -> Vec<crate::Udi> {
+    fn value_after(s: &str) -> Option<(&str, &str)> {
+        let s = s.trim_start_matches(['"', '\\', ':', ' ', '>', '=']);
+        let end = s
+            .find(['"', '\\', ',', '}', '<', ' ', '\n', ';'])
+            .unwrap_or(s.len());
+        (end > 0).then(|| (&s[..end], &s[end..]))
+    }
+    let mut out: Vec<crate::Udi> = Vec::new();
+    let mut push = |pid: &str, sn: &str| {
+        if let Ok(u) = crate::Udi::new(pid, sn)
+            && !out.contains(&u)
+        {
+            out.push(u);
+        }
+    };
+    let mut rest = text;
+    while let Some(i) = rest.find("PID:") {
+        rest = &rest[i + 4..];
+        if let Some((pid, after)) = value_after(rest)
+            && let Some(sn) = after
+                .strip_prefix(",SN:")
+                .or_else(|| after.strip_prefix(", SN:"))
+            && let Some((sn, _)) = value_after(sn)
+        {
+            push(pid, sn);
+        }
+    }
+    let mut rest = text;
+    while let Some(i) = rest.find("udi_pid") {
+        rest = &rest[i + 7..];
+        if let Some((pid, after)) = value_after(rest)
+            && let Some(j) = after.find("udi_serial_number")
+            && let Some((sn, _)) = value_after(&after[j + 17..])
+        {
+            push(pid, sn);
+        }
+    }
+    out
+}
+
 fn ack_file(name: String, data: Vec<u8>) -> Result<DeviceFile, BundleError> {
     let device_id = device_id_of(&name, "ACK_dev_")
         .ok_or_else(|| BundleError::BadName(name.clone(), "ACK_dev_<id>_<ts>.txt"))?;
@@ -329,6 +436,40 @@ mod tests {
         };
         let bytes = b.to_tar_gz().unwrap();
         assert_eq!(UsageBundle::from_tar_gz(&bytes).unwrap(), b);
+    }
+
+    #[test]
+    fn opaque_ack_documents_are_checked_at_the_root_only() {
+        assert_eq!(
+            check_ack_document("<smartLicense><anything/>x</smartLicense>"),
+            Ok(())
+        );
+        assert_eq!(
+            check_ack_document("<?xml version=\"1.0\"?>\n<smartLicense/>\n"),
+            Ok(())
+        );
+        assert!(
+            check_ack_document("<other/>")
+                .unwrap_err()
+                .contains("<other>")
+        );
+        assert!(check_ack_document("<smartLicense>").is_err());
+        assert!(check_ack_document("").is_err());
+        assert!(check_ack_document("<smartLicense/><smartLicense/>").is_err());
+        let u = |p, s| crate::Udi::new(p, s).unwrap();
+        assert_eq!(
+            udis_in("<d>PID:C9300-48P,SN:FCW1</d>"),
+            vec![u("C9300-48P", "FCW1")]
+        );
+        assert_eq!(
+            udis_in(r#"{\"sudi\":{\"udi_pid\":\"C8000V\",\"udi_serial_number\":\"AB12\"}}"#),
+            vec![u("C8000V", "AB12")]
+        );
+        assert_eq!(
+            udis_in("<udi_pid>ISR4331</udi_pid><udi_serial_number>FDO9</udi_serial_number>"),
+            vec![u("ISR4331", "FDO9")]
+        );
+        assert!(udis_in("<smartLicense/>").is_empty());
     }
 
     #[test]

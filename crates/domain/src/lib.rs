@@ -1,7 +1,6 @@
 //! Pure types and rules of Smart Licensing Using Policy: identities, tiers, policies and deadline
-//! math, and the wire formats (RUM reports, ACK documents, offline bundles). No network or database.
+//! math, and the wire formats (RUM reports, offline bundles; ACK documents are opaque to Tally). No network or database.
 
-pub mod ack;
 pub mod alert;
 pub mod bundle;
 pub mod policy;

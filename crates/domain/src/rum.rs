@@ -245,16 +245,15 @@ pub fn report_object(payload_text: &str, signature: &ReportSignature) -> String 
     .unwrap_or_default()
 }
 
-/// `<smartLicense>` envelope carrying each report object in its own `<RUMReport>` CDATA.
+/// `<smartLicense>` envelope carrying each report object in its own `<RUMReport>` CDATA. A report
+/// containing `]]>` (which would end a CDATA section) is carried in two or more adjacent CDATA
+/// sections split inside it (`]]` + `]]><![CDATA[` + `>`), which an XML reader joins back into
+/// the exact text.
 pub fn envelope<S: AsRef<str>>(reports: &[S]) -> Result<String, EnvelopeError> {
     let mut out = String::from("<smartLicense>");
     for r in reports {
-        let r = r.as_ref();
-        if r.contains("]]>") {
-            return Err(EnvelopeError::CdataTerminator);
-        }
         out.push_str("<RUMReport><![CDATA[");
-        out.push_str(r);
+        out.push_str(&r.as_ref().replace("]]>", "]]]]><![CDATA[>"));
         out.push_str("]]></RUMReport>");
     }
     out.push_str("</smartLicense>");
@@ -470,6 +469,9 @@ pub(crate) mod tests {
             parse_envelope("<smartLicense><Foo/></smartLicense>"),
             Err(EnvelopeError::UnexpectedElement(_))
         ));
-        assert_eq!(envelope(&["a]]>b"]), Err(EnvelopeError::CdataTerminator));
+        // "]]>" inside a report splits its CDATA section; the text comes back whole.
+        let tricky = ["a]]>b]]>]]>", "]]>", "x]]"];
+        let xml = envelope(&tricky).unwrap();
+        assert_eq!(parse_envelope(&xml).unwrap(), tricky);
     }
 }

@@ -3,7 +3,7 @@
 
 use proptest::prelude::*;
 use tally_domain::bundle::{AckBundle, DeviceFile, UsageBundle, VaUsage};
-use tally_domain::{Udi, ack, rum, sign::Signer};
+use tally_domain::{Udi, rum};
 
 fn udi() -> impl Strategy<Value = Udi> {
     ("[A-Z0-9][A-Z0-9-]{0,15}", "[A-Z0-9]{1,12}")
@@ -12,9 +12,8 @@ fn udi() -> impl Strategy<Value = Udi> {
 
 proptest! {
     #[test]
-    fn envelope_round_trip_is_byte_exact(reports in prop::collection::vec("[ -~\t\näé€]{0,200}", 1..5)) {
-        // CDATA cannot carry "]]>"; envelope() refuses such input, so keep to the rest.
-        prop_assume!(reports.iter().all(|r| !r.contains("]]>")));
+    fn envelope_round_trip_is_byte_exact(reports in prop::collection::vec("([ -~\t\näé€]|\\]\\]>){0,200}", 1..5)) {
+        // "]]>" is generated often: envelope() splits the CDATA section around it.
         let xml = rum::envelope(&reports).unwrap();
         prop_assert_eq!(rum::parse_envelope(&xml).unwrap(), reports);
     }
@@ -34,21 +33,6 @@ proptest! {
         prop_assert_eq!(info.udi, u);
         let back: serde_json::Value = serde_json::from_str(&obj).unwrap();
         prop_assert_eq!(back["payload"].as_str().unwrap(), payload.as_str());
-    }
-
-    #[test]
-    fn ack_signatures_bind_every_field(u in udi(), ids in prop::collection::vec(any::<u64>(), 0..5), va in "[A-Za-z]{1,10}") {
-        let signer = Signer::derive(b"cssm", "ack").unwrap();
-        let body = ack::AckBody {
-            version: "1.0".into(), sudi: u, report_ids: ids, ack_time: 1,
-            smart_account: "sa".into(), virtual_account: va, status: "ACK".into(),
-        };
-        let doc = ack::build_ack_document(&body, &signer, "k1");
-        let parsed = ack::parse_ack_document(&doc).unwrap();
-        prop_assert_eq!(&parsed.body, &body);
-        prop_assert!(parsed.verify(&signer.public_key()).is_ok());
-        let other = Signer::derive(b"not-cssm", "ack").unwrap();
-        prop_assert!(parsed.verify(&other.public_key()).is_err());
     }
 
     #[test]

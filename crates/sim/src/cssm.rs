@@ -3,6 +3,7 @@
 //! licenses listing, and the offline usage bundle exchange. Test hooks under `/sim/*` read and
 //! change the license pools, so drift and overcommit can be staged.
 
+use crate::ack::{AckBody, build_ack_document};
 use crate::common::{SimError, basic_credentials, bearer_token, io_err, now_secs};
 use crate::fleet::{FleetConfig, profile};
 use actix_web::{
@@ -25,7 +26,6 @@ use std::{
 };
 use tally_domain::{
     Udi,
-    ack::{AckBody, build_ack_document},
     bundle::{AckBundle, DeviceFile, UsageBundle},
     rules::{Level, Rules},
     rum::{inspect_report, parse_envelope},

@@ -9,6 +9,7 @@
 //! A device runs one boot level and may be configured for another: a PUT of the boot level takes
 //! effect (in RUM reports and status) only after `POST .../sim/reload`, as on a real device.
 
+use crate::ack::parse_ack_document;
 use crate::common::{SimError, basic_credentials, io_err, mix, now_secs};
 use crate::restconf::{Level, RestconfError, YANG_JSON, level_json, parse_level};
 use actix_web::{
@@ -28,7 +29,6 @@ use std::{
 };
 use tally_domain::{
     DnaTier, NetworkLicense, Udi,
-    ack::parse_ack_document,
     policy::Policy,
     rum::{
         Asset, AssetIdentification, InnerSignature, Instance, Measurement, MeasurementMeta,

@@ -4,6 +4,7 @@
 //! licenses, and the offline bundle exchange). Devices sign their RUM reports and CSSM checks those
 //! signatures and signs ACKs with keys derived from shared secrets (see `tally_domain::sign`).
 
+pub mod ack;
 mod common;
 pub mod cssm;
 pub mod fleet;

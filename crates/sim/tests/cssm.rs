@@ -6,12 +6,12 @@ use serde_json::{Value, json, value::RawValue};
 use std::time::Duration;
 use tally_domain::{
     Udi,
-    ack::parse_ack_document,
     bundle::{AckBundle, DeviceFile, UsageBundle, VaUsage},
     rum::{envelope, inspect_report},
     sign::Signer,
 };
 use tally_sim::{
+    ack::parse_ack_document,
     cssm::{CssmConfig, start_cssm},
     fleet::{FleetConfig, FleetState, start_fleet},
 };

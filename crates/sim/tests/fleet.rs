@@ -5,10 +5,10 @@ use reqwest::Method;
 use serde_json::{Value, value::RawValue};
 use std::collections::{HashMap, HashSet};
 use tally_domain::{
-    ack::{AckBody, build_ack_document},
     rum::inspect_report,
     sign::{Signer, verify_b64},
 };
+use tally_sim::ack::{AckBody, build_ack_document};
 use tally_sim::fleet::{FleetConfig, start_fleet};
 
 fn client() -> reqwest::Client {

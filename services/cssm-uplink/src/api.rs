@@ -21,6 +21,9 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(export_bundle)
         .service(import_ack_bundle)
         .service(requeue_exported);
+    cfg.service(list_exports)
+        .service(download_export)
+        .service(requeue_export);
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -147,12 +150,15 @@ async fn export_bundle(
             "content-disposition",
             format!("attachment; filename=\"{}\"", e.file_name),
         ))
+        .insert_header(("x-tally-export-id", e.id.to_string()))
         .insert_header(("x-tally-reports", e.reports.to_string()))
         .insert_header(("x-tally-devices", e.devices.to_string()))
         .body(e.bytes))
 }
 
-/// Upload the ACK bundle CSSM returned for an exported usage bundle.
+/// Upload the ACK bundle CSSM returned for an exported usage bundle. Each file is routed by the
+/// device id in its name (else a UDI in it); matching files are imported, the others named in
+/// `outcomes` with why (unknown device, already imported, unreadable).
 #[utoipa::path(tag = "uplink", request_body(content = Vec<u8>, content_type = "application/gzip"), responses((status = 200, body = offline::AckImportResult), (status = 400, body = Problem), (status = 422, body = Problem)))]
 #[post("/uplink/offline/acks")]
 async fn import_ack_bundle(
@@ -168,12 +174,87 @@ pub struct Requeued {
     pub reports: usize,
 }
 
-/// Put exported reports whose ACK bundle never came back in line again (a lost bundle file).
+/// Put the exported reports of every export whose ACK bundle never came back in line again (to
+/// requeue one export, see `/uplink/offline/exports/{id}/requeue`).
 #[utoipa::path(tag = "uplink", responses((status = 200, body = Requeued)))]
 #[post("/uplink/offline/requeue")]
 async fn requeue_exported(up: web::Data<Uplink>) -> Result<web::Json<Requeued>, Problem> {
     let mut conn = tally_platform::problem::conn(&up.pool).await?;
     let n = store::reports::requeue_exported(&mut conn).await?;
     store::batches::fail_exported(&mut conn).await?;
+    store::exports::delete_all(&mut conn).await?;
+    Ok(web::Json(Requeued { reports: n }))
+}
+
+/// An offline export kept until its ACKs are in.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct OfflineExport {
+    pub id: Uuid,
+    /// The bundle's file name (`UD_SA_<ts>.tar.gz`).
+    pub file_name: String,
+    pub smart_account: String,
+    pub reports: i32,
+    pub devices: i32,
+    /// Reports of this export still waiting for their ACK.
+    pub reports_waiting: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// Offline exports whose ACKs are not all in, newest first; each can be downloaded again.
+#[utoipa::path(tag = "uplink", responses((status = 200, body = Vec<OfflineExport>)))]
+#[get("/uplink/offline/exports")]
+async fn list_exports(up: web::Data<Uplink>) -> Result<web::Json<Vec<OfflineExport>>, Problem> {
+    let mut conn = tally_platform::problem::conn(&up.pool).await?;
+    let rows = store::exports::list(&mut conn).await?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    let waiting: std::collections::HashMap<Uuid, i64> = store::exports::waiting(&mut conn, &ids)
+        .await?
+        .into_iter()
+        .collect();
+    Ok(web::Json(
+        rows.into_iter()
+            .map(|r| OfflineExport {
+                reports_waiting: waiting.get(&r.id).copied().unwrap_or(0),
+                id: r.id,
+                file_name: r.file_name,
+                smart_account: r.smart_account,
+                reports: r.reports,
+                devices: r.devices,
+                created_at: r.created_at,
+            })
+            .collect(),
+    ))
+}
+
+/// Download a kept export again, byte for byte as first exported (a lost download).
+#[utoipa::path(tag = "uplink", params(("id" = Uuid, Path)), responses((status = 200, content_type = "application/gzip", body = Vec<u8>), (status = 404, body = Problem)))]
+#[get("/uplink/offline/exports/{id}")]
+async fn download_export(
+    up: web::Data<Uplink>,
+    id: web::Path<Uuid>,
+) -> Result<HttpResponse, Problem> {
+    let id = id.into_inner();
+    let mut conn = tally_platform::problem::conn(&up.pool).await?;
+    let (file_name, bytes) = store::exports::bundle(&mut conn, id)
+        .await?
+        .ok_or_else(|| Problem::not_found("export", id))?;
+    Ok(HttpResponse::Ok()
+        .content_type("application/gzip")
+        .insert_header((
+            "content-disposition",
+            format!("attachment; filename=\"{file_name}\""),
+        ))
+        .body(bytes))
+}
+
+/// Put the reports of one export whose ACK bundle never came back in line again; other exports
+/// keep waiting.
+#[utoipa::path(tag = "uplink", params(("id" = Uuid, Path)), responses((status = 200, body = Requeued), (status = 404, body = Problem)))]
+#[post("/uplink/offline/exports/{id}/requeue")]
+async fn requeue_export(
+    up: web::Data<Uplink>,
+    id: web::Path<Uuid>,
+) -> Result<web::Json<Requeued>, Problem> {
+    let n = offline::requeue_export(&up, id.into_inner()).await?;
     Ok(web::Json(Requeued { reports: n }))
 }

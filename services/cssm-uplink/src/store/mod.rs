@@ -4,6 +4,7 @@
 
 pub mod acks;
 pub mod batches;
+pub mod exports;
 pub mod reports;
 pub mod schema;
 

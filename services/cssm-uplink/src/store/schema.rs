@@ -27,6 +27,19 @@ pub mod uplink {
             devices -> Int4,
             created_at -> Timestamptz,
             updated_at -> Timestamptz,
+            export_id -> Nullable<Uuid>,
+        }
+    }
+
+    diesel::table! {
+        uplink.exports (id) {
+            id -> Uuid,
+            file_name -> Text,
+            smart_account -> Text,
+            bundle -> Bytea,
+            reports -> Int4,
+            devices -> Int4,
+            created_at -> Timestamptz,
         }
     }
 
@@ -47,5 +60,7 @@ pub mod uplink {
         }
     }
 
-    diesel::allow_tables_to_appear_in_same_query!(acks, batches, reports,);
+    diesel::joinable!(batches -> exports (export_id));
+
+    diesel::allow_tables_to_appear_in_same_query!(acks, batches, exports, reports,);
 }

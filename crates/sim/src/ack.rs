@@ -1,11 +1,15 @@
-//! ACK documents: what CSSM signs for a device's acknowledged reports and the device imports.
+//! The simulators' own ACK documents: what the simulated CSSM signs for a device's acknowledged
+//! reports and the simulated device verifies before it takes them.
 //!
 //! Form: `<smartLicense><smartLicenseRumAck><data><![CDATA[{"payload":"<body JSON>","signature":{..}}]]></data></smartLicenseRumAck></smartLicense>`.
-//! The body's fields are Tally's own (Cisco does not publish them); see docs/formats.md.
+//! The body's fields are the simulators' own (Cisco does not publish them); see docs/formats.md.
+//! Only this crate builds or reads them: Tally's services treat every ACK as opaque (CSSM's real
+//! format is unpublished), and `scripts/test` fails when a service depends on this crate outside
+//! its dev-dependencies.
 
-use crate::sign::{SignError, Signer, verify_b64};
-use crate::udi::Udi;
 use serde::{Deserialize, Serialize};
+use tally_domain::Udi;
+use tally_domain::sign::{SignError, Signer, verify_b64};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum AckError {
