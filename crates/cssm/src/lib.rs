@@ -2,6 +2,9 @@
 //! `v2/accounts/poll` and `v1/accounts/{domain}/licenses`. Report objects are embedded in the
 //! request as the exact bytes collected, because CSSM checks each signature over them.
 
+pub mod accounts;
+
+pub use accounts::{SmartAccountId, VirtualAccountId};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::time::{Duration, Instant};
