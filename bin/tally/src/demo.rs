@@ -360,6 +360,7 @@ async fn start_in_process(args: &DemoArgs) -> anyhow::Result<Started> {
         cssm_token_url: format!("http://{cssm_addr}/oauth2/v1/token"),
         cssm_client_id: client_id,
         cssm_client_secret: client_secret,
+        cssm_requesting_system: None,
         batch_max_reports: 5000,
         poll_initial_ms: 1000,
         cycle_cron: None,

@@ -90,6 +90,11 @@ pub struct ServeArgs {
         hide_env_values = true
     )]
     pub cssm_client_secret: String,
+    /// `X-CSW-REQUESTING-SYSTEM` as a JSON UDI object, e.g.
+    /// `{"udi_pid":"TALLY","udi_serial_number":"LAB01"}`; unset: PID `TALLY` and a serial derived
+    /// from the CSSM client id (stable across restarts and replicas).
+    #[arg(long, env = "TALLY_CSSM_REQUESTING_SYSTEM")]
+    pub cssm_requesting_system: Option<String>,
     #[arg(long, env = "TALLY_BATCH_MAX_REPORTS", default_value_t = 5000)]
     pub batch_max_reports: usize,
     #[arg(long, env = "TALLY_POLL_INITIAL_MS", default_value_t = 2000)]
@@ -442,13 +447,18 @@ fn cssm_client(args: &ServeArgs) -> anyhow::Result<Option<Arc<tally_cssm::CssmCl
                     "online mode needs TALLY_CSSM_CLIENT_ID and TALLY_CSSM_CLIENT_SECRET (or TALLY_UPLINK_MODE=offline)"
                 );
             }
+            let requesting_system = match &args.cssm_requesting_system {
+                Some(text) => tally_cssm::RequestingSystem::parse(text)
+                    .map_err(|e| anyhow::anyhow!("TALLY_CSSM_REQUESTING_SYSTEM: {e}"))?,
+                None => tally_cssm::RequestingSystem::for_installation(&args.cssm_client_id),
+            };
             Ok(Some(Arc::new(tally_cssm::CssmClient::new(
                 tally_cssm::CssmConfig {
                     api_base: args.cssm_api_base.clone(),
                     token_url: args.cssm_token_url.clone(),
                     client_id: args.cssm_client_id.clone(),
                     client_secret: args.cssm_client_secret.clone(),
-                    requesting_system: format!("Tally {}", env!("CARGO_PKG_VERSION")),
+                    requesting_system,
                     timeout: Duration::from_secs(120),
                 },
             )?)))

@@ -43,6 +43,7 @@ events! {
     CollectionProgress => "rum.collection.progress",
     UploadProgress => "uplink.upload.progress",
     AcksReceived => "uplink.acks.received",
+    UplinkProblem => "uplink.problem",
     AcksImported => "rum.acks.imported",
     TierJobChanged => "tiers.job.changed",
     DeviceLicensesChanged => "tiers.devices.licensed",

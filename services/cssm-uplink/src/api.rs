@@ -20,7 +20,8 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
         .service(status)
         .service(export_bundle)
         .service(import_ack_bundle)
-        .service(requeue_exported);
+        .service(requeue_exported)
+        .service(retry_batch);
     cfg.service(list_exports)
         .service(download_export)
         .service(requeue_export);
@@ -87,6 +88,30 @@ async fn list_batches(
     let mut conn = tally_platform::problem::conn(&up.pool).await?;
     let rows = store::batches::list(&mut conn, state, page).await?;
     Ok(web::Json(rows.into_iter().map(Batch::from).collect()))
+}
+
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct RetriedBatch {
+    pub id: Uuid,
+    /// Reports put back in line; they go to CSSM in the next batch formed.
+    pub reports: usize,
+}
+
+/// Put the reports of a batch CSSM refused for good (a 4xx, or FAILED for a reason other than a
+/// duplicate) back in line, once the cause is fixed. 409 for a batch that is not such a failure
+/// or was retried already.
+#[utoipa::path(tag = "uplink", params(("id" = Uuid, Path, description = "batch id")), responses((status = 200, body = RetriedBatch), (status = 404, body = Problem), (status = 409, body = Problem)))]
+#[post("/uplink/batches/{id}/retry")]
+async fn retry_batch(
+    up: web::Data<Uplink>,
+    id: web::Path<Uuid>,
+) -> Result<web::Json<RetriedBatch>, Problem> {
+    let id = id.into_inner();
+    match crate::batch::retry(&up, id).await? {
+        crate::batch::Retry::Requeued { reports } => Ok(web::Json(RetriedBatch { id, reports })),
+        crate::batch::Retry::NotFound => Err(Problem::not_found("batch", id)),
+        crate::batch::Retry::NotRetryable(why) => Err(Problem::conflict("not-retryable", why)),
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]

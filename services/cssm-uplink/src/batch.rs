@@ -1,14 +1,14 @@
 //! Online path: accept collected reports, form batches, send them, poll for ACKs.
 
 use crate::Uplink;
-use crate::store::batches::{self, DueBatch, NewBatch};
+use crate::store::batches::{self, DueBatch, ErrorClass, NewBatch};
 use crate::store::reports::{self, BatchReport, NO_ACK, NewReports, ReportKey};
 use crate::store::{BatchMode, BatchState, ReportState, acks};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 use tally_bus::{consumer::HandlerError, proto};
-use tally_cssm::{DeviceUsage, PollOutcome, UploadOutcome};
+use tally_cssm::{Acknowledgement, DeviceUsage, PollOutcome, UploadOutcome};
 use tally_domain::Udi;
 use tally_store::outbox::{Schema, once};
 use uuid::Uuid;
@@ -187,19 +187,100 @@ async fn send(
         .report_usage(&b.smart_account, &b.virtual_account, &b.nonce, &usage)
         .await
     {
-        Ok(UploadOutcome::Accepted { poll_id }) => {
-            batches::accepted(c, b.id, &poll_id, chrono::Utc::now() + backoff(up, 0)).await?;
+        Ok(UploadOutcome::Accepted {
+            poll_id,
+            poll_id_numeric,
+        }) => {
+            let next = chrono::Utc::now() + backoff(up, 0);
+            batches::accepted(c, b.id, &poll_id, poll_id_numeric, next).await?;
             tracing::info!(batch = %b.id, reports = reports.len(), devices = udis.len(), "batch accepted by CSSM");
             Ok(())
         }
+        Ok(f @ UploadOutcome::Failed { .. }) if f.is_duplicate() => {
+            let UploadOutcome::Failed {
+                message,
+                duplicates,
+                ..
+            } = f
+            else {
+                return Ok(());
+            };
+            refused(c, b, reports, &message, &duplicates).await
+        }
         Ok(UploadOutcome::Failed {
             message,
-            duplicates,
-        }) => refused(c, b, reports, &message, &duplicates).await,
+            message_code,
+            ..
+        }) => {
+            let reason = if message_code.is_empty() {
+                message
+            } else {
+                format!("{message} ({message_code})")
+            };
+            failed_for_good(c, b, reports, &reason).await
+        }
         Err(e) if e.is_transient() => retry_later(up, c, b, &e.to_string()).await,
-        Err(e) => retry_later(up, c, b, &e.to_string()).await,
+        Err(e) => failed_for_good(c, b, reports, &e.to_string()).await,
     }
 }
+
+/// CSSM refused the batch for a reason trying again will not change (a 4xx, a FAILED that is
+/// not a duplicate, an answer that cannot be read): the batch fails with the reason, its reports
+/// fail with it and wait for an operator's retry, and the scheduler is told (an alert).
+async fn failed_for_good(
+    c: &mut AsyncPgConnection,
+    b: &DueBatch,
+    reports: &[BatchReport],
+    reason: &str,
+) -> Result<(), diesel::result::Error> {
+    tracing::error!(batch = %b.id, reason, "CSSM refused a batch; it waits for an operator's retry");
+    let keys: Vec<ReportKey> = reports.iter().map(|r| r.key()).collect();
+    let why = format!("CSSM refused the upload: {reason}");
+    reports::fail(c, &keys, &why).await?;
+    batches::fail_as(c, b.id, reason, ErrorClass::Permanent).await?;
+    let mut per_cycle: BTreeMap<String, proto::UploadProgress> = BTreeMap::new();
+    let mut devices: Vec<Uuid> = Vec::new();
+    for r in reports {
+        let cycle = r.cycle_id.map(|c| c.to_string()).unwrap_or_default();
+        let e = per_cycle
+            .entry(cycle.clone())
+            .or_insert_with(|| proto::UploadProgress {
+                cycle_id: cycle,
+                ..Default::default()
+            });
+        e.reports_failed += 1;
+        if !devices.contains(&r.device_id) {
+            devices.push(r.device_id);
+            e.devices_failed += 1;
+            e.failures.push(proto::DeviceFailure {
+                device_id: r.device_id.to_string(),
+                reason: why.clone(),
+            });
+        }
+    }
+    for ev in per_cycle.values() {
+        tally_platform::metrics::inc("reports_upload_failed", u64::from(ev.reports_failed));
+        tally_bus::emit(c, Schema::Uplink, ev).await?;
+    }
+    let problem = proto::UplinkProblem {
+        batch_id: b.id.to_string(),
+        kind: PROBLEM_BATCH_FAILED.into(),
+        smart_account: b.smart_account.clone(),
+        virtual_account: b.virtual_account.clone(),
+        reason: reason.to_owned(),
+        reports: u32::try_from(reports.len()).unwrap_or(u32::MAX),
+        device_ids: devices.iter().map(Uuid::to_string).collect(),
+        at_ms: chrono::Utc::now().timestamp_millis(),
+        unmatched: 0,
+    };
+    tally_bus::emit(c, Schema::Uplink, &problem).await?;
+    Ok(())
+}
+
+/// `UplinkProblem.kind` of a batch CSSM refused for good.
+pub const PROBLEM_BATCH_FAILED: &str = "batch_failed";
+/// `UplinkProblem.kind` of ACK entries that matched no device of their batch.
+pub const PROBLEM_ACK_UNMATCHED: &str = "ack_unmatched";
 
 /// CSSM refused a batch. Duplicates are dropped (CSSM has them already); when it named them, the
 /// rest go back to pending and travel in the next batch; otherwise the whole batch fails.
@@ -236,7 +317,7 @@ async fn refused(
     if requeue {
         reports::mark(c, &keys(&rest), ReportState::Pending, None).await?;
     }
-    batches::fail(c, b.id, message).await?;
+    batches::fail_as(c, b.id, message, ErrorClass::Duplicate).await?;
     // Devices left with nothing in flight will get no ACK from this cycle: say so.
     let requeued: std::collections::HashSet<Uuid> = if requeue {
         rest.iter().map(|r| r.device_id).collect()
@@ -277,38 +358,185 @@ async fn poll(
     poll_id: &str,
     reports: &[BatchReport],
 ) -> Result<(), diesel::result::Error> {
-    match cssm.poll(poll_id).await {
+    match cssm.poll(poll_id, b.poll_id_numeric).await {
         Ok(PollOutcome::Pending) => {
             batches::poll_later(c, b.id, chrono::Utc::now() + backoff(up, b.attempts + 1)).await?;
             Ok(())
         }
         Ok(PollOutcome::Complete(acks)) => {
-            let docs: Vec<(Udi, Vec<u64>, String)> = acks
-                .into_iter()
-                .filter_map(|a| {
-                    use base64::Engine;
-                    let doc = base64::engine::general_purpose::STANDARD
-                        .decode(a.smart_license.trim())
-                        .ok()
-                        .and_then(|b| String::from_utf8(b).ok())?;
-                    Some((a.sudi, a.report_ids, doc))
-                })
-                .collect();
-            complete(c, b.id, reports, docs, BatchMode::Online).await
+            let entries = acks.into_iter().map(AckEntry::from).collect();
+            complete_entries(c, b.id, reports, entries, BatchMode::Online).await
         }
-        Err(e) => retry_later(up, c, b, &e.to_string()).await,
+        Err(e) if e.is_transient() => retry_later(up, c, b, &e.to_string()).await,
+        Err(e) => failed_for_good(c, b, reports, &e.to_string()).await,
     }
 }
 
-/// Records CSSM's ACKs for a batch (online or offline) and publishes them, one per device.
-/// Devices of the batch that got no ACK are reported as failed.
-pub(crate) async fn complete(
+/// One ACK entry as CSSM returned it: the device it names (if it does), the report ids (if it
+/// names them), and the ACK document or why it could not be read.
+pub(crate) struct AckEntry {
+    pub sudi: Option<Udi>,
+    pub report_ids: Vec<u64>,
+    pub doc: Result<String, (String, String)>,
+}
+
+impl From<Acknowledgement> for AckEntry {
+    fn from(a: Acknowledgement) -> Self {
+        use base64::Engine;
+        let doc = match a.smart_license {
+            None => Err((String::new(), "the entry carries no smart_license".into())),
+            Some(b64) => base64::engine::general_purpose::STANDARD
+                .decode(b64.trim())
+                .ok()
+                .and_then(|b| String::from_utf8(b).ok())
+                .ok_or((
+                    b64,
+                    "smart_license is not base64 of a UTF-8 document".into(),
+                )),
+        };
+        Self {
+            sudi: a.sudi,
+            report_ids: a.report_ids,
+            doc,
+        }
+    }
+}
+
+/// Whether `needle` occurs in `hay` as a whole token (not inside a longer PID or serial).
+fn contains_token(hay: &str, needle: &str) -> bool {
+    if needle.is_empty() {
+        return false;
+    }
+    let part = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '_';
+    hay.match_indices(needle).any(|(i, _)| {
+        let before = hay[..i].chars().next_back();
+        let after = hay[i + needle.len()..].chars().next();
+        !before.is_some_and(part) && !after.is_some_and(part)
+    })
+}
+
+/// The one device of the batch whose PID and serial number both appear in the ACK document.
+/// The document is not parsed: CSSM's ACK format is its own.
+fn udi_in_doc<'a>(doc: &str, devices: &'a [(Uuid, Udi)]) -> Option<&'a (Uuid, Udi)> {
+    let mut found = devices.iter().filter(|(_, u)| {
+        contains_token(doc, &u.udi_serial_number) && contains_token(doc, &u.udi_pid)
+    });
+    let first = found.next()?;
+    found.next().is_none().then_some(first)
+}
+
+/// Records CSSM's ACKs for an online batch and publishes them, one per device; devices of the
+/// batch that got no ACK are reported as failed. An entry goes to the device its `sudi` names;
+/// without one, to the one device whose UDI the document shows; failing that, in a one-device
+/// batch, to that device. Entries that match nothing are recorded in `uplink.unmatched_acks` and
+/// reported (an `UplinkProblem`), never dropped.
+pub(crate) async fn complete_entries(
     c: &mut AsyncPgConnection,
     batch: Uuid,
     reports: &[BatchReport],
-    acks: Vec<(Udi, Vec<u64>, String)>,
+    entries: Vec<AckEntry>,
     source: BatchMode,
 ) -> Result<(), diesel::result::Error> {
+    let mut devices: Vec<(Uuid, Udi)> = Vec::new();
+    for r in reports {
+        if !devices.iter().any(|(d, _)| *d == r.device_id) {
+            devices.push((
+                r.device_id,
+                Udi {
+                    udi_pid: r.udi_pid.clone(),
+                    udi_serial_number: r.udi_serial.clone(),
+                },
+            ));
+        }
+    }
+    let mut matched: Vec<(Udi, Vec<u64>, String)> = Vec::new();
+    let mut unmatched: Vec<acks::NewUnmatched> = Vec::new();
+    let mut taken: std::collections::HashSet<Uuid> = std::collections::HashSet::new();
+    let mut leave = |e: &AckEntry, ack: String, reason: String| {
+        unmatched.push(acks::NewUnmatched {
+            id: Uuid::now_v7(),
+            batch_id: batch,
+            udi_pid: e.sudi.as_ref().map(|u| u.udi_pid.clone()),
+            udi_serial: e.sudi.as_ref().map(|u| u.udi_serial_number.clone()),
+            report_ids: e.report_ids.iter().map(|r| Some(*r as i64)).collect(),
+            ack,
+            reason,
+        })
+    };
+    for e in &entries {
+        let doc = match &e.doc {
+            Ok(d) => d,
+            Err((raw, why)) => {
+                leave(e, raw.clone(), why.clone());
+                continue;
+            }
+        };
+        let device = match &e.sudi {
+            Some(u) => devices.iter().find(|(_, d)| {
+                d.udi_pid == u.udi_pid && d.udi_serial_number == u.udi_serial_number
+            }),
+            None => udi_in_doc(doc, &devices).or(match devices.as_slice() {
+                [only] => Some(only),
+                _ => None,
+            }),
+        };
+        let Some((device, udi)) = device else {
+            let why = match &e.sudi {
+                Some(u) => format!("the ACK names {u}, which is not a device of this batch"),
+                None => "the ACK names no device: no sudi, and no UDI of the batch's devices \
+                         in the document"
+                    .to_owned(),
+            };
+            leave(e, doc.clone(), why);
+            continue;
+        };
+        if !taken.insert(*device) {
+            leave(e, doc.clone(), format!("a second ACK for {udi}"));
+            continue;
+        }
+        // Without report ids, the ACK is taken to acknowledge what was sent for the device.
+        let ids = if e.report_ids.is_empty() {
+            reports
+                .iter()
+                .filter(|r| r.device_id == *device)
+                .map(|r| r.report_id as u64)
+                .collect()
+        } else {
+            e.report_ids.clone()
+        };
+        matched.push((udi.clone(), ids, doc.clone()));
+    }
+    if !unmatched.is_empty() {
+        tracing::warn!(batch = %batch, unmatched = unmatched.len(), "ACK entries match no device of the batch; recorded");
+        acks::insert_unmatched(c, &unmatched).await?;
+        let (sa, va) = batches::accounts(c, batch).await?.unwrap_or_default();
+        let mut reason = format!(
+            "{} ACK entr{} from CSSM matched no device of the batch: {}",
+            unmatched.len(),
+            if unmatched.len() == 1 { "y" } else { "ies" },
+            unmatched[0].reason
+        );
+        if unmatched.len() > 1 {
+            reason.push_str(" (and others; see uplink.unmatched_acks)");
+        }
+        tally_bus::emit(
+            c,
+            Schema::Uplink,
+            &proto::UplinkProblem {
+                batch_id: batch.to_string(),
+                kind: PROBLEM_ACK_UNMATCHED.into(),
+                smart_account: sa,
+                virtual_account: va,
+                reason,
+                reports: u32::try_from(reports.len()).unwrap_or(u32::MAX),
+                device_ids: Vec::new(),
+                at_ms: chrono::Utc::now().timestamp_millis(),
+                unmatched: u32::try_from(unmatched.len()).unwrap_or(u32::MAX),
+            },
+        )
+        .await?;
+    }
+    let acks = matched;
     let mut by_udi: HashMap<(String, String), (Uuid, Option<Uuid>)> = HashMap::new();
     for r in reports {
         let e = by_udi
@@ -321,10 +549,10 @@ pub(crate) async fn complete(
     let mut events: Vec<proto::DeviceAck> = Vec::new();
     let mut acked = std::collections::HashSet::new();
     for (udi, report_ids, doc) in acks {
+        // Every entry left here names a device of the batch.
         let Some((device, cycle)) =
             by_udi.get(&(udi.udi_pid.clone(), udi.udi_serial_number.clone()))
         else {
-            tracing::warn!(batch = %batch, udi = %udi, "ACK for a device not in the batch; ignored");
             continue;
         };
         if !acked.insert(*device) {
@@ -402,6 +630,52 @@ pub(crate) async fn complete(
     }
     tracing::info!(batch = %batch, acks = acked.len(), source = source.as_str(), "ACKs received");
     Ok(())
+}
+
+/// What an operator's retry of a batch did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Retry {
+    /// The batch's failed reports are pending again (they go in the next batch formed).
+    Requeued {
+        reports: usize,
+    },
+    NotFound,
+    /// The batch is not one CSSM refused for good, or was retried already: why.
+    NotRetryable(String),
+}
+
+/// Puts the reports of a batch CSSM refused for good back in line (once).
+pub async fn retry(up: &Uplink, id: Uuid) -> Result<Retry, tally_store::StoreError> {
+    let mut conn = up.pool.get().await?;
+    let r = conn
+        .transaction(async |c| {
+            let Some(b) = batches::lock_for_retry(c, id).await? else {
+                return Ok(Retry::NotFound);
+            };
+            if b.state != BatchState::Failed || b.error_class != Some(ErrorClass::Permanent) {
+                let why = match b.error_class {
+                    Some(ErrorClass::Duplicate) => {
+                        format!("batch {id} failed as a duplicate: CSSM has its reports already")
+                    }
+                    _ => format!(
+                        "batch {id} is {} and was not refused for good by CSSM",
+                        b.state.as_str()
+                    ),
+                };
+                return Ok(Retry::NotRetryable(why));
+            }
+            if let Some(at) = b.retried_at {
+                return Ok(Retry::NotRetryable(format!(
+                    "batch {id} was retried already at {at}"
+                )));
+            }
+            let n = reports::requeue_failed(c, id).await?;
+            batches::mark_retried(c, id).await?;
+            tracing::info!(batch = %id, reports = n, error = b.error.as_deref().unwrap_or(""), "operator retried a failed batch");
+            Ok::<_, diesel::result::Error>(Retry::Requeued { reports: n })
+        })
+        .await?;
+    Ok(r)
 }
 
 /// Forms batches and works due ones until the task is dropped.

@@ -96,7 +96,7 @@ pub fn router(s: Scheduler) -> tally_bus::router::Router<Scheduler> {
     use cycles::Update;
     use tally_bus::proto::{
         AcksImported, AcksReceived, CollectionProgress, CollectionStarted, DevicesDeleted,
-        DevicesUpserted, PoolsSynced, UploadProgress,
+        DevicesUpserted, PoolsSynced, UplinkProblem, UploadProgress,
     };
     tally_bus::router::Router::new(s)
         .on(|s, id, ev: CollectionStarted| async move { cycles::apply(&s, &id, Update::from(ev)).await })
@@ -107,4 +107,5 @@ pub fn router(s: Scheduler) -> tally_bus::router::Router<Scheduler> {
         .on(|s, id, ev: DevicesDeleted| async move { fleet::delete(&s, &id, ev).await })
         .on(|s, id, ev: AcksReceived| async move { fleet::acks_received(&s, &id, ev).await })
         .on(|s, id, ev: PoolsSynced| async move { pools::synced(&s, &id, ev).await })
+        .on(|s, id, ev: UplinkProblem| async move { alerts::uplink::problem(&s, &id, ev).await })
 }

@@ -784,3 +784,54 @@ async fn compliance_alert_and_webhook_routes_answer_with_problems() {
         );
     }
 }
+
+/// cssm-uplink's problems (a batch CSSM refused for good, ACK entries that matched nothing)
+/// raise one alert per batch and problem, naming the reason; critical when a CUBE waits on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uplink_problems_raise_one_alert_per_batch_naming_the_reason() {
+    use tally_renewal_scheduler::alerts;
+    let (_db, s, ids) = fleet_acked_at(t0()).await;
+    let batch = Uuid::now_v7();
+    let failed = proto::UplinkProblem {
+        batch_id: batch.to_string(),
+        kind: "batch_failed".into(),
+        smart_account: "acme".into(),
+        virtual_account: "Voice".into(),
+        reason: "Invalid Smart Account ID acme (INVALID_SMART_ACCOUNT)".into(),
+        reports: 4,
+        device_ids: vec![ids[0].to_string(), ids[1].to_string()],
+        at_ms: 1_767_000_000_000,
+        unmatched: 0,
+    };
+    alerts::uplink::problem(&s, "u-1", failed.clone()).await.unwrap();
+    // Redelivered, or sent again under another id: still one alert.
+    alerts::uplink::problem(&s, "u-1", failed.clone()).await.unwrap();
+    alerts::uplink::problem(&s, "u-2", failed).await.unwrap();
+    let subject = format!("batch:{batch}");
+    assert_eq!(
+        count(&s.pool, &format!("SELECT count(*) FROM sched.alerts WHERE kind = 'upload_failed' AND subject = '{subject}' AND severity = 'critical' AND threshold = 'batch_failed' AND message LIKE '%Invalid Smart Account ID acme (INVALID_SMART_ACCOUNT)%' AND message LIKE '%/retry%'")).await,
+        1
+    );
+    let unmatched = proto::UplinkProblem {
+        batch_id: batch.to_string(),
+        kind: "ack_unmatched".into(),
+        virtual_account: "Campus".into(),
+        reason: "1 ACK entry from CSSM matched no device of the batch".into(),
+        unmatched: 1,
+        at_ms: 1_767_000_000_000,
+        ..Default::default()
+    };
+    alerts::uplink::problem(&s, "u-3", unmatched).await.unwrap();
+    assert_eq!(
+        count(&s.pool, &format!("SELECT count(*) FROM sched.alerts WHERE subject = '{subject}' AND threshold = 'ack_unmatched' AND severity = 'warning' AND message LIKE '%matched no device%'")).await,
+        1
+    );
+    assert_eq!(
+        count(
+            &s.pool,
+            "SELECT count(*) FROM sched.outbox WHERE subject = 'sched.alert.raised'"
+        )
+        .await,
+        2
+    );
+}

@@ -25,6 +25,16 @@ tally_store::text_enum! {
     pub enum BatchMode { Online = "online", Offline = "offline" }
 }
 
+tally_store::text_enum! {
+    /// Why a batch's last CSSM call failed: a transient error keeps it in line (with backoff);
+    /// a permanent one or a duplicate ends it.
+    pub enum ErrorClass {
+        Transient = "transient",
+        Permanent = "permanent",
+        Duplicate = "duplicate",
+    }
+}
+
 /// Advisory lock key serialising batch forming ("uplink" in ASCII).
 const FORM_LOCK: i64 = 0x75_70_6c_69_6e_6b;
 
@@ -75,6 +85,8 @@ pub struct DueBatch {
     pub poll_id: Option<String>,
     #[diesel(sql_type = Int4)]
     pub attempts: i32,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    pub poll_id_numeric: bool,
 }
 
 /// Locks the online batch due first for the current transaction; other senders skip it.
@@ -96,6 +108,7 @@ pub async fn retry_later(
         .set((
             batches::attempts.eq(batches::attempts + 1),
             batches::error.eq(error),
+            batches::error_class.eq(ErrorClass::Transient),
             batches::next_attempt_at.eq(next),
             batches::updated_at.eq(diesel::dsl::now),
         ))
@@ -108,14 +121,17 @@ pub async fn accepted(
     conn: &mut AsyncPgConnection,
     id: Uuid,
     poll_id: &str,
+    poll_id_numeric: bool,
     next: DateTime<Utc>,
 ) -> QueryResult<usize> {
     diesel::update(batches::table.find(id))
         .set((
             batches::state.eq(BatchState::Polling),
             batches::poll_id.eq(poll_id),
+            batches::poll_id_numeric.eq(poll_id_numeric),
             batches::attempts.eq(0),
             batches::error.eq(None::<&str>),
+            batches::error_class.eq(None::<ErrorClass>),
             batches::next_attempt_at.eq(next),
             batches::updated_at.eq(diesel::dsl::now),
         ))
@@ -149,6 +165,72 @@ pub async fn fail(conn: &mut AsyncPgConnection, id: Uuid, error: &str) -> QueryR
         ))
         .execute(conn)
         .await
+}
+
+/// The batch failed for good (`class` permanent or duplicate), with why.
+pub async fn fail_as(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+    error: &str,
+    class: ErrorClass,
+) -> QueryResult<usize> {
+    diesel::update(batches::table.find(id))
+        .set((
+            batches::state.eq(BatchState::Failed),
+            batches::error.eq(error),
+            batches::error_class.eq(class),
+            batches::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .await
+}
+
+/// What an operator retry needs to know about a batch.
+#[derive(Debug, Clone, Queryable, Selectable)]
+#[diesel(table_name = batches, check_for_backend(diesel::pg::Pg))]
+pub struct RetryCheck {
+    pub state: BatchState,
+    pub error_class: Option<ErrorClass>,
+    pub error: Option<String>,
+    pub retried_at: Option<DateTime<Utc>>,
+}
+
+/// Locks batch `id` until the transaction ends; `None` when there is none.
+pub async fn lock_for_retry(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> QueryResult<Option<RetryCheck>> {
+    batches::table
+        .find(id)
+        .select(RetryCheck::as_select())
+        .for_update()
+        .first(conn)
+        .await
+        .optional()
+}
+
+/// The operator put the batch's reports back in line.
+pub async fn mark_retried(conn: &mut AsyncPgConnection, id: Uuid) -> QueryResult<usize> {
+    diesel::update(batches::table.find(id))
+        .set((
+            batches::retried_at.eq(diesel::dsl::now),
+            batches::updated_at.eq(diesel::dsl::now),
+        ))
+        .execute(conn)
+        .await
+}
+
+/// The smart and virtual account of a batch.
+pub async fn accounts(
+    conn: &mut AsyncPgConnection,
+    id: Uuid,
+) -> QueryResult<Option<(String, String)>> {
+    batches::table
+        .find(id)
+        .select((batches::smart_account, batches::virtual_account))
+        .first(conn)
+        .await
+        .optional()
 }
 
 /// The batch's ACKs are recorded.

@@ -271,6 +271,22 @@ pub async fn exported_of(
         .await
 }
 
+/// Puts the failed reports of `batch` back to pending, out of the batch; returns how many.
+pub async fn requeue_failed(conn: &mut AsyncPgConnection, batch: Uuid) -> QueryResult<usize> {
+    diesel::update(
+        reports::table
+            .filter(reports::batch_id.eq(batch))
+            .filter(reports::state.eq(ReportState::Failed)),
+    )
+    .set((
+        reports::state.eq(ReportState::Pending),
+        reports::batch_id.eq(None::<Uuid>),
+        reports::error.eq(None::<&str>),
+    ))
+    .execute(conn)
+    .await
+}
+
 /// Puts every exported report back to pending (its ACK bundle is lost); returns how many.
 pub async fn requeue_exported(conn: &mut AsyncPgConnection) -> QueryResult<usize> {
     diesel::update(reports::table.filter(reports::state.eq(ReportState::Exported)))

@@ -28,6 +28,9 @@ pub mod uplink {
             created_at -> Timestamptz,
             updated_at -> Timestamptz,
             export_id -> Nullable<Uuid>,
+            error_class -> Nullable<Text>,
+            retried_at -> Nullable<Timestamptz>,
+            poll_id_numeric -> Bool,
         }
     }
 
@@ -60,7 +63,20 @@ pub mod uplink {
         }
     }
 
+    diesel::table! {
+        uplink.unmatched_acks (id) {
+            id -> Uuid,
+            batch_id -> Uuid,
+            udi_pid -> Nullable<Text>,
+            udi_serial -> Nullable<Text>,
+            report_ids -> Array<Nullable<Int8>>,
+            ack -> Text,
+            reason -> Text,
+            created_at -> Timestamptz,
+        }
+    }
+
     diesel::joinable!(batches -> exports (export_id));
 
-    diesel::allow_tables_to_appear_in_same_query!(acks, batches, exports, reports,);
+    diesel::allow_tables_to_appear_in_same_query!(acks, batches, exports, reports, unmatched_acks,);
 }

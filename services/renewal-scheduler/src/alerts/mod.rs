@@ -3,6 +3,7 @@
 
 pub mod evaluate;
 pub mod raise;
+pub mod uplink;
 
 pub use evaluate::{Evaluation, evaluate, keep_statuses, run_alerts};
 pub use raise::{NewAlert, Raised, Subject, raise, raise_failures};
