@@ -12,6 +12,7 @@
 use crate::ack::parse_ack_document;
 use crate::common::{SimError, basic_credentials, io_err, mix, now_secs};
 use crate::restconf::{Level, RestconfError, YANG_JSON, level_json, parse_level};
+use crate::yang_state::{self, SimPolicy, StateView};
 use actix_web::{
     App, HttpRequest, HttpResponse, HttpServer,
     dev::{Server, ServerHandle},
@@ -29,7 +30,7 @@ use std::{
 };
 use tally_domain::{
     DnaTier, NetworkLicense, Udi,
-    policy::Policy,
+    policy::LicenseKind,
     rum::{
         Asset, AssetIdentification, InnerSignature, Instance, Measurement, MeasurementMeta,
         MeasurementValue, Payload, PayloadMeta, ReportSignature, report_object,
@@ -315,9 +316,16 @@ struct DeviceState {
     next_report_id: u64,
     window_start: i64,
     reports: Vec<StoredReport>,
-    last_ack_time: Option<i64>,
-    next_ack_deadline: Option<i64>,
+    /// When the device last took an ACK; moves only when an import was verified and applied.
+    last_ack_time: Option<DateTime<Utc>>,
     last_ack_valid: bool,
+    policy: SimPolicy,
+    policy_installed: DateTime<Utc>,
+    /// RESTCONF is a feature of its own: when off, every `/restconf` path answers 404.
+    restconf: bool,
+    /// Off: the device answers 2xx to a verified import but does not apply it (nothing moves),
+    /// so read-back can tell a device that took an ACK from one that only said so.
+    apply_acks: bool,
     imports: u32,
     reports_generated: u32,
     fault: Fault,
@@ -342,7 +350,11 @@ pub struct FleetState {
     devices: Vec<Mutex<DeviceState>>,
     base: OnceLock<String>,
     cssm_public_key: Vec<u8>,
+    /// First use of every device's licenses (the fleet's start, a day back).
+    first_use: DateTime<Utc>,
     imports: AtomicU64,
+    imports_not_applied: AtomicU64,
+    state_requests: AtomicU64,
     import_failures: AtomicU64,
     boot_level_requests: AtomicU64,
 }
@@ -395,7 +407,8 @@ impl FleetState {
         let cssm_public_key = Signer::derive(&cfg.cssm_secret, "cssm-ack")
             .map_err(|e| SimError::Internal(e.to_string()))?
             .public_key();
-        let start = now_secs() - DAY;
+        let first_use = Utc::now() - chrono::TimeDelta::days(1);
+        let start = first_use.timestamp();
         // Report ids keep growing across simulator restarts, as a real device's persisted
         // counter does, so a restarted fleet never re-issues an id Tally already stored.
         let id_base = u64::try_from(chrono::Utc::now().timestamp_millis()).unwrap_or(0) * 1000;
@@ -406,8 +419,11 @@ impl FleetState {
                     window_start: start,
                     reports: Vec::new(),
                     last_ack_time: None,
-                    next_ack_deadline: None,
                     last_ack_valid: false,
+                    policy: SimPolicy::CiscoDefault,
+                    policy_installed: first_use,
+                    restconf: true,
+                    apply_acks: true,
                     imports: 0,
                     reports_generated: 0,
                     fault: Fault::None,
@@ -421,7 +437,10 @@ impl FleetState {
             devices,
             base: OnceLock::new(),
             cssm_public_key,
+            first_use,
             imports: AtomicU64::new(0),
+            imports_not_applied: AtomicU64::new(0),
+            state_requests: AtomicU64::new(0),
             import_failures: AtomicU64::new(0),
             boot_level_requests: AtomicU64::new(0),
         })
@@ -621,6 +640,11 @@ impl FleetState {
         }
         let now = Utc::now();
         let mut d = lock(self.device(index)?);
+        if !d.apply_acks {
+            // Verified, answered SUCCESS, and dropped: nothing on the device moves.
+            self.imports_not_applied.fetch_add(1, Ordering::Relaxed);
+            return Ok(0);
+        }
         let mut marked = 0;
         for r in d.reports.iter_mut() {
             if !r.acked && ack.body.report_ids.contains(&r.id) {
@@ -640,10 +664,7 @@ impl FleetState {
                 }
             });
         }
-        d.last_ack_time = Some(now.timestamp());
-        d.next_ack_deadline = Policy::cisco_default()
-            .next_subscription_ack_deadline(now, Some(now))
-            .map(|t| t.timestamp());
+        d.last_ack_time = Some(now);
         d.last_ack_valid = true;
         d.imports += 1;
         Ok(marked)
@@ -654,7 +675,7 @@ impl FleetState {
         let info = self.info(index)?;
         let udi = self.udi(index)?;
         let d = lock(self.device(index)?);
-        let ts = |t: Option<i64>| t.and_then(|t| DateTime::<Utc>::from_timestamp(t, 0));
+        let next = self.ack_deadline(&d);
         Ok(serde_json::json!({
             "udi": udi,
             "udi_string": udi.to_string(),
@@ -667,8 +688,11 @@ impl FleetState {
             "virtual_account": info.virtual_account,
             "is_cube": info.is_cube,
             "voice_role": info.voice_role,
-            "last_ack_time": ts(d.last_ack_time),
-            "next_ack_deadline": ts(d.next_ack_deadline),
+            "last_ack_time": d.last_ack_time,
+            "next_ack_deadline": next,
+            "policy": d.policy,
+            "restconf": d.restconf,
+            "apply_acks": d.apply_acks,
             "last_ack_valid": d.last_ack_valid,
             "acked_reports": d.reports.iter().filter(|r| r.acked).count(),
             "unacked_reports": d.reports.iter().filter(|r| !r.acked).count(),
@@ -702,7 +726,62 @@ impl FleetState {
             "import_failures": self.import_failures.load(Ordering::Relaxed),
             "pending_reload": pending_reload,
             "boot_level_requests": self.boot_level_requests.load(Ordering::Relaxed),
+            "imports_not_applied": self.imports_not_applied.load(Ordering::Relaxed),
+            "state_requests": self.state_requests.load(Ordering::Relaxed),
         })
+    }
+
+    /// The device's own next ACK deadline: its policy's subscription row from its last ACK (or
+    /// from first use when it never took one).
+    fn ack_deadline(&self, d: &DeviceState) -> Option<DateTime<Utc>> {
+        yang_state::device_ack_deadline(
+            d.policy,
+            LicenseKind::Subscription,
+            self.first_use,
+            d.last_ack_time,
+        )
+    }
+
+    /// Sets the policy device `index` runs (installed now, as an imported policy file is).
+    pub fn set_policy(&self, index: usize, policy: SimPolicy) -> Result<(), SimError> {
+        let mut d = lock(self.device(index)?);
+        if d.policy != policy {
+            d.policy = policy;
+            d.policy_installed = Utc::now();
+        }
+        Ok(())
+    }
+
+    /// Turns device `index`'s RESTCONF feature on or off.
+    pub fn set_restconf(&self, index: usize, enabled: bool) -> Result<(), SimError> {
+        lock(self.device(index)?).restconf = enabled;
+        Ok(())
+    }
+
+    /// Off: device `index` answers 2xx to verified imports but applies none of them.
+    pub fn set_apply_acks(&self, index: usize, apply: bool) -> Result<(), SimError> {
+        lock(self.device(index)?).apply_acks = apply;
+        Ok(())
+    }
+
+    /// When device `index` last took an ACK.
+    pub fn last_ack_time(&self, index: usize) -> Result<Option<DateTime<Utc>>, SimError> {
+        Ok(lock(self.device(index)?).last_ack_time)
+    }
+
+    /// Device `index`'s `cisco-smart-license:licensing` container (unqualified, see
+    /// [`yang_state::select`]).
+    pub fn licensing_state(&self, index: usize) -> Result<serde_json::Value, SimError> {
+        let p = self.profile(index)?;
+        let d = lock(self.device(index)?);
+        Ok(yang_state::licensing(&StateView {
+            policy: d.policy,
+            policy_installed: d.policy_installed,
+            last_ack: d.last_ack_time,
+            next_ack_deadline: self.ack_deadline(&d),
+            pid: p.pid.to_owned(),
+            serial: p.serial.clone(),
+        }))
     }
 }
 
@@ -1030,6 +1109,16 @@ async fn summary(st: Data) -> HttpResponse {
 /// Device index for a RESTCONF call: credentials checked, `http_500` fault applied.
 fn restconf_device(req: &HttpRequest, st: &FleetState) -> Result<(usize, Fault), RestconfError> {
     st.boot_level_requests.fetch_add(1, Ordering::Relaxed);
+    restconf_auth(req, st)
+}
+
+/// RESTCONF-enabled check first (a device without the feature answers 404 whatever the
+/// credentials), then credentials and the `http_500` fault.
+fn restconf_auth(req: &HttpRequest, st: &FleetState) -> Result<(usize, Fault), RestconfError> {
+    let i = index_of(req, st)?;
+    if !lock(st.device(i)?).restconf {
+        return Err(RestconfError::not_enabled());
+    }
     let i = authed(req, st)?;
     let fault = lock(st.device(i)?).fault;
     if fault == Fault::Http500 {
@@ -1073,6 +1162,86 @@ async fn set_boot_level(
     }
     st.set_configured_level(i, level)?;
     Ok(HttpResponse::NoContent().finish())
+}
+
+/// `GET <base>/restconf/data/cisco-smart-license:licensing[/<path>]`: the operational state
+/// (see [`crate::yang_state`]).
+async fn get_licensing(req: HttpRequest, st: Data) -> Result<HttpResponse, RestconfError> {
+    st.state_requests.fetch_add(1, Ordering::Relaxed);
+    let (i, _) = restconf_auth(&req, &st)?;
+    let accept = req
+        .headers()
+        .get("accept")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("*/*");
+    let ok = accept.split(',').any(|m| {
+        let m = m.split(';').next().unwrap_or_default().trim();
+        matches!(m, "*/*" | "application/*" | YANG_JSON)
+    });
+    if !ok {
+        return Err(RestconfError::not_acceptable(accept));
+    }
+    let path = req.match_info().get("path").unwrap_or_default().to_owned();
+    let tree = st.licensing_state(i)?;
+    let node = yang_state::select(tree, &path).ok_or_else(|| RestconfError::no_such_node(&path))?;
+    Ok(HttpResponse::Ok()
+        .content_type(YANG_JSON)
+        .body(node.to_string()))
+}
+
+/// Simulation knobs of one device (or, fleet-wide, of the listed `indexes`); absent ones are
+/// left as they are.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct KnobsReq {
+    #[serde(default)]
+    indexes: Option<Vec<usize>>,
+    policy: Option<SimPolicy>,
+    restconf: Option<bool>,
+    apply_acks: Option<bool>,
+}
+
+fn apply_knobs(st: &FleetState, i: usize, k: &KnobsReq) -> Result<(), SimError> {
+    st.device(i)?;
+    if let Some(p) = k.policy {
+        st.set_policy(i, p)?;
+    }
+    if let Some(r) = k.restconf {
+        st.set_restconf(i, r)?;
+    }
+    if let Some(a) = k.apply_acks {
+        st.set_apply_acks(i, a)?;
+    }
+    Ok(())
+}
+
+async fn device_knobs(
+    req: HttpRequest,
+    st: Data,
+    body: web::Json<KnobsReq>,
+) -> Result<HttpResponse, SimError> {
+    let i = index_of(&req, &st)?;
+    if body.indexes.is_some() {
+        return Err(SimError::BadRequest(
+            "indexes belong to the fleet-wide /sim/knobs".into(),
+        ));
+    }
+    apply_knobs(&st, i, &body)?;
+    Ok(HttpResponse::Ok().json(serde_json::json!({"status": "SUCCESS", "devices": 1})))
+}
+
+async fn fleet_knobs(st: Data, body: web::Json<KnobsReq>) -> Result<HttpResponse, SimError> {
+    let indexes = body
+        .indexes
+        .clone()
+        .ok_or_else(|| SimError::BadRequest("give the devices' indexes".into()))?;
+    if let Some(bad) = indexes.iter().find(|i| **i >= st.len()) {
+        return Err(SimError::NotFound(format!("no device {bad}")));
+    }
+    for i in &indexes {
+        apply_knobs(&st, *i, &body)?;
+    }
+    Ok(HttpResponse::Ok().json(serde_json::json!({"status": "SUCCESS", "devices": indexes.len()})))
 }
 
 async fn reload_device(req: HttpRequest, st: Data) -> Result<HttpResponse, SimError> {
@@ -1130,6 +1299,12 @@ async fn reload_fleet(st: Data, body: web::Bytes) -> Result<HttpResponse, SimErr
         .json(serde_json::json!({"status": "SUCCESS", "reloaded": reloaded, "changed": changed})))
 }
 
+/// Any other RESTCONF path: 404 (plain when the feature is off, a RESTCONF error otherwise).
+async fn no_restconf_resource(req: HttpRequest, st: Data) -> Result<HttpResponse, RestconfError> {
+    restconf_auth(&req, &st)?;
+    Err(RestconfError::no_such_node(req.path()))
+}
+
 fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::scope("/d/{index}")
@@ -1152,10 +1327,21 @@ fn routes(cfg: &mut web::ServiceConfig) {
                     .route(web::put().to(set_boot_level))
                     .route(web::patch().to(set_boot_level)),
             )
+            .route(
+                "/restconf/data/cisco-smart-license:licensing",
+                web::get().to(get_licensing),
+            )
+            .route(
+                "/restconf/data/cisco-smart-license:licensing/{path:.*}",
+                web::get().to(get_licensing),
+            )
+            .route("/restconf/{rest:.*}", web::to(no_restconf_resource))
             .route("/sim/status", web::get().to(status))
             .route("/sim/fault", web::post().to(fault))
-            .route("/sim/reload", web::post().to(reload_device)),
+            .route("/sim/reload", web::post().to(reload_device))
+            .route("/sim/knobs", web::post().to(device_knobs)),
     )
+    .route("/sim/knobs", web::post().to(fleet_knobs))
     .route("/sim/devices", web::get().to(devices))
     .route("/sim/summary", web::get().to(summary))
     .route("/sim/reload", web::post().to(reload_fleet));

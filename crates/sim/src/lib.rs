@@ -9,6 +9,7 @@ mod common;
 pub mod cssm;
 pub mod fleet;
 pub mod restconf;
+pub mod yang_state;
 
 pub use common::SimError;
 pub use cssm::{

@@ -25,6 +25,8 @@ pub(crate) struct RestconfError {
     error_type: &'static str,
     tag: &'static str,
     message: String,
+    /// Not a RESTCONF answer at all: the device's HTTP server has no RESTCONF behind the path.
+    plain: bool,
 }
 
 impl RestconfError {
@@ -34,7 +36,33 @@ impl RestconfError {
             error_type,
             tag,
             message: m,
+            plain: false,
         }
+    }
+    /// A device whose RESTCONF feature is off: its web server answers a plain 404 page.
+    pub(crate) fn not_enabled() -> Self {
+        Self {
+            plain: true,
+            ..Self::new(StatusCode::NOT_FOUND, "", "", "Not Found".into())
+        }
+    }
+    /// `GET` of a data node the device does not have.
+    pub(crate) fn no_such_node(path: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "application",
+            "invalid-value",
+            format!("uri keypath not found: {path}"),
+        )
+    }
+    /// The client accepts no media type the device can answer with.
+    pub(crate) fn not_acceptable(got: &str) -> Self {
+        Self::new(
+            StatusCode::NOT_ACCEPTABLE,
+            "protocol",
+            "invalid-value",
+            format!("cannot answer in {got:?}; accept {YANG_JSON}"),
+        )
     }
     pub(crate) fn invalid_value(m: impl Into<String>) -> Self {
         Self::new(
@@ -117,6 +145,11 @@ impl ResponseError for RestconfError {
 
     fn error_response(&self) -> HttpResponse {
         let mut b = HttpResponse::build(self.status);
+        if self.plain {
+            return b
+                .content_type("text/html")
+                .body("<html><head><title>404 Not Found</title></head><body><h1>Not Found</h1></body></html>");
+        }
         if self.status == StatusCode::UNAUTHORIZED {
             b.insert_header(("WWW-Authenticate", "Basic realm=\"restconf\""));
         }
