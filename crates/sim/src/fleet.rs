@@ -638,7 +638,8 @@ impl FleetState {
                 ack.body.status
             )));
         }
-        let now = Utc::now();
+        // The state shows microseconds: keep what it shows.
+        let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
         let mut d = lock(self.device(index)?);
         if !d.apply_acks {
             // Verified, answered SUCCESS, and dropped: nothing on the device moves.
@@ -747,7 +748,7 @@ impl FleetState {
         let mut d = lock(self.device(index)?);
         if d.policy != policy {
             d.policy = policy;
-            d.policy_installed = Utc::now();
+            d.policy_installed = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
         }
         Ok(())
     }

@@ -1,6 +1,8 @@
 //! Client for Cisco's device-side licensing REST API (`/smartlic-service`, HTTP Basic auth):
 //! close-reports, all-reports (kept as the exact text of each report object) and import; and for
-//! the IOS-XE RESTCONF boot-level resource (read and configure the license boot level).
+//! the IOS-XE RESTCONF boot-level resource (read and configure the license boot level); and the
+//! `cisco-smart-license` operational state (the device's own policy and its last ACK received,
+//! [`DeviceClient::licensing_state`]).
 
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use serde::Deserialize;
@@ -8,7 +10,12 @@ use serde_json::value::RawValue;
 use std::{future::Future, time::Duration};
 use tally_domain::{DnaTier, NetworkLicense};
 
+mod licensing;
 mod restconf;
+pub use licensing::{
+    BadDateTime, DevicePolicy, KindAttrs, LICENSING_STATE_PATH, LicensingState, PolicyType,
+    StateRead, parse_date_and_time, read_state,
+};
 pub use restconf::{BOOT_LEVEL_PATH, BootLevel};
 
 /// Largest all-reports answer read from one device.
@@ -184,6 +191,68 @@ impl DeviceClient {
         .map(|_| ())
     }
 
+    /// `GET <base>/restconf/data/cisco-smart-license:licensing/state`: the device's own policy,
+    /// its last ACK received and its next ACK deadline. A device without RESTCONF (a plain 404,
+    /// 405 or 501, a refused connection), one that refuses the credentials on RESTCONF (401,
+    /// 403), and one whose RESTCONF has no such data (a RESTCONF 404) are
+    /// [`StateRead::Unavailable`], not errors; network trouble, server errors (after the
+    /// retries) and answers that are not JSON are.
+    pub async fn licensing_state(&self, t: &Target<'_>) -> Result<StateRead, SouthboundError> {
+        let url = licensing::url(t.base_url);
+        let got = self
+            .retrying(|| async {
+                let req = self
+                    .http
+                    .get(&url)
+                    .basic_auth(t.username, Some(t.password))
+                    .header("accept", restconf::YANG_JSON);
+                match req.send().await {
+                    Err(e) if connection_refused(&e) => Ok(Err(format!(
+                        "RESTCONF is not available: {url} refused the connection"
+                    ))),
+                    Err(e) => Err(transport(e)),
+                    Ok(resp) => {
+                        let (status, body) = read_answer(resp).await?;
+                        if (200..300).contains(&status) {
+                            return Ok(Ok(body));
+                        }
+                        match restconf::refused(&url, status, &body) {
+                            SouthboundError::Refused { tag, message, .. }
+                                if matches!(status, 404 | 405 | 501) && tag.is_empty() =>
+                            {
+                                Ok(Err(format!(
+                                    "RESTCONF is not available: {url} answered HTTP {status} ({message})"
+                                )))
+                            }
+                            SouthboundError::Refused { message, .. } if status == 404 => {
+                                Ok(Err(format!(
+                                    "RESTCONF has no cisco-smart-license state: {url} answered HTTP 404 ({message})"
+                                )))
+                            }
+                            SouthboundError::Refused { message, .. }
+                                if matches!(status, 401 | 403) =>
+                            {
+                                Ok(Err(format!(
+                                    "RESTCONF refused the credentials: {url} answered HTTP {status} ({message})"
+                                )))
+                            }
+                            e => Err(e),
+                        }
+                    }
+                }
+            })
+            .await?;
+        match got {
+            Err(reason) => Ok(StateRead::Unavailable(reason)),
+            Ok(body) => licensing::read_state(&body)
+                .map(StateRead::Read)
+                .map_err(|reason| SouthboundError::Malformed {
+                    reason: format!("{url}: {reason}"),
+                    body,
+                }),
+        }
+    }
+
     async fn restconf_once(
         &self,
         url: &str,
@@ -239,16 +308,34 @@ impl DeviceClient {
     }
 }
 
+fn transport(e: reqwest::Error) -> SouthboundError {
+    if e.is_timeout() {
+        SouthboundError::Timeout
+    } else {
+        SouthboundError::Unreachable(e.to_string())
+    }
+}
+
+/// The connection was refused (nothing listens there), as opposed to other network trouble.
+fn connection_refused(e: &reqwest::Error) -> bool {
+    let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = src {
+        if let Some(io) = s.downcast_ref::<std::io::Error>()
+            && io.kind() == std::io::ErrorKind::ConnectionRefused
+        {
+            return true;
+        }
+        src = s.source();
+    }
+    false
+}
+
 /// Sends `req` and reads the answer, at most [`MAX_RESPONSE_BYTES`] of it.
 async fn exchange(req: reqwest::RequestBuilder) -> Result<(u16, Vec<u8>), SouthboundError> {
-    let transport = |e: reqwest::Error| {
-        if e.is_timeout() {
-            SouthboundError::Timeout
-        } else {
-            SouthboundError::Unreachable(e.to_string())
-        }
-    };
-    let resp = req.send().await.map_err(transport)?;
+    read_answer(req.send().await.map_err(transport)?).await
+}
+
+async fn read_answer(resp: reqwest::Response) -> Result<(u16, Vec<u8>), SouthboundError> {
     let status = resp.status().as_u16();
     if resp
         .content_length()
