@@ -325,7 +325,10 @@ impl CssmClient {
                 .post(&url)
                 .bearer_auth(&token)
                 .header("content-type", "application/json")
-                .header("X-CSW-REQUESTING-SYSTEM", self.cfg.requesting_system.header())
+                .header(
+                    "X-CSW-REQUESTING-SYSTEM",
+                    self.cfg.requesting_system.header(),
+                )
                 .body(body.clone());
             for (k, v) in headers {
                 req = req.header(*k, *v);
@@ -656,7 +659,10 @@ mod tests {
         );
         assert_eq!(
             parse_upload(r#"{"status":"SUCCESS","message":"","poll_id":"abc"}"#).unwrap(),
-            UploadOutcome::Accepted { poll_id: "abc".into(), poll_id_numeric: false }
+            UploadOutcome::Accepted {
+                poll_id: "abc".into(),
+                poll_id_numeric: false
+            }
         );
         assert!(parse_upload(r#"{"status":"SUCCESS","message":""}"#).is_err());
         assert!(parse_upload(r#"{"status":"SUCCESS","poll_id":""}"#).is_err());
@@ -672,27 +678,54 @@ mod tests {
                 duplicates: vec![]
             }
         );
-        assert!(parse_upload(r#"{"status":"FAILED","message":"Duplicate report"}"#).unwrap().is_duplicate());
+        assert!(
+            parse_upload(r#"{"status":"FAILED","message":"Duplicate report"}"#)
+                .unwrap()
+                .is_duplicate()
+        );
         // Poll: OK_POLL with an empty or null message waits; with a message it is an error.
-        assert_eq!(parse_poll(r#"{"status":"OK_POLL","message":"","message_code":""}"#).unwrap(), PollOutcome::Pending);
-        assert_eq!(parse_poll(r#"{"status":"OK_POLL","message":null,"message_code":null,"poll_id":1}"#).unwrap(), PollOutcome::Pending);
-        match parse_poll(r#"{"status":"OK_POLL","message":"Poll request expired","message_code":"POLL_EXPIRED"}"#) {
+        assert_eq!(
+            parse_poll(r#"{"status":"OK_POLL","message":"","message_code":""}"#).unwrap(),
+            PollOutcome::Pending
+        );
+        assert_eq!(
+            parse_poll(r#"{"status":"OK_POLL","message":null,"message_code":null,"poll_id":1}"#)
+                .unwrap(),
+            PollOutcome::Pending
+        );
+        match parse_poll(
+            r#"{"status":"OK_POLL","message":"Poll request expired","message_code":"POLL_EXPIRED"}"#,
+        ) {
             Err(e @ CssmError::Refused { .. }) => {
                 assert_eq!(e.class(), ErrorClass::Permanent);
                 let t = e.to_string();
-                assert!(t.contains("Poll request expired") && t.contains("POLL_EXPIRED"), "{t}");
+                assert!(
+                    t.contains("Poll request expired") && t.contains("POLL_EXPIRED"),
+                    "{t}"
+                );
             }
             other => panic!("{other:?}"),
         }
         // ACK entries: only smart_license is required; sudi and report_ids are used if present.
         let done = parse_poll(r#"{"status":"COMPLETE","message_code":"","message":"","data":{"acknowledgements":[{"smart_license":"QUNL"},{"sudi":{"udi_pid":"A","udi_serial_number":"B"},"report_ids":[1,"2"],"smart_license":"QUNL","extra":true},{"sudi":null,"smart_license":null}]}}"#).unwrap();
-        let PollOutcome::Complete(acks) = done else { panic!() };
+        let PollOutcome::Complete(acks) = done else {
+            panic!()
+        };
         assert_eq!(acks.len(), 3);
         assert_eq!(acks[0].sudi, None);
         assert_eq!(acks[0].smart_license.as_deref(), Some("QUNL"));
-        assert_eq!(acks[1].sudi, Some(Udi { udi_pid: "A".into(), udi_serial_number: "B".into() }));
+        assert_eq!(
+            acks[1].sudi,
+            Some(Udi {
+                udi_pid: "A".into(),
+                udi_serial_number: "B".into()
+            })
+        );
         assert_eq!(acks[1].report_ids, vec![1, 2]);
-        assert_eq!((acks[2].sudi.clone(), acks[2].smart_license.clone()), (None, None));
+        assert_eq!(
+            (acks[2].sudi.clone(), acks[2].smart_license.clone()),
+            (None, None)
+        );
         // The poll request sends a numeric poll_id back as the number.
         let b = poll_body(5, "n", "77412347487202314", true);
         assert!(b.contains(r#""poll_id":77412347487202314,"#), "{b}");
@@ -702,7 +735,10 @@ mod tests {
 
     #[test]
     fn error_classes() {
-        let st = |s| CssmError::Status { status: s, body: String::new() };
+        let st = |s| CssmError::Status {
+            status: s,
+            body: String::new(),
+        };
         for s in [500, 502, 503, 408, 429] {
             assert_eq!(st(s).class(), ErrorClass::Transient, "{s}");
         }
@@ -725,10 +761,17 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&a.header()).unwrap();
         assert_eq!(v["udi_pid"], "TALLY");
         assert_eq!(v["udi_serial_number"], a.udi_serial_number.as_str());
-        let c = RequestingSystem::parse(r#"{"udi_pid":"TALLY-LAB","udi_serial_number":"LAB01"}"#).unwrap();
-        assert_eq!(c.header(), r#"{"udi_pid":"TALLY-LAB","udi_serial_number":"LAB01"}"#);
+        let c = RequestingSystem::parse(r#"{"udi_pid":"TALLY-LAB","udi_serial_number":"LAB01"}"#)
+            .unwrap();
+        assert_eq!(
+            c.header(),
+            r#"{"udi_pid":"TALLY-LAB","udi_serial_number":"LAB01"}"#
+        );
         assert!(RequestingSystem::parse(r#"{"udi_pid":"","udi_serial_number":"X"}"#).is_err());
         assert!(RequestingSystem::parse("Tally 1.0").is_err());
-        assert_eq!(RequestingSystem::from("Tally 1.0"), RequestingSystem::for_installation("Tally 1.0"));
+        assert_eq!(
+            RequestingSystem::from("Tally 1.0"),
+            RequestingSystem::for_installation("Tally 1.0")
+        );
     }
 }

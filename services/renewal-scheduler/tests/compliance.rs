@@ -803,9 +803,13 @@ async fn uplink_problems_raise_one_alert_per_batch_naming_the_reason() {
         at_ms: 1_767_000_000_000,
         unmatched: 0,
     };
-    alerts::uplink::problem(&s, "u-1", failed.clone()).await.unwrap();
+    alerts::uplink::problem(&s, "u-1", failed.clone())
+        .await
+        .unwrap();
     // Redelivered, or sent again under another id: still one alert.
-    alerts::uplink::problem(&s, "u-1", failed.clone()).await.unwrap();
+    alerts::uplink::problem(&s, "u-1", failed.clone())
+        .await
+        .unwrap();
     alerts::uplink::problem(&s, "u-2", failed).await.unwrap();
     let subject = format!("batch:{batch}");
     assert_eq!(
