@@ -4,116 +4,43 @@
 //! requeueing one export, and reports that contain `]]>`.
 
 use actix_web::{test, web};
-use diesel::sql_types::{Bytea, Text};
+use diesel::sql_types::Text;
 use diesel_async::RunQueryDsl;
-use prost::Message;
 use std::sync::Arc;
 use std::time::Duration;
 use tally_bus::proto;
 use tally_cssm_uplink::{Config, Mode, Uplink, batch};
 use tally_domain::bundle::{AckBundle, DeviceFile, UsageBundle};
 use tally_domain::rum;
-use tally_sim::{CssmConfig, CssmState, FleetConfig, FleetState};
+use tally_sim::CssmState;
 use tally_testkit::{TestDb, count};
 use uuid::Uuid;
 
-const OPERATOR: &str = "operator-token-0123456789";
+#[macro_use]
+mod common;
+use common::{Fleet, json};
 
 async fn cssm() -> (actix_web::dev::ServerHandle, Arc<CssmState>) {
-    tally_platform::init_crypto();
-    let (_addr, handle, state) = tally_sim::start_cssm(CssmConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        processing_delay: Duration::from_millis(0),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    (handle, state)
+    let c = common::cssm(Duration::from_millis(0)).await;
+    (c.handle, c.state)
 }
 
 async fn offline_uplink() -> (TestDb, Uplink) {
-    let db = TestDb::new().await.unwrap();
-    let pool = tally_store::pool(&db.url, 8).unwrap();
-    let bus = tally_testkit::bus().await.unwrap();
-    let up = Uplink {
-        pool,
-        bus,
-        cfg: Arc::new(Config {
+    common::uplink(
+        None,
+        Config {
             mode: Mode::Offline,
             ..Default::default()
-        }),
-        cssm: None,
-    };
-    (db, up)
-}
-
-struct Fleet {
-    fleet: FleetState,
-    ids: Vec<Uuid>,
-    cycle: Uuid,
-}
-
-impl Fleet {
-    fn new(n: usize) -> Self {
-        Self {
-            fleet: FleetState::new(FleetConfig {
-                devices: n,
-                ..Default::default()
-            })
-            .unwrap(),
-            ids: (0..n).map(|_| Uuid::now_v7()).collect(),
-            cycle: Uuid::now_v7(),
-        }
-    }
-
-    /// Closes a fresh report window on every device; the unacked reports as one event.
-    fn collect(&self) -> proto::ReportsCollected {
-        let mut ev = proto::ReportsCollected {
-            cycle_id: self.cycle.to_string(),
-            ..Default::default()
-        };
-        for (i, id) in self.ids.iter().enumerate() {
-            self.fleet.close_reports(i).unwrap();
-            let info = self.fleet.info(i).unwrap();
-            for text in self.fleet.unacked_reports(i).unwrap() {
-                let r = rum::inspect_report(&text).unwrap();
-                ev.reports.push(proto::CollectedReport {
-                    device_id: id.to_string(),
-                    udi_pid: r.udi.udi_pid.clone(),
-                    udi_serial: r.udi.udi_serial_number.clone(),
-                    report_id: r.report_id,
-                    smart_account: info.smart_account.clone(),
-                    virtual_account: info.virtual_account.clone(),
-                    body: text.into_bytes(),
-                });
-            }
-        }
-        ev
-    }
-}
-
-#[derive(diesel::QueryableByName)]
-struct OutRow {
-    #[diesel(sql_type = Text)]
-    subject: String,
-    #[diesel(sql_type = Bytea)]
-    payload: Vec<u8>,
+        },
+    )
+    .await
 }
 
 async fn acks_received(up: &Uplink) -> Vec<proto::DeviceAck> {
-    let mut c = up.pool.get().await.unwrap();
-    let rows: Vec<OutRow> =
-        diesel::sql_query("SELECT subject, payload FROM uplink.outbox ORDER BY seq")
-            .load(&mut c)
-            .await
-            .unwrap();
-    rows.iter()
-        .filter(|r| r.subject == "uplink.acks.received")
-        .flat_map(|r| {
-            proto::AcksReceived::decode(r.payload.as_slice())
-                .unwrap()
-                .acks
-        })
+    common::events::<proto::AcksReceived>(up, "uplink.acks.received")
+        .await
+        .into_iter()
+        .flat_map(|e| e.acks)
         .collect()
 }
 
@@ -133,39 +60,6 @@ async fn state_of(up: &Uplink, device: Uuid) -> Vec<String> {
     .into_iter()
     .map(|s| s.state)
     .collect()
-}
-
-/// The uplink's routes on an app built as `tally serve` builds it.
-macro_rules! app {
-    ($up:expr) => {{
-        let tokens = web::Data::new(
-            tally_platform::ApiTokens::parse(&format!("operator:{OPERATOR}")).unwrap(),
-        );
-        let (app, _api) = tally_platform::api_app(Default::default(), tokens)
-            .service(tally_platform::api_scope().configure(tally_cssm_uplink::routes))
-            .app_data(web::Data::new($up.clone()))
-            .split_for_parts();
-        test::init_service(app).await
-    }};
-}
-
-fn auth() -> (&'static str, String) {
-    ("authorization", format!("Bearer {OPERATOR}"))
-}
-
-/// Sends a request; status, headers and body bytes.
-macro_rules! call {
-    ($app:expr, $req:expr) => {{
-        let resp = test::call_service(&$app, $req.insert_header(auth()).to_request()).await;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let body = test::read_body(resp).await.to_vec();
-        (status, headers, body)
-    }};
-}
-
-fn json(body: &[u8]) -> serde_json::Value {
-    serde_json::from_slice(body).unwrap_or(serde_json::Value::Null)
 }
 
 /// The ACK files the simulated CSSM answers a usage bundle with.

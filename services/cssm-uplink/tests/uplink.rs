@@ -2,169 +2,42 @@
 //! Uplink against the in-process CSSM simulator with real signed reports: batching, polling,
 //! ACK events, duplicate refusal, and the offline bundle round trip.
 
-use diesel::sql_types::{Array, BigInt, Bytea, Nullable, Text, Uuid as SqlUuid};
+use diesel::sql_types::{Array, BigInt, Nullable, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
-use prost::Message;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tally_bus::{consumer::HandlerError, proto};
-use tally_cssm_uplink::{Config, Mode, Uplink, batch, offline};
-use tally_domain::{Udi, bundle::AckBundle, rum, sign::Signer};
-use tally_sim::{CssmConfig, CssmState, FleetConfig, FleetState};
+use tally_cssm_uplink::{Mode, Uplink, batch, offline};
+use tally_domain::{bundle::AckBundle, sign::Signer};
 use tally_testkit::{TestDb, count};
 use uuid::Uuid;
 
-struct Cssm {
-    _handle: actix_web::dev::ServerHandle,
-    state: Arc<CssmState>,
-    addr: std::net::SocketAddr,
-}
+mod common;
+use common::{Cssm, Fleet};
 
 async fn cssm() -> Cssm {
-    tally_platform::init_crypto();
-    let (addr, handle, state) = tally_sim::start_cssm(CssmConfig {
-        bind: "127.0.0.1:0".parse().unwrap(),
-        processing_delay: Duration::from_millis(200),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    Cssm {
-        _handle: handle,
-        state,
-        addr,
-    }
+    common::cssm(Duration::from_millis(200)).await
 }
 
 async fn uplink(cssm: Option<&Cssm>, batch_max_reports: usize) -> (TestDb, Uplink) {
-    let db = TestDb::new().await.unwrap();
-    let pool = tally_store::pool(&db.url, 8).unwrap();
-    let bus = tally_testkit::bus().await.unwrap();
-    let client = cssm.map(|c| {
-        let cfg = c.state.config();
-        Arc::new(
-            tally_cssm::CssmClient::new(tally_cssm::CssmConfig {
-                api_base: format!(
-                    "http://{}/services/api/smart-accounts-and-licensing/",
-                    c.addr
-                ),
-                token_url: format!("http://{}/oauth2/v1/token", c.addr),
-                client_id: cfg.client_id.clone(),
-                client_secret: cfg.client_secret.clone(),
-                requesting_system: "Tally tests".into(),
-                timeout: Duration::from_secs(10),
-            })
-            .unwrap(),
-        )
-    });
-    let up = Uplink {
-        pool,
-        bus,
-        cfg: Arc::new(Config {
-            mode: if client.is_some() {
-                Mode::Online
-            } else {
-                Mode::Offline
-            },
-            batch_max_reports,
-            linger: Duration::from_millis(0),
-            poll_initial: Duration::from_millis(100),
-            poll_max: Duration::from_millis(400),
-            ..Default::default()
-        }),
-        cssm: client,
+    let mode = if cssm.is_some() {
+        Mode::Online
+    } else {
+        Mode::Offline
     };
-    (db, up)
-}
-
-/// Reports of `n` simulated devices, as a ReportsCollected of one cycle.
-struct Fleet {
-    fleet: FleetState,
-    ids: Vec<Uuid>,
-    cycle: Uuid,
-}
-
-impl Fleet {
-    fn new(n: usize) -> Self {
-        Self {
-            fleet: FleetState::new(FleetConfig {
-                devices: n,
-                ..Default::default()
-            })
-            .unwrap(),
-            ids: (0..n).map(|_| Uuid::now_v7()).collect(),
-            cycle: Uuid::now_v7(),
-        }
-    }
-
-    /// Closes a fresh report window on every device and returns the unacked reports.
-    fn collect(&self) -> proto::ReportsCollected {
-        let mut ev = proto::ReportsCollected {
-            cycle_id: self.cycle.to_string(),
-            ..Default::default()
-        };
-        for (i, id) in self.ids.iter().enumerate() {
-            self.fleet.close_reports(i).unwrap();
-            let info = self.fleet.info(i).unwrap();
-            for text in self.fleet.unacked_reports(i).unwrap() {
-                let r = rum::inspect_report(&text).unwrap();
-                ev.reports.push(proto::CollectedReport {
-                    device_id: id.to_string(),
-                    udi_pid: r.udi.udi_pid.clone(),
-                    udi_serial: r.udi.udi_serial_number.clone(),
-                    report_id: r.report_id,
-                    smart_account: info.smart_account.clone(),
-                    virtual_account: info.virtual_account.clone(),
-                    body: text.into_bytes(),
-                });
-            }
-        }
-        ev
-    }
-
-    fn udi(&self, device: &str) -> Udi {
-        let i = self
-            .ids
-            .iter()
-            .position(|d| d.to_string() == device)
-            .unwrap();
-        self.fleet.udi(i).unwrap()
-    }
-}
-
-#[derive(diesel::QueryableByName)]
-struct OutRow {
-    #[diesel(sql_type = Text)]
-    subject: String,
-    #[diesel(sql_type = Bytea)]
-    payload: Vec<u8>,
-}
-
-async fn outbox(up: &Uplink) -> Vec<OutRow> {
-    let mut c = up.pool.get().await.unwrap();
-    diesel::sql_query("SELECT subject, payload FROM uplink.outbox ORDER BY seq")
-        .load(&mut c)
-        .await
-        .unwrap()
+    common::uplink(
+        cssm.map(common::client),
+        common::fast(mode, batch_max_reports),
+    )
+    .await
 }
 
 async fn acks_received(up: &Uplink) -> Vec<proto::AcksReceived> {
-    outbox(up)
-        .await
-        .iter()
-        .filter(|r| r.subject == "uplink.acks.received")
-        .map(|r| proto::AcksReceived::decode(r.payload.as_slice()).unwrap())
-        .collect()
+    common::events(up, "uplink.acks.received").await
 }
 
 async fn progress(up: &Uplink) -> Vec<proto::UploadProgress> {
-    outbox(up)
-        .await
-        .iter()
-        .filter(|r| r.subject == "uplink.upload.progress")
-        .map(|r| proto::UploadProgress::decode(r.payload.as_slice()).unwrap())
-        .collect()
+    common::events(up, "uplink.upload.progress").await
 }
 
 /// Works batches until none is new or polling (or 30 s pass).
