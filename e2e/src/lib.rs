@@ -301,8 +301,18 @@ pub struct Cssm {
 impl Cssm {
     /// Its license pools match `fleet` (same size, default seed), as Tally will see it.
     pub async fn start(tag: &str, processing_delay_ms: u64, fleet: &Fleet) -> Self {
+        Self::start_with(tag, processing_delay_ms, fleet, &[]).await
+    }
+
+    /// As [`Cssm::start`], with more `tally sim cssm` arguments (`--only-virtual-accounts ...`).
+    pub async fn start_with(
+        tag: &str,
+        processing_delay_ms: u64,
+        fleet: &Fleet,
+        extra: &[&str],
+    ) -> Self {
         let addr = format!("127.0.0.1:{}", free_port());
-        let args = [
+        let mut args: Vec<String> = [
             "sim",
             "cssm",
             "--listen",
@@ -312,7 +322,9 @@ impl Cssm {
             "--fleet-devices",
             &fleet.devices.to_string(),
         ]
-        .map(String::from);
+        .map(String::from)
+        .to_vec();
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         let mut proc = Proc::spawn("cssm", tag, &args, &[]);
         let http = http_client();
         let base = format!("http://{addr}");

@@ -123,6 +123,91 @@ async fn offline_cycle_ends_in_same_state() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_virtual_account_cssm_does_not_know_fails_alone_with_the_reason_and_an_alert() {
+    let tag = random_hex();
+    let fleet = Fleet::start(&tag, DEVICES).await;
+    // This CSSM holds Campus and Branch; the fleet's Voice devices name a VA it does not know.
+    let cssm = Cssm::start_with(
+        &tag,
+        300,
+        &fleet,
+        &["--only-virtual-accounts", "Campus,Branch"],
+    )
+    .await;
+    let mut tally = Tally::start(&tag, Uplink::Online(&cssm)).await;
+    tally.import_fleet(&fleet).await;
+    let voice: usize = fleet
+        .inventory_rows()
+        .await
+        .iter()
+        .filter(|d| d["virtual_account"] == "Voice")
+        .count();
+    assert!(voice > 0 && voice < DEVICES, "{voice} Voice devices");
+
+    let id = tally.start_cycle().await;
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let cycle = loop {
+        tally.proc.assert_running();
+        let c = tally.cycle(&id).await;
+        if c["state"] != "running" {
+            break c;
+        }
+        assert!(Instant::now() < deadline, "cycle still running: {c:#}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    eprintln!("[e2e] cycle with an unknown VA: {cycle:#}");
+    assert_eq!(cycle["state"], "complete_with_errors", "{cycle:#}");
+    assert_eq!(
+        cycle["ack"]["devices_imported"],
+        (DEVICES - voice) as u64,
+        "{cycle:#}"
+    );
+    assert_eq!(cycle["upload"]["devices_failed"], voice as u64, "{cycle:#}");
+    let failures = tally
+        .get(&format!("/cycles/{id}/failures?limit=1000"))
+        .await;
+    let upload: Vec<&Value> = failures
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["stage"] == "upload")
+        .collect();
+    assert_eq!(upload.len(), voice, "{failures:#}");
+    assert!(
+        upload.iter().all(|f| {
+            let r = f["reason"].as_str().unwrap_or("");
+            r.contains("\"acme.example\"") && r.contains("\"Voice\"")
+        }),
+        "{failures:#}"
+    );
+    // No name reached CSSM, and nothing was refused: the Voice batch was never sent.
+    let stats = cssm.stats().await;
+    assert_eq!(stats["duplicates"], 0, "{stats}");
+    // One alert for the pair.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let alerts = tally.get("/alerts").await;
+        let ours: Vec<&Value> = alerts
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["kind"] == "upload_failed" && a["threshold"] == "account_unknown")
+            .collect();
+        if let [a] = ours.as_slice() {
+            assert!(a["message"].as_str().unwrap().contains("Voice"), "{a}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no account_unknown alert: {alerts:#}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let dir = tally.get("/uplink/accounts").await;
+    assert_eq!(dir["unresolved"][0]["virtual_account"], "Voice", "{dir:#}");
+}
+
 /// Polls the cycle until `pred` holds on (cycle, uplink batches); `None` when the cycle left
 /// `running` first.
 async fn wait_running_until(

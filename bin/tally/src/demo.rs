@@ -363,6 +363,7 @@ async fn start_in_process(args: &DemoArgs) -> anyhow::Result<Started> {
         cssm_requesting_system: None,
         batch_max_reports: 5000,
         poll_initial_ms: 1000,
+        accounts_refresh_secs: 3600,
         cycle_cron: None,
         tier_concurrency: 64,
         alert_interval_secs: 300,

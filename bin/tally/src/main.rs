@@ -4,6 +4,7 @@
 mod demo;
 mod serve;
 mod tiers;
+mod uplink;
 
 use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
@@ -38,6 +39,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Bulk DNA tier and network license assignment through the REST API (needs a token).
     Tiers(tiers::TiersArgs),
+    /// The uplink to CSSM through the REST API: the account directory (needs a token).
+    Uplink(uplink::UplinkArgs),
 }
 
 #[derive(Subcommand)]
@@ -85,13 +88,20 @@ enum SimCommand {
         /// Pool quantity above what the fleet uses, in percent (plus 5 licenses).
         #[arg(long, default_value_t = 20)]
         pool_headroom_pct: u32,
+        /// Only these of the default virtual accounts (Campus, Branch, Voice) exist in this
+        /// CSSM: uploads for the others are refused, as a real CSSM refuses an unknown VA.
+        #[arg(long, value_delimiter = ',')]
+        only_virtual_accounts: Vec<String>,
     },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // The demo and the tiers CLI talk to a person: only warnings interrupt their output.
-    let quiet = matches!(cli.command, Command::Demo(_) | Command::Tiers(_));
+    let quiet = matches!(
+        cli.command,
+        Command::Demo(_) | Command::Tiers(_) | Command::Uplink(_)
+    );
     tally_platform::init_logging(if quiet { "warn" } else { "info" });
     tally_platform::init_crypto();
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -136,6 +146,7 @@ fn main() -> anyhow::Result<()> {
                 fleet_devices,
                 fleet_seed,
                 pool_headroom_pct,
+                only_virtual_accounts,
             }) => {
                 let mut cfg = tally_sim::CssmConfig {
                     bind: listen,
@@ -156,11 +167,18 @@ fn main() -> anyhow::Result<()> {
                         pool_headroom_pct,
                     );
                 }
+                if !only_virtual_accounts.is_empty() {
+                    cfg.virtual_accounts
+                        .retain(|v| only_virtual_accounts.contains(&v.name));
+                    cfg.pools
+                        .retain(|p| only_virtual_accounts.contains(&p.virtual_account));
+                }
                 tracing::info!(%listen, "CSSM simulator starting");
                 Ok(tally_sim::run_cssm(cfg).await?)
             }
             Command::Demo(args) => demo::run(args).await,
             Command::Tiers(args) => tiers::run(args).await,
+            Command::Uplink(args) => uplink::run(args).await,
             Command::Openapi => {
                 println!("{}", serve::openapi().to_pretty_json()?);
                 Ok(())

@@ -99,6 +99,10 @@ pub struct ServeArgs {
     pub batch_max_reports: usize,
     #[arg(long, env = "TALLY_POLL_INITIAL_MS", default_value_t = 2000)]
     pub poll_initial_ms: u64,
+    /// How often the account directory (CSSM's ids for smart and virtual accounts) is refreshed
+    /// from `v2/accounts/search`; 0: only on a miss and on request.
+    #[arg(long, env = "TALLY_ACCOUNTS_REFRESH_SECS", default_value_t = 3600)]
+    pub accounts_refresh_secs: u64,
     /// Cron expression (UTC) for scheduled cycles, e.g. `0 3 * * 0`; none when unset.
     #[arg(long, env = "TALLY_CYCLE_CRON")]
     pub cycle_cron: Option<String>,
@@ -365,6 +369,7 @@ fn start_services(
                 mode: args.uplink_mode,
                 batch_max_reports: args.batch_max_reports,
                 poll_initial: Duration::from_millis(args.poll_initial_ms),
+                accounts_refresh: Duration::from_secs(args.accounts_refresh_secs),
                 ..Default::default()
             }),
         };

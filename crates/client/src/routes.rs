@@ -138,6 +138,39 @@ impl Client {
         .await
     }
 
+    /// `GET /uplink/accounts`: the account directory.
+    pub async fn uplink_accounts<T: DeserializeOwned>(&self) -> Result<T> {
+        self.get("/uplink/accounts").await
+    }
+
+    /// `PUT /uplink/accounts`: ids an operator gives for a pair.
+    pub async fn set_uplink_account<T: DeserializeOwned>(
+        &self,
+        body: &(impl Serialize + ?Sized),
+    ) -> Result<T> {
+        self.json(self.request(Method::PUT, "/uplink/accounts").json(body))
+            .await
+    }
+
+    /// `DELETE /uplink/accounts?smart_account=&virtual_account=`: forget an operator's ids.
+    pub async fn forget_uplink_account(
+        &self,
+        smart_account: &str,
+        virtual_account: &str,
+    ) -> Result<()> {
+        let req = self.request(Method::DELETE, "/uplink/accounts").query(&[
+            ("smart_account", smart_account),
+            ("virtual_account", virtual_account),
+        ]);
+        self.send(req).await.map(|_| ())
+    }
+
+    /// `POST /uplink/accounts/refresh`: ask CSSM now.
+    pub async fn refresh_uplink_accounts<T: DeserializeOwned>(&self) -> Result<T> {
+        self.json(self.request(Method::POST, "/uplink/accounts/refresh"))
+            .await
+    }
+
     // Compliance and alerts.
 
     /// `GET /compliance/summary`

@@ -438,21 +438,74 @@ impl CssmState {
     }
 
     fn va_name(&self, header: Option<&str>) -> String {
-        match header {
-            Some(h) => self
-                .cfg
-                .virtual_accounts
-                .iter()
-                .find(|v| v.id == h || v.name == h)
-                .map(|v| v.name.clone())
-                .unwrap_or_else(|| h.to_owned()),
-            None => self
-                .cfg
-                .virtual_accounts
-                .first()
-                .map(|v| v.name.clone())
-                .unwrap_or_default(),
+        header
+            .and_then(|h| self.cfg.virtual_accounts.iter().find(|v| v.id == h))
+            .map(|v| v.name.clone())
+            .unwrap_or_default()
+    }
+
+    /// CSSM addresses accounts by the ids `v2/accounts/search` lists: a name (or anything else)
+    /// in `X-CSW-SMART-ACCOUNT-ID` / `X-CSW-VIRTUAL-ACCOUNT-ID` is refused, as is a requesting
+    /// system that is not the JSON UDI object Cisco's sample sends.
+    pub fn check_headers(
+        &self,
+        sa: Option<&str>,
+        va: Option<&str>,
+        requesting: Option<&str>,
+    ) -> Result<(), serde_json::Value> {
+        let failed = |code: &str, message: String| json!({"status": "FAILED", "message": message, "message_code": code});
+        if sa != Some(self.cfg.smart_account.id.as_str()) {
+            return Err(failed(
+                "INVALID_ACCOUNT_ID",
+                format!(
+                    "X-CSW-SMART-ACCOUNT-ID {:?} is not the id of a smart account this client may use",
+                    sa.unwrap_or("")
+                ),
+            ));
         }
+        if !va.is_some_and(|v| self.cfg.virtual_accounts.iter().any(|x| x.id == v)) {
+            return Err(failed(
+                "INVALID_ACCOUNT_ID",
+                format!(
+                    "X-CSW-VIRTUAL-ACCOUNT-ID {:?} is not the id of a virtual account of smart account {}",
+                    va.unwrap_or(""),
+                    self.cfg.smart_account.id
+                ),
+            ));
+        }
+        let udi_ok = requesting
+            .and_then(|r| serde_json::from_str::<serde_json::Value>(r).ok())
+            .is_some_and(|v| v["udi_pid"].is_string() && v["udi_serial_number"].is_string());
+        if !udi_ok {
+            return Err(failed(
+                "INVALID_REQUESTING_SYSTEM",
+                format!(
+                    "X-CSW-REQUESTING-SYSTEM {:?} is not a JSON object with udi_pid and udi_serial_number",
+                    requesting.unwrap_or("")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// One page of `v2/accounts/search` (the published sample's shape), `limit`/`offset` over
+    /// the smart accounts.
+    pub fn search_accounts(&self, limit: usize, offset: usize) -> serde_json::Value {
+        let sa = &self.cfg.smart_account;
+        let all = [json!({
+            "account_id": sa.id,
+            "domain": sa.domain,
+            "name": sa.name,
+            "account_type": "CUSTOMER",
+            "roles": [{"role": "SA Admin"}],
+            "virtual_accounts": self.cfg.virtual_accounts.iter().map(|v| json!({
+                "virtual_account_id": v.id,
+                "name": v.name,
+                "default": false,
+            })).collect::<Vec<_>>(),
+        })];
+        let page: Vec<&serde_json::Value> = all.iter().skip(offset).take(limit).collect();
+        json!({"status": "COMPLETE", "message": "", "message_code": "", "accounts": page})
     }
 
     fn ack_document(&self, sudi: Udi, report_ids: Vec<u64>, va: &str) -> String {
@@ -541,7 +594,7 @@ impl CssmState {
             && let Some((prev, poll_id)) = ledger.nonces.get(n)
             && *prev == all
         {
-            return json!({"status": "SUCCESS", "data": {"poll_id": poll_id}, "replay": true});
+            return json!({"status": "SUCCESS", "message": "", "poll_id": poll_id, "replay": true});
         }
         self.stats
             .reports_received
@@ -601,7 +654,8 @@ impl CssmState {
                 acknowledgements: Arc::new(acks),
             },
         );
-        json!({"status": "SUCCESS", "data": {"poll_id": poll_id}})
+        // `poll_id` at the top level, where Cisco's sample reads it.
+        json!({"status": "SUCCESS", "message": "", "poll_id": poll_id})
     }
 
     /// Processes an offline usage bundle; returns the ACK bundle bytes.
@@ -609,6 +663,31 @@ impl CssmState {
         let bundle =
             UsageBundle::from_tar_gz(bytes).map_err(|e| SimError::BadRequest(e.to_string()))?;
         self.stats.offline_bundles.fetch_add(1, Ordering::Relaxed);
+        // How CSSM reads the manifest's ids is not published: the simulator takes the id or
+        // the name (docs/interop.md) and refuses accounts it does not hold.
+        let sa = &self.cfg.smart_account;
+        if ![&sa.id, &sa.name, &sa.domain]
+            .iter()
+            .any(|k| k.eq_ignore_ascii_case(&bundle.sa_id))
+        {
+            return Err(SimError::BadRequest(format!(
+                "Smart-Account-ID {:?} is not a smart account of this CSSM",
+                bundle.sa_id
+            )));
+        }
+        for va in &bundle.vas {
+            if !self
+                .cfg
+                .virtual_accounts
+                .iter()
+                .any(|v| v.id == va.va_id || v.name == va.va_id)
+            {
+                return Err(SimError::BadRequest(format!(
+                    "Specification-VA-ID {:?} ({}) is not a virtual account of smart account {}",
+                    va.va_id, va.va_name, sa.id
+                )));
+            }
+        }
         let ts = now_secs();
         let mut vas = Vec::with_capacity(bundle.vas.len());
         for va in &bundle.vas {
@@ -714,11 +793,21 @@ async fn report_usage(req: HttpRequest, st: St, body: web::Bytes) -> HttpRespons
     if !st.token_valid(&req) {
         return unauthorized();
     }
-    let va = req
-        .headers()
-        .get("X-CSW-VIRTUAL-ACCOUNT-ID")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
+    let header = |n: &str| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let va = header("X-CSW-VIRTUAL-ACCOUNT-ID");
+    if let Err(v) = st.check_headers(
+        header("X-CSW-SMART-ACCOUNT-ID").as_deref(),
+        va.as_deref(),
+        header("X-CSW-REQUESTING-SYSTEM").as_deref(),
+    ) {
+        st.stats.requests.fetch_add(1, Ordering::Relaxed);
+        return HttpResponse::BadRequest().json(v);
+    }
     let st2 = st.clone();
     match web::block(move || st2.report_usage(&body, va.as_deref())).await {
         Ok((true, v)) => HttpResponse::Ok().json(v),
@@ -754,14 +843,30 @@ async fn poll(req: HttpRequest, st: St, body: web::Bytes) -> HttpResponse {
             .json(json!({"status": "FAILED", "message": format!("unknown poll_id {id}")}));
     };
     if Instant::now() < entry.ready_at {
-        return HttpResponse::Ok().json(json!({"status": "OK_POLL", "data": {"poll_id": id}}));
+        return HttpResponse::Ok().json(json!({"status": "OK_POLL", "message": "", "poll_id": id}));
     }
     let acks = entry.acknowledgements.clone();
     drop(entry);
     HttpResponse::Ok().json(json!({
         "status": "COMPLETE",
-        "data": {"poll_id": id, "acknowledgements": *acks},
+        "message": "",
+        "poll_id": id,
+        "data": {"acknowledgements": *acks},
     }))
+}
+
+#[derive(Deserialize)]
+struct SearchQuery {
+    limit: Option<usize>,
+    offset: Option<usize>,
+}
+
+async fn search_accounts(req: HttpRequest, st: St, q: web::Query<SearchQuery>) -> HttpResponse {
+    if !st.token_valid(&req) {
+        return unauthorized();
+    }
+    let limit = q.limit.unwrap_or(1000).clamp(1, 1000);
+    HttpResponse::Ok().json(st.search_accounts(limit, q.offset.unwrap_or(0)))
 }
 
 #[derive(Deserialize)]
@@ -883,6 +988,10 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::post().to(report_usage)),
         )
         .route(&format!("{API}/v2/accounts/poll"), web::post().to(poll))
+        .route(
+            &format!("{API}/v2/accounts/search"),
+            web::get().to(search_accounts),
+        )
         .route(
             &format!("{API}/v1/accounts/{{domain}}/licenses"),
             web::post().to(licenses),

@@ -83,7 +83,10 @@ async fn post_usage(c: &reqwest::Client, base: &str, tok: &str, body: String) ->
         .bearer_auth(tok)
         .header("X-CSW-SMART-ACCOUNT-ID", "1001")
         .header("X-CSW-VIRTUAL-ACCOUNT-ID", "2001")
-        .header("X-CSW-REQUESTING-SYSTEM", "tally")
+        .header(
+            "X-CSW-REQUESTING-SYSTEM",
+            r#"{"udi_pid":"TALLY","udi_serial_number":"SIMTEST"}"#,
+        )
         .header("content-type", "application/json")
         .body(body)
         .send()
@@ -253,11 +256,11 @@ async fn online_round_trip_with_fleet() {
     let tok = token(&c, &base).await;
     let v = post_usage(&c, &base, &tok, usage_body("n-1", &devices)).await;
     assert_eq!(v["status"], "SUCCESS", "{v}");
-    let poll_id = v["data"]["poll_id"].as_str().unwrap().to_owned();
+    let poll_id = v["poll_id"].as_str().unwrap().to_owned();
 
     let p = poll(&c, &base, &tok, &poll_id).await;
     assert_eq!(p["status"], "OK_POLL");
-    assert_eq!(p["data"]["poll_id"], poll_id.as_str());
+    assert_eq!(p["poll_id"], poll_id.as_str());
     tokio::time::sleep(Duration::from_millis(250)).await;
     let p = poll(&c, &base, &tok, &poll_id).await;
     assert_eq!(p["status"], "COMPLETE");
@@ -299,7 +302,7 @@ async fn online_round_trip_with_fleet() {
     // Same nonce, same reports: idempotent replay, nothing counted.
     let v = post_usage(&c, &base, &tok, usage_body("n-1", &devices)).await;
     assert_eq!(v["status"], "SUCCESS");
-    assert_eq!(v["data"]["poll_id"], poll_id.as_str());
+    assert_eq!(v["poll_id"], poll_id.as_str());
     let s = stats(&c, &base).await;
     assert_eq!(s["reports_received"], total);
     assert_eq!(s["reports_accepted"], total);
@@ -692,4 +695,87 @@ async fn license_pools_can_be_changed_for_tests() {
         .unwrap();
     assert_eq!(r.status(), 400);
     handle.stop(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn accounts_are_searched_by_id_and_names_in_the_headers_are_refused() {
+    let (addr, handle, _st) = start_cssm(cssm_cfg()).await.unwrap();
+    let base = format!("http://{addr}");
+    let c = client();
+    let tok = token(&c, &base).await;
+    let search = |q: &'static str| {
+        c.get(format!("{base}{API}/v2/accounts/search{q}"))
+            .bearer_auth(&tok)
+            .send()
+    };
+    let v: Value = search("").await.unwrap().json().await.unwrap();
+    assert_eq!(v["status"], "COMPLETE");
+    assert_eq!(v["accounts"][0]["account_id"], "1001");
+    assert_eq!(v["accounts"][0]["domain"], "acme.example");
+    let vas: Vec<(&str, &str)> = v["accounts"][0]["virtual_accounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| {
+            (
+                v["name"].as_str().unwrap(),
+                v["virtual_account_id"].as_str().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        vas,
+        [("Campus", "2001"), ("Branch", "2002"), ("Voice", "2003")]
+    );
+    // Past the last account, an empty page.
+    let v: Value = search("?limit=1000&offset=1")
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["accounts"], json!([]));
+    // No token, no listing.
+    let r = c
+        .get(format!("{base}{API}/v2/accounts/search"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    let fleet = fleet(1);
+    fleet.close_reports(0).unwrap();
+    let devices = vec![(fleet.udi(0).unwrap(), fleet.unacked_reports(0).unwrap())];
+    let send = |sa: &'static str, va: &'static str, rs: &'static str| {
+        c.post(format!("{base}{API}/v2/devices/reportusage"))
+            .bearer_auth(&tok)
+            .header("X-CSW-SMART-ACCOUNT-ID", sa)
+            .header("X-CSW-VIRTUAL-ACCOUNT-ID", va)
+            .header("X-CSW-REQUESTING-SYSTEM", rs)
+            .header("content-type", "application/json")
+            .body(usage_body("n-1", &devices))
+            .send()
+    };
+    const UDI: &str = r#"{"udi_pid":"TALLY","udi_serial_number":"X1"}"#;
+    for (sa, va, rs, code) in [
+        ("acme.example", "2001", UDI, "INVALID_ACCOUNT_ID"),
+        ("1001", "Campus", UDI, "INVALID_ACCOUNT_ID"),
+        ("1001", "2009", UDI, "INVALID_ACCOUNT_ID"),
+        ("1001", "2001", "Tally 0.1.0", "INVALID_REQUESTING_SYSTEM"),
+    ] {
+        let r = send(sa, va, rs).await.unwrap();
+        assert_eq!(r.status(), 400, "{sa} {va} {rs}");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(
+            (v["status"].as_str(), v["message_code"].as_str()),
+            (Some("FAILED"), Some(code)),
+            "{v}"
+        );
+    }
+    assert_eq!(stats(&c, &base).await["reports_received"], 0);
+    let r = send("1001", "2001", UDI).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["poll_id"].is_string() && v.get("data").is_none(), "{v}");
+    handle.stop(true).await;
 }

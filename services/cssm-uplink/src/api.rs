@@ -9,6 +9,11 @@ use tally_platform::{PageRules, Problem};
 use utoipa::{IntoParams, ToSchema};
 use uuid::Uuid;
 
+mod accounts;
+pub use accounts::{
+    AccountDirectory, AccountEntry, AccountIdsSet, AccountsRefreshed, SetAccountIds, UnresolvedPair,
+};
+
 /// Largest ACK bundle accepted.
 pub const MAX_ACK_BUNDLE_BYTES: usize = 512 * 1024 * 1024;
 
@@ -25,6 +30,7 @@ pub fn routes(cfg: &mut utoipa_actix_web::service_config::ServiceConfig) {
     cfg.service(list_exports)
         .service(download_export)
         .service(requeue_export);
+    accounts::routes(cfg);
 }
 
 #[derive(Debug, Deserialize, IntoParams)]
@@ -169,7 +175,26 @@ async fn export_bundle(
     q: web::Query<ExportQuery>,
 ) -> Result<HttpResponse, Problem> {
     let e = offline::export(&up, q.smart_account.as_deref()).await?;
-    Ok(HttpResponse::Ok()
+    let mut resp = HttpResponse::Ok();
+    if e.names_without_ids.is_empty() {
+        resp.insert_header(("x-tally-account-ids", "ids"));
+    } else {
+        // Said plainly: CSSM addresses accounts by id, and these had none.
+        resp.insert_header(("x-tally-account-ids", "names"));
+        resp.insert_header((
+            "warning",
+            format!(
+                "299 tally \"the manifest carries names, not CSSM ids, for {}: give the ids with PUT /api/v1/uplink/accounts\"",
+                e.names_without_ids
+                    .join(", ")
+                    .chars()
+                    // A header holds visible ASCII only; the full names are in the export list.
+                    .map(|c| if c == '"' { '\'' } else if (' '..='~').contains(&c) { c } else { '?' })
+                    .collect::<String>()
+            ),
+        ));
+    }
+    Ok(resp
         .content_type("application/gzip")
         .insert_header((
             "content-disposition",
@@ -223,6 +248,8 @@ pub struct OfflineExport {
     /// Reports of this export still waiting for their ACK.
     pub reports_waiting: i64,
     pub created_at: DateTime<Utc>,
+    /// Pairs whose manifest entries carry names because the directory had no ids for them.
+    pub names_without_ids: Vec<String>,
 }
 
 /// Offline exports whose ACKs are not all in, newest first; each can be downloaded again.
@@ -246,6 +273,7 @@ async fn list_exports(up: web::Data<Uplink>) -> Result<web::Json<Vec<OfflineExpo
                 reports: r.reports,
                 devices: r.devices,
                 created_at: r.created_at,
+                names_without_ids: r.names_without_ids.into_iter().flatten().collect(),
             })
             .collect(),
     ))

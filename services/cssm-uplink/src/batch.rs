@@ -1,6 +1,7 @@
 //! Online path: accept collected reports, form batches, send them, poll for ACKs.
 
 use crate::Uplink;
+use crate::accounts::Lookup;
 use crate::store::batches::{self, DueBatch, ErrorClass, NewBatch};
 use crate::store::reports::{self, BatchReport, NO_ACK, NewReports, ReportKey};
 use crate::store::{BatchMode, BatchState, ReportState, acks};
@@ -183,8 +184,22 @@ async fn send(
                 .collect(),
         })
         .collect();
+    let ids = match crate::accounts::ids_for_send(up, c, &b.smart_account, &b.virtual_account).await
+    {
+        Ok(ids) => ids,
+        Err(Lookup::Unknown(why)) => {
+            return failed_for_good(c, b, reports, &why, ErrorClass::UnknownAccount).await;
+        }
+        Err(Lookup::Transient(why)) => return retry_later(up, c, b, &why).await,
+        Err(Lookup::Db(e)) => return Err(e),
+    };
     match cssm
-        .report_usage(&b.smart_account, &b.virtual_account, &b.nonce, &usage)
+        .report_usage(
+            &ids.smart_account_id,
+            &ids.virtual_account_id,
+            &b.nonce,
+            &usage,
+        )
         .await
     {
         Ok(UploadOutcome::Accepted {
@@ -217,27 +232,37 @@ async fn send(
             } else {
                 format!("{message} ({message_code})")
             };
-            failed_for_good(c, b, reports, &reason).await
+            failed_for_good(c, b, reports, &reason, ErrorClass::Permanent).await
         }
         Err(e) if e.is_transient() => retry_later(up, c, b, &e.to_string()).await,
-        Err(e) => failed_for_good(c, b, reports, &e.to_string()).await,
+        Err(e) => failed_for_good(c, b, reports, &e.to_string(), ErrorClass::Permanent).await,
     }
 }
 
 /// CSSM refused the batch for a reason trying again will not change (a 4xx, a FAILED that is
-/// not a duplicate, an answer that cannot be read): the batch fails with the reason, its reports
-/// fail with it and wait for an operator's retry, and the scheduler is told (an alert).
+/// not a duplicate, an answer that cannot be read; `Permanent`), or CSSM does not know its
+/// accounts (`UnknownAccount`): the batch fails with the reason, its reports fail with it and
+/// wait (for an operator's retry; an unknown account also for the directory to learn it), and
+/// the scheduler is told (an alert).
 async fn failed_for_good(
     c: &mut AsyncPgConnection,
     b: &DueBatch,
     reports: &[BatchReport],
     reason: &str,
+    class: ErrorClass,
 ) -> Result<(), diesel::result::Error> {
-    tracing::error!(batch = %b.id, reason, "CSSM refused a batch; it waits for an operator's retry");
+    tracing::error!(batch = %b.id, reason, class = class.as_str(), "batch failed; it waits");
     let keys: Vec<ReportKey> = reports.iter().map(|r| r.key()).collect();
-    let why = format!("CSSM refused the upload: {reason}");
+    let (why, kind) = if class == ErrorClass::UnknownAccount {
+        (format!("not uploaded: {reason}"), PROBLEM_ACCOUNT_UNKNOWN)
+    } else {
+        (
+            format!("CSSM refused the upload: {reason}"),
+            PROBLEM_BATCH_FAILED,
+        )
+    };
     reports::fail(c, &keys, &why).await?;
-    batches::fail_as(c, b.id, reason, ErrorClass::Permanent).await?;
+    batches::fail_as(c, b.id, reason, class).await?;
     let mut per_cycle: BTreeMap<String, proto::UploadProgress> = BTreeMap::new();
     let mut devices: Vec<Uuid> = Vec::new();
     for r in reports {
@@ -264,7 +289,7 @@ async fn failed_for_good(
     }
     let problem = proto::UplinkProblem {
         batch_id: b.id.to_string(),
-        kind: PROBLEM_BATCH_FAILED.into(),
+        kind: kind.into(),
         smart_account: b.smart_account.clone(),
         virtual_account: b.virtual_account.clone(),
         reason: reason.to_owned(),
@@ -279,6 +304,8 @@ async fn failed_for_good(
 
 /// `UplinkProblem.kind` of a batch CSSM refused for good.
 pub const PROBLEM_BATCH_FAILED: &str = "batch_failed";
+/// `UplinkProblem.kind` of a batch whose smart or virtual account CSSM does not know.
+pub const PROBLEM_ACCOUNT_UNKNOWN: &str = "account_unknown";
 /// `UplinkProblem.kind` of ACK entries that matched no device of their batch.
 pub const PROBLEM_ACK_UNMATCHED: &str = "ack_unmatched";
 
@@ -368,7 +395,7 @@ async fn poll(
             complete_entries(c, b.id, reports, entries, BatchMode::Online).await
         }
         Err(e) if e.is_transient() => retry_later(up, c, b, &e.to_string()).await,
-        Err(e) => failed_for_good(c, b, reports, &e.to_string()).await,
+        Err(e) => failed_for_good(c, b, reports, &e.to_string(), ErrorClass::Permanent).await,
     }
 }
 
@@ -652,7 +679,11 @@ pub async fn retry(up: &Uplink, id: Uuid) -> Result<Retry, tally_store::StoreErr
             let Some(b) = batches::lock_for_retry(c, id).await? else {
                 return Ok(Retry::NotFound);
             };
-            if b.state != BatchState::Failed || b.error_class != Some(ErrorClass::Permanent) {
+            let retryable = matches!(
+                b.error_class,
+                Some(ErrorClass::Permanent | ErrorClass::UnknownAccount)
+            );
+            if b.state != BatchState::Failed || !retryable {
                 let why = match b.error_class {
                     Some(ErrorClass::Duplicate) => {
                         format!("batch {id} failed as a duplicate: CSSM has its reports already")

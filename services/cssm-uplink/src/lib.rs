@@ -7,6 +7,7 @@
 //! Offline: the operator exports a `UD_SA_*.tar.gz` bundle of all pending reports and uploads
 //! CSSM's ACK bundle; the same `AcksReceived` events follow.
 
+pub mod accounts;
 pub mod api;
 pub mod batch;
 pub mod offline;
@@ -49,8 +50,14 @@ pub struct Config {
     /// First poll after an accepted upload; later polls back off up to `poll_max`.
     pub poll_initial: Duration,
     pub poll_max: Duration,
-    /// Smart account name -> id for `X-CSW-SMART-ACCOUNT-ID` (the name is sent when unknown).
+    /// `Created-By` of offline manifests.
     pub created_by: String,
+    /// How often the account directory is refreshed from CSSM (online mode; zero: never on a
+    /// schedule, still on a miss and on request).
+    pub accounts_refresh: Duration,
+    /// A miss refreshes the directory only if the last refresh is older than this, so a batch
+    /// for an unknown account does not ask CSSM every time.
+    pub accounts_miss_refresh: Duration,
 }
 
 impl Default for Config {
@@ -62,6 +69,8 @@ impl Default for Config {
             poll_initial: Duration::from_secs(2),
             poll_max: Duration::from_secs(60),
             created_by: format!("Tally {}", env!("CARGO_PKG_VERSION")),
+            accounts_refresh: Duration::from_secs(3600),
+            accounts_miss_refresh: Duration::from_secs(60),
         }
     }
 }
@@ -90,12 +99,28 @@ pub async fn run(up: Uplink) -> Result<(), tally_bus::BusError> {
         for _ in 0..2 {
             tasks.push(tokio::spawn(batch::run(up.clone())));
         }
+        if !up.cfg.accounts_refresh.is_zero() {
+            tasks.push(tokio::spawn(refresh_accounts(up.clone())));
+        }
     }
     let result = router(up.clone()).run(up.bus.clone(), DURABLE).await;
     for t in tasks {
         t.abort();
     }
     result
+}
+
+/// Refreshes the account directory at start and then every `accounts_refresh`; a failure is
+/// recorded and shown, and the next round tries again.
+async fn refresh_accounts(up: Uplink) {
+    let mut tick = tokio::time::interval(up.cfg.accounts_refresh);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if let Err(e) = accounts::refresh(&up).await {
+            tracing::warn!(error = %e, "scheduled account directory refresh failed");
+        }
+    }
 }
 
 /// The events the uplink consumes, each with its handler (the consumer's subjects and dispatch).

@@ -24,6 +24,9 @@ pub struct Export {
     pub bytes: Vec<u8>,
     pub reports: usize,
     pub devices: usize,
+    /// `smart account / virtual account` pairs the directory had no ids for: the manifest
+    /// carries their names in the id fields.
+    pub names_without_ids: Vec<String>,
 }
 
 /// Builds the usage bundle of every pending report of `smart_account` (or of the only smart
@@ -66,6 +69,10 @@ pub async fn export(up: &Uplink, smart_account: Option<&str>) -> Result<Export, 
             timestamp: ts,
             vas: Vec::new(),
         };
+        // The manifest carries CSSM's ids when the directory has them, else the names (and the
+        // export says so).
+        let mut names_without_ids: Vec<String> = Vec::new();
+        let mut sa_id: Option<String> = None;
         let (mut reports_n, mut devices_n) = (0, 0);
         let mut batch_ids = Vec::new();
         for g in groups.iter().filter(|g| g.smart_account == sa) {
@@ -105,11 +112,24 @@ pub async fn export(up: &Uplink, smart_account: Option<&str>) -> Result<Export, 
             batch_ids.push(id);
             reports_n += reports.len();
             devices_n += devices.len();
+            let va_id = match crate::accounts::ids_for(c, &sa, &g.virtual_account).await? {
+                Some(ids) => {
+                    sa_id.get_or_insert(ids.smart_account_id);
+                    ids.virtual_account_id
+                }
+                None => {
+                    names_without_ids.push(format!("{sa} / {}", g.virtual_account));
+                    g.virtual_account.clone()
+                }
+            };
             bundle.vas.push(VaUsage {
                 va_name: g.virtual_account.clone(),
-                va_id: g.virtual_account.clone(),
+                va_id,
                 devices,
             });
+        }
+        if let Some(id) = sa_id {
+            bundle.sa_id = id;
         }
         let bytes = bundle.to_tar_gz().map_err(Problem::internal)?;
         let export_id = Uuid::now_v7();
@@ -123,6 +143,7 @@ pub async fn export(up: &Uplink, smart_account: Option<&str>) -> Result<Export, 
                 bundle: &bytes,
                 reports: reports_n as i32,
                 devices: devices_n as i32,
+                names_without_ids: names_without_ids.iter().cloned().map(Some).collect(),
             },
         )
         .await?;
@@ -133,6 +154,7 @@ pub async fn export(up: &Uplink, smart_account: Option<&str>) -> Result<Export, 
             bytes,
             reports: reports_n,
             devices: devices_n,
+            names_without_ids,
         })
     })
     .await

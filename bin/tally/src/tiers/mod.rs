@@ -24,30 +24,35 @@ const MAX_ERRORS: usize = 50;
 
 /// A failure and its exit code.
 #[derive(Debug)]
-struct Failure {
-    code: i32,
-    message: String,
+pub(crate) struct Failure {
+    pub(crate) code: i32,
+    pub(crate) message: String,
 }
 
-fn invalid(message: impl Into<String>) -> Failure {
+pub(crate) fn invalid(message: impl Into<String>) -> Failure {
     Failure {
         code: 2,
         message: message.into(),
     }
 }
 
-fn failed(message: impl Into<String>) -> Failure {
+pub(crate) fn failed(message: impl Into<String>) -> Failure {
     Failure {
         code: 1,
         message: message.into(),
     }
 }
 
-type Res<T> = Result<T, Failure>;
+pub(crate) type Res<T> = Result<T, Failure>;
 
 pub async fn run(args: TiersArgs) -> anyhow::Result<()> {
     tally_platform::init_crypto();
-    if let Err(f) = dispatch(args).await {
+    finish(dispatch(args).await)
+}
+
+/// Ends a CLI command: on a failure, its message on stderr and its exit code.
+pub(crate) fn finish(r: Res<()>) -> anyhow::Result<()> {
+    if let Err(f) = r {
         let _ = std::io::stdout().flush();
         eprintln!("{}", f.message);
         std::process::exit(f.code);
@@ -83,7 +88,7 @@ async fn dispatch(args: TiersArgs) -> Res<()> {
 }
 
 /// The REST API with the caller's token (`url` may be the server's or its API root).
-fn connect(url: &str, token: Option<String>) -> Res<Client> {
+pub(crate) fn connect(url: &str, token: Option<String>) -> Res<Client> {
     let token = token
         .filter(|t| !t.trim().is_empty())
         .ok_or_else(|| invalid("error: no API token: pass --token or set TALLY_TOKEN"))?;
@@ -91,7 +96,7 @@ fn connect(url: &str, token: Option<String>) -> Res<Client> {
 }
 
 /// A client error as the operator reads it, `what` naming the step that failed.
-trait Doing<T> {
+pub(crate) trait Doing<T> {
     fn doing(self, what: &str) -> Res<T>;
 }
 

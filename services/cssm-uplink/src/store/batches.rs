@@ -27,11 +27,13 @@ tally_store::text_enum! {
 
 tally_store::text_enum! {
     /// Why a batch's last CSSM call failed: a transient error keeps it in line (with backoff);
-    /// a permanent one or a duplicate ends it.
+    /// a permanent one or a duplicate ends it; an unknown account waits for the account
+    /// directory to learn it.
     pub enum ErrorClass {
         Transient = "transient",
         Permanent = "permanent",
         Duplicate = "duplicate",
+        UnknownAccount = "unknown_account",
     }
 }
 

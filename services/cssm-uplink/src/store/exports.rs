@@ -18,6 +18,8 @@ pub struct NewExport<'a> {
     pub bundle: &'a [u8],
     pub reports: i32,
     pub devices: i32,
+    /// Nullable elements: how diesel maps a Postgres `text[]`.
+    pub names_without_ids: Vec<Option<String>>,
 }
 
 pub async fn insert(conn: &mut AsyncPgConnection, e: &NewExport<'_>) -> QueryResult<usize> {
@@ -49,6 +51,7 @@ pub struct ExportRow {
     pub reports: i32,
     pub devices: i32,
     pub created_at: DateTime<Utc>,
+    pub names_without_ids: Vec<Option<String>>,
 }
 
 /// Every kept export, newest first.

@@ -2,6 +2,7 @@
 //! DSL cannot say (the SKIP LOCKED claims, bulk `unnest` writes, the forming lock) are the `.sql`
 //! files in `sql/`, each bound by one function. Callers own the transactions.
 
+pub mod accounts;
 pub mod acks;
 pub mod batches;
 pub mod exports;

@@ -2,6 +2,28 @@
 
 pub mod uplink {
     diesel::table! {
+        uplink.account_refreshes (id) {
+            id -> Int2,
+            at -> Timestamptz,
+            error -> Nullable<Text>,
+            smart_accounts -> Int4,
+            virtual_accounts -> Int4,
+        }
+    }
+
+    diesel::table! {
+        uplink.accounts (source, smart_account, virtual_account) {
+            source -> Text,
+            smart_account -> Text,
+            smart_account_name -> Nullable<Text>,
+            virtual_account -> Text,
+            smart_account_id -> Text,
+            virtual_account_id -> Text,
+            updated_at -> Timestamptz,
+        }
+    }
+
+    diesel::table! {
         uplink.acks (batch_id, device_id) {
             batch_id -> Uuid,
             device_id -> Uuid,
@@ -43,6 +65,7 @@ pub mod uplink {
             reports -> Int4,
             devices -> Int4,
             created_at -> Timestamptz,
+            names_without_ids -> Array<Nullable<Text>>,
         }
     }
 
@@ -78,5 +101,13 @@ pub mod uplink {
 
     diesel::joinable!(batches -> exports (export_id));
 
-    diesel::allow_tables_to_appear_in_same_query!(acks, batches, exports, reports, unmatched_acks,);
+    diesel::allow_tables_to_appear_in_same_query!(
+        account_refreshes,
+        accounts,
+        acks,
+        batches,
+        exports,
+        reports,
+        unmatched_acks,
+    );
 }

@@ -1,5 +1,6 @@
 //! Alerts from cssm-uplink's problems: a batch CSSM refused for good (its reports wait for an
-//! operator's retry), or ACK entries that matched no device. One alert per batch and problem.
+//! operator's retry), ACK entries that matched no device (one alert per batch and problem), or
+//! accounts CSSM does not know (one alert per pair and day).
 
 use super::{Kind, NewAlert, Subject, raise};
 use crate::Scheduler;
@@ -40,6 +41,11 @@ pub async fn problem(
             Impact::Warning
         };
         let what = match ev.kind.as_str() {
+            "account_unknown" => format!(
+                "{} reports of {} devices were not uploaded: CSSM does not know their account; they go again by themselves once the account directory resolves it (a refresh, or ids given with PUT /api/v1/uplink/accounts)",
+                ev.reports,
+                ev.device_ids.len()
+            ),
             "ack_unmatched" => format!(
                 "{} ACK entr{} from CSSM matched no device",
                 ev.unmatched,
@@ -57,13 +63,26 @@ pub async fn problem(
             kind: Kind::UploadFailed,
             severity: impact_str(impact),
             subject: Subject {
-                id: format!("batch:{}", ev.batch_id),
+                // One alert per unknown pair, however many batches and cycles run into it.
+                id: if ev.kind == "account_unknown" {
+                    format!("account:{}/{}", ev.smart_account, ev.virtual_account)
+                } else {
+                    format!("batch:{}", ev.batch_id)
+                },
                 device_id: None,
                 hostname: String::new(),
                 site: String::new(),
                 virtual_account: ev.virtual_account.clone(),
             },
-            due: DateTime::<Utc>::from_timestamp_millis(ev.at_ms).unwrap_or(now),
+            due: {
+                let at = DateTime::<Utc>::from_timestamp_millis(ev.at_ms).unwrap_or(now);
+                // An unknown pair alerts once a day, not once per batch.
+                if ev.kind == "account_unknown" {
+                    at.date_naive().and_time(chrono::NaiveTime::MIN).and_utc()
+                } else {
+                    at
+                }
+            },
             threshold: ev.kind.clone(),
             message: format!(
                 "{what} (smart account {}, virtual account {}): {}",

@@ -1,0 +1,3 @@
+ALTER TABLE uplink.exports DROP COLUMN names_without_ids;
+DROP TABLE uplink.account_refreshes;
+DROP TABLE uplink.accounts;
