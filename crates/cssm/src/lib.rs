@@ -393,15 +393,28 @@ impl CssmClient {
     }
 
     /// `POST v2/accounts/poll` for the acknowledgements of an accepted upload. `numeric`: send
-    /// `poll_id` back as the JSON number CSSM gave.
-    pub async fn poll(&self, poll_id: &str, numeric: bool) -> Result<PollOutcome, CssmError> {
+    /// `poll_id` back as the JSON number CSSM gave. `accounts`: the smart and virtual account ids
+    /// of the upload, sent in the same headers (as Cisco's sample polls).
+    pub async fn poll(
+        &self,
+        poll_id: &str,
+        numeric: bool,
+        accounts: Option<(&str, &str)>,
+    ) -> Result<PollOutcome, CssmError> {
         let body = poll_body(
             chrono::Utc::now().timestamp_millis(),
             &uuid::Uuid::new_v4().to_string(),
             poll_id,
             numeric,
         );
-        let text = self.post("v2/accounts/poll", &[], body).await?;
+        let headers: Vec<(&str, &str)> = match accounts {
+            Some((sa, va)) => vec![
+                ("X-CSW-SMART-ACCOUNT-ID", sa),
+                ("X-CSW-VIRTUAL-ACCOUNT-ID", va),
+            ],
+            None => Vec::new(),
+        };
+        let text = self.post("v2/accounts/poll", &headers, body).await?;
         parse_poll(&text)
     }
 

@@ -385,7 +385,12 @@ async fn poll(
     poll_id: &str,
     reports: &[BatchReport],
 ) -> Result<(), diesel::result::Error> {
-    match cssm.poll(poll_id, b.poll_id_numeric).await {
+    // The ids the upload went with (the directory has them: the upload resolved them).
+    let ids = crate::accounts::ids_for(c, &b.smart_account, &b.virtual_account).await?;
+    let accounts = ids
+        .as_ref()
+        .map(|i| (i.smart_account_id.as_str(), i.virtual_account_id.as_str()));
+    match cssm.poll(poll_id, b.poll_id_numeric, accounts).await {
         Ok(PollOutcome::Pending) => {
             batches::poll_later(c, b.id, chrono::Utc::now() + backoff(up, b.attempts + 1)).await?;
             Ok(())

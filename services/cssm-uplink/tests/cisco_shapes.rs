@@ -24,6 +24,8 @@ use uuid::Uuid;
 struct Seen {
     path: String,
     requesting_system: Option<String>,
+    /// `X-CSW-SMART-ACCOUNT-ID` and `X-CSW-VIRTUAL-ACCOUNT-ID`.
+    accounts: (Option<String>, Option<String>),
     body: String,
 }
 
@@ -75,13 +77,19 @@ fn next(q: &Mutex<VecDeque<(u16, String)>>) -> (u16, String) {
 
 async fn handle(req: HttpRequest, body: web::Bytes, s: web::Data<Arc<Script>>) -> HttpResponse {
     let path = req.path().to_owned();
+    let header = |n: &str| {
+        req.headers()
+            .get(n)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
     s.seen.lock().unwrap().push(Seen {
         path: path.clone(),
-        requesting_system: req
-            .headers()
-            .get("X-CSW-REQUESTING-SYSTEM")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned),
+        requesting_system: header("X-CSW-REQUESTING-SYSTEM"),
+        accounts: (
+            header("X-CSW-SMART-ACCOUNT-ID"),
+            header("X-CSW-VIRTUAL-ACCOUNT-ID"),
+        ),
         body: String::from_utf8_lossy(&body).into_owned(),
     });
     let (status, text) = if path.ends_with("/token") {
@@ -364,16 +372,16 @@ async fn requesting_system_is_a_json_udi_and_a_numeric_top_level_poll_id_is_read
     )
     .await;
     check(f.script.seen("v2/accounts/poll"));
-    for s in f.script.seen("v2/devices/reportusage") {
-        let h = s.requesting_system.as_deref().unwrap_or_default();
-        let v: serde_json::Value = serde_json::from_str(h)
-            .unwrap_or_else(|e| panic!("X-CSW-REQUESTING-SYSTEM {h:?} is not JSON: {e}"));
-        for k in ["udi_pid", "udi_serial_number"] {
-            assert!(
-                v[k].as_str().is_some_and(|s| !s.is_empty()),
-                "{k} missing in {h}"
-            );
-        }
+    // The upload and every poll name the account by the ids the search listed, as the sample's
+    // poll does.
+    let ids = (Some("123456".to_owned()), Some("654321".to_owned()));
+    for s in f
+        .script
+        .seen("v2/devices/reportusage")
+        .into_iter()
+        .chain(f.script.seen("v2/accounts/poll"))
+    {
+        assert_eq!(s.accounts, ids, "{}", s.path);
     }
     assert_eq!(f.script.seen("v2/devices/reportusage").len(), 1);
     let polls = f.script.seen("v2/accounts/poll");
