@@ -1,17 +1,21 @@
 //! Collection: a cycle queues one row per device; workers take slices of pending rows, run
 //! close-reports then all-reports on each device, and commit reports, quarantine, outcomes and
-//! the `ReportsCollected` events in one transaction.
+//! the `ReportsCollected` events in one transaction. Each device's own policy is read from its
+//! `cisco-smart-license` state on the way (see [`read_policy`]); a failure to read it never fails
+//! the collection.
 
 use crate::Aggregator;
 use crate::store::collections::{self, CollectionJob as Job, CollectionState, Outcomes};
+use crate::store::policies::{self, NewPolicies, PolicySource};
 use crate::store::reports::{self, NewQuarantine, NewReports, ReportKey};
 use diesel_async::{AsyncConnection, AsyncPgConnection};
 use futures::StreamExt;
 use std::collections::{BTreeMap, HashSet};
 use std::time::Duration;
 use tally_bus::{consumer::HandlerError, proto};
+use tally_domain::policy::Policy;
 use tally_domain::{Udi, rum};
-use tally_southbound::{SouthboundError, Target};
+use tally_southbound::{SouthboundError, StateRead, Target};
 use tally_store::outbox::{Schema, once};
 use uuid::Uuid;
 
@@ -85,6 +89,91 @@ struct Outcome {
     job: Job,
     checked: Checked,
     error: Option<String>,
+    policy: Option<PolicyRead>,
+}
+
+/// A device's policy as one collection read it (or had to assume it).
+#[derive(Debug, Clone)]
+pub struct PolicyRead {
+    pub source: PolicySource,
+    /// Why the policy is assumed (or what was odd about the device's answer).
+    pub reason: Option<String>,
+    pub policy: Policy,
+    pub policy_type: Option<String>,
+    pub device_policy: Option<serde_json::Value>,
+    pub installed_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub last_ack_received: Option<chrono::DateTime<chrono::Utc>>,
+    pub device_next_ack_deadline: Option<chrono::DateTime<chrono::Utc>>,
+    pub notes: Option<String>,
+    pub read_failed: bool,
+    pub read_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl PolicyRead {
+    fn assumed(reason: String, read_failed: bool) -> Self {
+        Self {
+            source: PolicySource::Assumed,
+            reason: Some(format!("Cisco's default policy assumed: {reason}")),
+            policy: Policy::cisco_default(),
+            policy_type: None,
+            device_policy: None,
+            installed_at: None,
+            last_ack_received: None,
+            device_next_ack_deadline: None,
+            notes: None,
+            read_failed,
+            read_at: chrono::Utc::now(),
+        }
+    }
+}
+
+/// Reads the device's own policy, last ACK received and next ACK deadline from its
+/// `cisco-smart-license` state. Never fails: a device without RESTCONF, or a read that failed,
+/// gives Cisco's default policy marked assumed, with the reason.
+pub fn policy_of(read: Result<StateRead, SouthboundError>) -> PolicyRead {
+    let state = match read {
+        Ok(StateRead::Read(s)) => s,
+        Ok(StateRead::Unavailable(reason)) => return PolicyRead::assumed(reason, false),
+        Err(e) => {
+            return PolicyRead::assumed(format!("reading the device's state failed: {e}"), true);
+        }
+    };
+    let mut notes: Vec<String> = state
+        .unreadable
+        .iter()
+        .map(|u| format!("unreadable: {u}"))
+        .collect();
+    let Some(dp) = state.policy.clone() else {
+        let why = match state.smart_enabled {
+            Some(false) => "the device reports smart licensing as not enabled".to_owned(),
+            _ => "the device's state has no state-info/policy".to_owned(),
+        };
+        let mut p = PolicyRead::assumed(why, false);
+        p.last_ack_received = state.last_ack_received;
+        p.device_next_ack_deadline = state.next_ack_deadline;
+        p.notes = (!notes.is_empty()).then(|| notes.join("; "));
+        return p;
+    };
+    let (policy, missing) = dp.to_policy();
+    if !missing.is_empty() {
+        notes.push(format!(
+            "missing, Cisco's default used: {}",
+            missing.join(", ")
+        ));
+    }
+    PolicyRead {
+        source: PolicySource::Device,
+        reason: None,
+        policy,
+        policy_type: dp.policy_type.map(|t| t.as_str().to_owned()),
+        device_policy: serde_json::to_value(&dp).ok(),
+        installed_at: dp.install_time,
+        last_ack_received: state.last_ack_received,
+        device_next_ack_deadline: state.next_ack_deadline,
+        notes: (!notes.is_empty()).then(|| notes.join("; ")),
+        read_failed: false,
+        read_at: chrono::Utc::now(),
+    }
 }
 
 async fn collect_one(agg: &Aggregator, job: Job) -> Outcome {
@@ -94,6 +183,7 @@ async fn collect_one(agg: &Aggregator, job: Job) -> Outcome {
             job,
             checked,
             error: Some("device was removed from inventory".into()),
+            policy: None,
         };
     }
     let password = match agg.secrets.open(&job.password_sealed) {
@@ -103,6 +193,7 @@ async fn collect_one(agg: &Aggregator, job: Job) -> Outcome {
                 job,
                 checked,
                 error: Some(format!("credentials: {e}")),
+                policy: None,
             };
         }
     };
@@ -131,10 +222,13 @@ async fn collect_one(agg: &Aggregator, job: Job) -> Outcome {
         }
         Err(e) => Some(e.to_string()),
     };
+    // After the reports, so that a slow or missing RESTCONF never delays them.
+    let policy = Some(policy_of(agg.client.licensing_state(&target).await));
     Outcome {
         job,
         checked,
         error,
+        policy,
     }
 }
 
@@ -185,7 +279,34 @@ async fn commit(
     }
     let new: HashSet<ReportKey> = reports::insert_new(c, &cols).await?.into_iter().collect();
 
-    // 2. Quarantine, outcomes, tallies.
+    // 2. Each device's policy, one row per device (a device can be in two cycles' slices).
+    let mut latest: BTreeMap<Uuid, &PolicyRead> = BTreeMap::new();
+    for o in &outcomes {
+        if let Some(p) = &o.policy {
+            latest.insert(o.job.device_id, p);
+        }
+    }
+    let mut pol = NewPolicies::default();
+    for (device, p) in latest {
+        pol.device.push(device);
+        pol.source.push(p.source);
+        pol.reason.push(p.reason.clone());
+        pol.policy
+            .push(serde_json::to_value(&p.policy).unwrap_or_default());
+        pol.policy_type.push(p.policy_type.clone());
+        pol.ack_required.push(p.policy.ack_required);
+        pol.device_policy.push(p.device_policy.clone());
+        pol.installed_at.push(p.installed_at);
+        pol.last_ack_received.push(p.last_ack_received);
+        pol.device_next_ack_deadline
+            .push(p.device_next_ack_deadline);
+        pol.notes.push(p.notes.clone());
+        pol.read_failed.push(p.read_failed);
+        pol.read_at.push(p.read_at);
+    }
+    policies::record(c, &pol).await?;
+
+    // 3. Quarantine, outcomes, tallies.
     let mut q = NewQuarantine::default();
     let mut upd = Outcomes::default();
     let mut tallies: BTreeMap<Uuid, CycleTally> = BTreeMap::new();
@@ -244,7 +365,7 @@ async fn commit(
     reports::quarantine(c, &q).await?;
     collections::finish(c, &upd).await?;
 
-    // 3. Events: counts ride on the first message of each cycle, reports are split by size.
+    // 4. Events: counts ride on the first message of each cycle, reports are split by size.
     for (cycle, t) in tallies {
         tally_platform::metrics::inc("reports_collected", t.reports.len() as u64);
         tally_platform::metrics::inc("reports_quarantined", u64::from(t.quarantined));

@@ -1,14 +1,23 @@
 //! ACK delivery: `AcksReceived` queues one row per device ACK; workers lock slices of pending
-//! rows, `POST /import` each ACK into its device, and commit outcomes with `AcksImported` events.
+//! rows, `POST /import` each ACK into its device, read the device back, and commit outcomes with
+//! `AcksImported` events.
+//!
+//! Read-back: the device's `cisco-smart-license` `rum-ack/last-received-time` is read before and
+//! after the import. The ACK is confirmed only when it moved; a device that answered 2xx but whose
+//! last ACK received did not move fails with that reason; a device whose state cannot be read
+//! (no RESTCONF, or the read failed) is delivered but unconfirmed, never failed for that alone.
 
 use crate::Aggregator;
-use crate::store::ack_imports::{self, AckImportState, ImportJob as Job, NewImports};
+use crate::store::ack_imports::{
+    self, AckImportState, Confirmation, Finished, ImportJob as Job, NewImports,
+};
+use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection;
 use futures::StreamExt;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tally_bus::{consumer::HandlerError, proto};
-use tally_southbound::Target;
+use tally_southbound::{StateRead, Target};
 use tally_store::outbox::{Schema, once};
 use uuid::Uuid;
 
@@ -46,31 +55,124 @@ pub async fn enqueue(
     Ok(())
 }
 
-async fn import_one(agg: &Aggregator, job: Job) -> (Job, Option<String>) {
-    let err = import_err(agg, &job).await;
-    (job, err)
+/// What the device showed of its last ACK received before the import.
+enum Before {
+    Read(Option<DateTime<Utc>>),
+    /// RESTCONF (or the model) is not available: nothing to read back, the reason.
+    Unavailable(String),
+    /// The read failed: the reason.
+    Failed(String),
 }
 
-async fn import_err(agg: &Aggregator, job: &Job) -> Option<String> {
+fn show(t: Option<DateTime<Utc>>) -> String {
+    t.map_or_else(|| "never".to_owned(), |t| t.to_rfc3339())
+}
+
+/// Imports one ACK and reads the device back.
+async fn import_one(agg: &Aggregator, job: Job) -> Finished {
+    let mut done = Finished {
+        id: job.id,
+        state: AckImportState::Failed,
+        error: None,
+        confirmation: None,
+        confirmation_reason: None,
+        ack_received_before: None,
+        ack_received_after: None,
+    };
     let (Some(base_url), Some(username), Some(sealed)) =
         (&job.base_url, &job.username, &job.password_sealed)
     else {
-        return Some("device is not in inventory".into());
+        done.error = Some("device is not in inventory".into());
+        return done;
     };
     let password = match agg.secrets.open(sealed) {
         Ok(p) => p,
-        Err(e) => return Some(format!("credentials: {e}")),
+        Err(e) => {
+            done.error = Some(format!("credentials: {e}"));
+            return done;
+        }
     };
     let target = Target {
         base_url,
         username,
         password: &password,
     };
-    agg.client
-        .import_ack(&target, &job.ack)
-        .await
-        .err()
-        .map(|e| e.to_string())
+    let before = match agg.client.licensing_state(&target).await {
+        Ok(StateRead::Read(s)) => Before::Read(s.last_ack_received),
+        Ok(StateRead::Unavailable(r)) => Before::Unavailable(r),
+        Err(e) => Before::Failed(e.to_string()),
+    };
+    if let Err(e) = agg.client.import_ack(&target, &job.ack).await {
+        done.error = Some(e.to_string());
+        return done;
+    }
+    done.state = AckImportState::Ok;
+    let unconfirmed = |done: &mut Finished, reason: String| {
+        done.confirmation = Some(Confirmation::Unconfirmed);
+        done.confirmation_reason = Some(reason);
+    };
+    let before = match before {
+        Before::Unavailable(r) => {
+            unconfirmed(&mut done, r);
+            return done;
+        }
+        Before::Read(t) => {
+            done.ack_received_before = t;
+            Ok(t)
+        }
+        Before::Failed(e) => Err(e),
+    };
+    let attempts = agg.readback.attempts.max(1);
+    let mut last_read = None;
+    for attempt in 0..attempts {
+        if attempt > 0 {
+            tokio::time::sleep(agg.readback.delay).await;
+        }
+        match agg.client.licensing_state(&target).await {
+            Ok(StateRead::Read(s)) => {
+                let after = s.last_ack_received;
+                done.ack_received_after = after;
+                last_read = Some(Ok(after));
+                let moved = match (&before, after) {
+                    (_, None) | (Err(_), _) => false,
+                    (Ok(None), Some(_)) => true,
+                    (Ok(Some(b)), Some(a)) => a > *b,
+                };
+                if moved {
+                    done.confirmation = Some(Confirmation::Confirmed);
+                    return done;
+                }
+                if before.is_err() {
+                    break;
+                }
+            }
+            Ok(StateRead::Unavailable(r)) => {
+                unconfirmed(&mut done, r);
+                return done;
+            }
+            Err(e) => last_read = Some(Err(e.to_string())),
+        }
+    }
+    match (before, last_read) {
+        (Ok(b), Some(Ok(a))) => {
+            let reason = format!(
+                "device accepted the ACK but its last ACK received did not move (before: {}, after: {})",
+                show(b),
+                show(a)
+            );
+            done.state = AckImportState::Failed;
+            done.error = Some(reason.clone());
+            done.confirmation = Some(Confirmation::NotApplied);
+            done.confirmation_reason = Some(reason);
+        }
+        (Err(e), _) => unconfirmed(
+            &mut done,
+            format!("the last ACK received could not be read before the import: {e}"),
+        ),
+        (Ok(_), Some(Err(e))) => unconfirmed(&mut done, format!("read-back failed: {e}")),
+        (Ok(_), None) => unconfirmed(&mut done, "read-back did not run".into()),
+    }
+    done
 }
 
 /// Works one slice of pending imports. Returns how many it handled.
@@ -83,45 +185,51 @@ pub async fn import_slice(agg: &Aggregator) -> Result<usize, tally_store::StoreE
                 return Ok(0);
             }
             let n = jobs.len();
-            let results: Vec<(Job, Option<String>)> = futures::stream::iter(jobs)
+            let mut device_of = BTreeMap::new();
+            let mut cycle_of = BTreeMap::new();
+            for j in &jobs {
+                device_of.insert(j.id, j.device_id);
+                cycle_of.insert(j.id, j.cycle_id);
+            }
+            let results: Vec<Finished> = futures::stream::iter(jobs)
                 .map(|j| import_one(agg, j))
                 .buffer_unordered(agg.cfg.concurrency.max(1))
                 .collect()
                 .await;
-            let mut ids = Vec::with_capacity(n);
-            let mut states = Vec::with_capacity(n);
-            let mut errors = Vec::with_capacity(n);
             let mut per_cycle: BTreeMap<String, proto::AcksImported> = BTreeMap::new();
-            for (job, err) in results {
-                let cycle = job.cycle_id.map(|c| c.to_string()).unwrap_or_default();
+            for done in &results {
+                let device = device_of.get(&done.id).copied().unwrap_or_default();
+                let cycle = cycle_of
+                    .get(&done.id)
+                    .copied()
+                    .flatten()
+                    .map(|c| c.to_string())
+                    .unwrap_or_default();
                 let e = per_cycle
                     .entry(cycle.clone())
                     .or_insert_with(|| proto::AcksImported {
                         cycle_id: cycle,
                         ..Default::default()
                     });
-                match &err {
-                    None => {
-                        e.ok += 1;
-                        e.ok_devices.push(job.device_id.to_string());
-                    }
-                    Some(reason) => {
-                        e.failed += 1;
-                        e.failures.push(proto::DeviceFailure {
-                            device_id: job.device_id.to_string(),
-                            reason: reason.clone(),
-                        });
-                    }
-                }
-                ids.push(job.id);
-                states.push(if err.is_none() {
-                    AckImportState::Ok
+                if done.state == AckImportState::Ok {
+                    e.ok += 1;
+                    e.ok_devices.push(device.to_string());
                 } else {
-                    AckImportState::Failed
-                });
-                errors.push(err);
+                    e.failed += 1;
+                    e.failures.push(proto::DeviceFailure {
+                        device_id: device.to_string(),
+                        reason: done.error.clone().unwrap_or_default(),
+                    });
+                }
+                let metric = match done.confirmation {
+                    Some(Confirmation::Confirmed) => "acks_confirmed",
+                    Some(Confirmation::Unconfirmed) => "acks_unconfirmed",
+                    Some(Confirmation::NotApplied) => "acks_not_applied",
+                    None => continue,
+                };
+                tally_platform::metrics::inc(metric, 1);
             }
-            ack_imports::finish(c, &ids, &states, &errors).await?;
+            ack_imports::finish(c, &results).await?;
             for ev in per_cycle.values() {
                 tally_platform::metrics::inc("acks_imported", u64::from(ev.ok));
                 tally_platform::metrics::inc("acks_import_failed", u64::from(ev.failed));

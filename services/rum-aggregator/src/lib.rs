@@ -1,7 +1,8 @@
 //! rum-aggregator: collects RUM reports from devices through Cisco's `/smartlic-service` API,
 //! checks and stores them byte-exact (deduplicated by UDI and report id, malformed ones
 //! quarantined with the reason), forwards them on the bus, and installs each ACK back into its
-//! device.
+//! device, reading the device's `cisco-smart-license` state back to confirm it took the ACK, and
+//! each device's own policy during collection.
 //!
 //! Work queues live in Postgres (`rum.collections`, `rum.ack_imports`). A worker locks a slice of
 //! pending rows (`FOR UPDATE SKIP LOCKED`), talks to those devices, and commits the outcome with
@@ -45,6 +46,23 @@ impl Default for Config {
     }
 }
 
+/// How an import is read back: the device's state is read up to `attempts` times, `delay` apart,
+/// until its last ACK received moved (a device may apply an ACK a moment after answering).
+#[derive(Debug, Clone, Copy)]
+pub struct Readback {
+    pub attempts: u32,
+    pub delay: Duration,
+}
+
+impl Default for Readback {
+    fn default() -> Self {
+        Self {
+            attempts: 3,
+            delay: Duration::from_millis(500),
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Aggregator {
     pub pool: Pool,
@@ -52,6 +70,7 @@ pub struct Aggregator {
     pub secrets: SecretBox,
     pub client: DeviceClient,
     pub cfg: Arc<Config>,
+    pub readback: Readback,
 }
 
 impl Aggregator {
@@ -68,6 +87,7 @@ impl Aggregator {
             secrets,
             client,
             cfg: Arc::new(cfg),
+            readback: Readback::default(),
         })
     }
 }

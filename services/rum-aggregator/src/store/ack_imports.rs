@@ -4,13 +4,38 @@ use super::schema::rum::ack_imports;
 use super::{Page, Scope};
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
-use diesel::sql_types::{Array, BigInt, Nullable, Text, Uuid as SqlUuid};
+use diesel::sql_types::{Array, BigInt, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::{AsyncPgConnection, RunQueryDsl};
 use uuid::Uuid;
 
 tally_store::text_enum! {
     /// Where an ACK's installation on its device stands.
     pub enum AckImportState { Pending = "pending", Ok = "ok", Failed = "failed" }
+}
+
+tally_store::text_enum! {
+    /// What reading the device back after an import showed.
+    pub enum Confirmation {
+        /// The device's last ACK received moved: it took the ACK.
+        Confirmed = "confirmed",
+        /// Delivered (2xx), but the device's state could not be read (no RESTCONF, or the read
+        /// failed): not known to have taken it, not known not to.
+        Unconfirmed = "unconfirmed",
+        /// The device answered 2xx but its last ACK received did not move (the import failed).
+        NotApplied = "not_applied",
+    }
+}
+
+/// One import's outcome, for [`finish`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finished {
+    pub id: Uuid,
+    pub state: AckImportState,
+    pub error: Option<String>,
+    pub confirmation: Option<Confirmation>,
+    pub confirmation_reason: Option<String>,
+    pub ack_received_before: Option<DateTime<Utc>>,
+    pub ack_received_after: Option<DateTime<Utc>>,
 }
 
 /// ACKs to queue, as columns for one `INSERT ... SELECT FROM unnest(...)`.
@@ -66,17 +91,18 @@ pub async fn claim_slice(conn: &mut AsyncPgConnection, limit: i64) -> QueryResul
         .await
 }
 
-/// Records each import's outcome (same order in the three slices) and counts the attempt.
-pub async fn finish(
-    conn: &mut AsyncPgConnection,
-    ids: &[Uuid],
-    states: &[AckImportState],
-    errors: &[Option<String>],
-) -> QueryResult<usize> {
+/// Records each import's outcome and read-back, and counts the attempt.
+pub async fn finish(conn: &mut AsyncPgConnection, done: &[Finished]) -> QueryResult<usize> {
+    let col = |f: fn(&Finished) -> Option<String>| done.iter().map(f).collect::<Vec<_>>();
+    let time = |f: fn(&Finished) -> Option<DateTime<Utc>>| done.iter().map(f).collect::<Vec<_>>();
     diesel::sql_query(include_str!("sql/finish_ack_imports.sql"))
-        .bind::<Array<SqlUuid>, _>(ids)
-        .bind::<Array<Text>, _>(states)
-        .bind::<Array<Nullable<Text>>, _>(errors)
+        .bind::<Array<SqlUuid>, _>(done.iter().map(|d| d.id).collect::<Vec<_>>())
+        .bind::<Array<Text>, _>(done.iter().map(|d| d.state).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Text>>, _>(col(|d| d.error.clone()))
+        .bind::<Array<Nullable<Text>>, _>(done.iter().map(|d| d.confirmation).collect::<Vec<_>>())
+        .bind::<Array<Nullable<Text>>, _>(col(|d| d.confirmation_reason.clone()))
+        .bind::<Array<Nullable<Timestamptz>>, _>(time(|d| d.ack_received_before))
+        .bind::<Array<Nullable<Timestamptz>>, _>(time(|d| d.ack_received_after))
         .execute(conn)
         .await
 }
@@ -95,6 +121,10 @@ pub struct AckImportRow {
     pub attempts: i32,
     pub ack: String,
     pub finished_at: Option<DateTime<Utc>>,
+    pub confirmation: Option<Confirmation>,
+    pub confirmation_reason: Option<String>,
+    pub ack_received_before: Option<DateTime<Utc>>,
+    pub ack_received_after: Option<DateTime<Utc>>,
 }
 
 /// Imports in `scope` (and `state`), newest first.

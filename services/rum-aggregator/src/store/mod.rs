@@ -5,11 +5,13 @@
 pub mod ack_imports;
 pub mod collections;
 pub mod devices;
+pub mod policies;
 pub mod reports;
 pub mod schema;
 
-pub use ack_imports::AckImportState;
+pub use ack_imports::{AckImportState, Confirmation};
 pub use collections::CollectionState;
+pub use policies::PolicySource;
 
 use diesel::prelude::*;
 use diesel_async::{AsyncPgConnection, RunQueryDsl};

@@ -14,6 +14,10 @@ pub mod rum {
             error -> Nullable<Text>,
             created_at -> Timestamptz,
             finished_at -> Nullable<Timestamptz>,
+            confirmation -> Nullable<Text>,
+            confirmation_reason -> Nullable<Text>,
+            ack_received_before -> Nullable<Timestamptz>,
+            ack_received_after -> Nullable<Timestamptz>,
         }
     }
 
@@ -27,6 +31,24 @@ pub mod rum {
             error -> Nullable<Text>,
             reports_new -> Int4,
             finished_at -> Nullable<Timestamptz>,
+        }
+    }
+
+    diesel::table! {
+        rum.device_policies (device_id) {
+            device_id -> Uuid,
+            source -> Text,
+            reason -> Nullable<Text>,
+            policy -> Jsonb,
+            policy_type -> Nullable<Text>,
+            ack_required -> Bool,
+            device_policy -> Nullable<Jsonb>,
+            installed_at -> Nullable<Timestamptz>,
+            last_ack_received -> Nullable<Timestamptz>,
+            device_next_ack_deadline -> Nullable<Timestamptz>,
+            notes -> Nullable<Text>,
+            read_failed -> Bool,
+            read_at -> Timestamptz,
         }
     }
 
@@ -76,6 +98,7 @@ pub mod rum {
     diesel::allow_tables_to_appear_in_same_query!(
         ack_imports,
         collections,
+        device_policies,
         devices,
         quarantine,
         reports,

@@ -1,0 +1,395 @@
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+//! Device policy and read-back over RESTCONF against an in-process fleet and a real database:
+//! an ACK is confirmed only when the device's last ACK received moved; a device that answers
+//! SUCCESS but does not move fails with that reason; a device without RESTCONF is delivered but
+//! unconfirmed; collection stores each device's own policy with its source and time, and a
+//! device without RESTCONF is still collected, its policy assumed with the reason.
+
+use diesel::sql_types::{Bool, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use diesel_async::RunQueryDsl;
+use prost::Message;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tally_bus::proto;
+use tally_domain::sign::Signer;
+use tally_platform::SecretBox;
+use tally_rum_aggregator::{Aggregator, Config, collect, import};
+use tally_sim::ack::{AckBody, build_ack_document};
+use tally_sim::fleet::{FleetConfig, FleetState};
+use tally_sim::yang_state::SimPolicy;
+use tally_testkit::{TestDb, fixtures};
+use uuid::Uuid;
+
+struct Ctx {
+    _db: TestDb,
+    agg: Aggregator,
+    fleet: Arc<FleetState>,
+    _fleet_handle: actix_web::dev::ServerHandle,
+    ids: Vec<Uuid>,
+}
+
+async fn setup(devices: usize) -> Ctx {
+    tally_platform::init_crypto();
+    let db = TestDb::new().await.unwrap();
+    let pool = tally_store::pool(&db.url, 8).unwrap();
+    let bus = tally_testkit::bus().await.unwrap();
+    let (_addr, handle, fleet) = tally_sim::start_fleet(FleetConfig {
+        devices,
+        seed: 5,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let agg = Aggregator::new(
+        pool,
+        bus,
+        SecretBox::from_secret("test-secret-key-0123456789"),
+        Config {
+            concurrency: 8,
+            workers: 1,
+            slice: 8,
+            device_timeout: Duration::from_secs(2),
+            device_retries: 0,
+        },
+    )
+    .unwrap();
+    let ids: Vec<Uuid> = (0..devices).map(|_| Uuid::now_v7()).collect();
+    let mut list = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let info = fleet.info(i).unwrap();
+        list.push(proto::Device {
+            device_id: id.to_string(),
+            udi_pid: info.udi_pid.clone(),
+            udi_serial: info.serial.clone(),
+            hostname: info.hostname.clone(),
+            model: info.model.clone(),
+            software_version: info.software_version.clone(),
+            base_url: info.base_url.clone(),
+            site: info.site.clone(),
+            smart_account: info.smart_account.clone(),
+            virtual_account: info.virtual_account.clone(),
+            username: info.username.clone(),
+            password_sealed: agg.secrets.seal(&info.password).unwrap(),
+            is_cube: info.is_cube,
+            network_license: info.network_license.clone(),
+            dna_tier: info.dna_tier.clone().unwrap_or_default(),
+            revision: 1,
+            groups: vec![],
+            voice_role: info.voice_role.clone(),
+        });
+    }
+    fixtures::publish_devices(&agg.bus, list).await.unwrap();
+    tally_testkit::consume_until(
+        tally_rum_aggregator::router(agg.clone())
+            .run(agg.bus.clone(), tally_rum_aggregator::DURABLE),
+        &agg.pool,
+        "SELECT count(*) FROM rum.devices",
+        devices as i64,
+    )
+    .await;
+    Ctx {
+        _db: db,
+        agg,
+        fleet,
+        _fleet_handle: handle,
+        ids,
+    }
+}
+
+/// Closes device `i`'s reports and returns a CSSM-signed ACK for them.
+fn ack_for(fleet: &FleetState, id: Uuid, i: usize, cycle: Uuid) -> proto::DeviceAck {
+    fleet.close_reports(i).unwrap();
+    let report_ids: Vec<u64> = fleet
+        .unacked_reports(i)
+        .unwrap()
+        .iter()
+        .map(|t| tally_domain::rum::inspect_report(t).unwrap().report_id)
+        .collect();
+    let info = fleet.info(i).unwrap();
+    let udi = fleet.udi(i).unwrap();
+    let body = AckBody {
+        version: "1.0".into(),
+        sudi: udi.clone(),
+        report_ids: report_ids.clone(),
+        ack_time: chrono::Utc::now().timestamp(),
+        smart_account: info.smart_account,
+        virtual_account: info.virtual_account,
+        status: "ACK".into(),
+    };
+    let signer = Signer::derive(b"tally-sim-cssm", "cssm-ack").unwrap();
+    proto::DeviceAck {
+        device_id: id.to_string(),
+        cycle_id: cycle.to_string(),
+        udi_pid: udi.udi_pid,
+        udi_serial: udi.udi_serial_number,
+        report_ids,
+        ack: build_ack_document(&body, &signer, "cssm-sim-1"),
+    }
+}
+
+async fn import_all(agg: &Aggregator) {
+    let t = Instant::now();
+    while import::import_slice(agg).await.unwrap() > 0 {
+        assert!(t.elapsed() < Duration::from_secs(60), "imports stuck");
+    }
+}
+
+#[derive(diesel::QueryableByName, Debug)]
+struct ImportRow {
+    #[diesel(sql_type = SqlUuid)]
+    device_id: Uuid,
+    #[diesel(sql_type = Text)]
+    state: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    error: Option<String>,
+}
+
+async fn imports(agg: &Aggregator) -> BTreeMap<Uuid, ImportRow> {
+    let mut c = agg.pool.get().await.unwrap();
+    let rows: Vec<ImportRow> =
+        diesel::sql_query("SELECT device_id, state, error FROM rum.ack_imports")
+            .load(&mut c)
+            .await
+            .unwrap();
+    rows.into_iter().map(|r| (r.device_id, r)).collect()
+}
+
+#[derive(diesel::QueryableByName, Debug)]
+struct ReadBack {
+    #[diesel(sql_type = SqlUuid)]
+    device_id: Uuid,
+    #[diesel(sql_type = Nullable<Text>)]
+    confirmation: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    confirmation_reason: Option<String>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    ack_received_before: Option<chrono::DateTime<chrono::Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    ack_received_after: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+async fn readbacks(agg: &Aggregator) -> BTreeMap<Uuid, ReadBack> {
+    let mut c = agg.pool.get().await.unwrap();
+    let rows: Vec<ReadBack> = diesel::sql_query(
+        "SELECT device_id, confirmation, confirmation_reason, ack_received_before, \
+         ack_received_after FROM rum.ack_imports",
+    )
+    .load(&mut c)
+    .await
+    .unwrap();
+    rows.into_iter().map(|r| (r.device_id, r)).collect()
+}
+
+async fn acks_imported(agg: &Aggregator) -> Vec<proto::AcksImported> {
+    #[derive(diesel::QueryableByName)]
+    struct Out {
+        #[diesel(sql_type = Text)]
+        subject: String,
+        #[diesel(sql_type = diesel::sql_types::Bytea)]
+        payload: Vec<u8>,
+    }
+    let mut c = agg.pool.get().await.unwrap();
+    let rows: Vec<Out> = diesel::sql_query("SELECT subject, payload FROM rum.outbox ORDER BY seq")
+        .load(&mut c)
+        .await
+        .unwrap();
+    rows.into_iter()
+        .filter(|r| r.subject == "rum.acks.imported")
+        .map(|r| proto::AcksImported::decode(r.payload.as_slice()).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ack_is_confirmed_only_when_the_device_shows_it() {
+    // 0: takes ACKs; 1: no RESTCONF; 2: says SUCCESS but applies nothing; 3: takes ACKs, and
+    // already took one before (its last ACK must move again).
+    let ctx = setup(4).await;
+    let (agg, fleet) = (&ctx.agg, &ctx.fleet);
+    fleet.set_restconf(1, false).unwrap();
+    fleet.set_apply_acks(2, false).unwrap();
+    let cycle = Uuid::now_v7();
+    let earlier = ack_for(fleet, ctx.ids[3], 3, cycle);
+    fleet.import_ack(3, &earlier.ack).unwrap();
+    let before3 = fleet.last_ack_time(3).unwrap().unwrap();
+
+    let acks = (0..4)
+        .map(|i| ack_for(fleet, ctx.ids[i], i, cycle))
+        .collect();
+    import::enqueue(
+        agg,
+        "acks-1",
+        proto::AcksReceived {
+            acks,
+            source: "test".into(),
+        },
+    )
+    .await
+    .unwrap();
+    import_all(agg).await;
+
+    let rows = imports(agg).await;
+    let row = |i: usize| &rows[&ctx.ids[i]];
+    // The device that answered SUCCESS without applying the ACK is a failure, with the reason.
+    assert_eq!(row(2).state, "failed", "{:?}", row(2));
+    let reason = row(2).error.clone().unwrap_or_default();
+    assert!(reason.contains("did not move"), "{reason}");
+    // No RESTCONF is never a failure by itself.
+    assert_eq!(row(1).state, "ok", "{:?}", row(1));
+    assert_eq!(row(1).error, None);
+    assert_eq!(row(0).state, "ok");
+    assert_eq!(row(3).state, "ok");
+
+    let rb = readbacks(agg).await;
+    let rb = |i: usize| &rb[&ctx.ids[i]];
+    assert_eq!(rb(0).confirmation.as_deref(), Some("confirmed"));
+    assert_eq!(rb(0).ack_received_before, None);
+    assert_eq!(rb(0).ack_received_after, fleet.last_ack_time(0).unwrap());
+    assert_eq!(rb(3).confirmation.as_deref(), Some("confirmed"));
+    assert_eq!(rb(3).ack_received_before, Some(before3));
+    assert!(rb(3).ack_received_after.unwrap() > before3);
+    assert_eq!(rb(1).confirmation.as_deref(), Some("unconfirmed"));
+    let why = rb(1).confirmation_reason.clone().unwrap_or_default();
+    assert!(why.contains("RESTCONF is not available"), "{why}");
+    assert_eq!(rb(2).confirmation.as_deref(), Some("not_applied"));
+    assert_eq!(fleet.last_ack_time(2).unwrap(), None);
+
+    // The scheduler hears of the failure; the unconfirmed delivery counts as delivered.
+    let evs = acks_imported(agg).await;
+    let failed: Vec<String> = evs
+        .iter()
+        .flat_map(|e| e.failures.iter().map(|f| f.device_id.clone()))
+        .collect();
+    assert_eq!(failed, vec![ctx.ids[2].to_string()]);
+    let ok: u32 = evs.iter().map(|e| e.ok).sum();
+    assert_eq!(ok, 3);
+}
+
+#[derive(diesel::QueryableByName, Debug)]
+struct PolicyRow {
+    #[diesel(sql_type = SqlUuid)]
+    device_id: Uuid,
+    #[diesel(sql_type = Text)]
+    source: String,
+    #[diesel(sql_type = Nullable<Text>)]
+    reason: Option<String>,
+    #[diesel(sql_type = Nullable<Text>)]
+    policy_type: Option<String>,
+    #[diesel(sql_type = Text)]
+    policy: String,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    last_ack_received: Option<chrono::DateTime<chrono::Utc>>,
+    #[diesel(sql_type = Nullable<Timestamptz>)]
+    device_next_ack_deadline: Option<chrono::DateTime<chrono::Utc>>,
+    #[diesel(sql_type = Timestamptz)]
+    read_at: chrono::DateTime<chrono::Utc>,
+    #[diesel(sql_type = Bool)]
+    ack_required: bool,
+}
+
+async fn policies(agg: &Aggregator) -> BTreeMap<Uuid, PolicyRow> {
+    let mut c = agg.pool.get().await.unwrap();
+    let rows: Vec<PolicyRow> = diesel::sql_query(
+        "SELECT device_id, source, reason, policy_type, policy::text AS policy, \
+         last_ack_received, device_next_ack_deadline, read_at, ack_required \
+         FROM rum.device_policies",
+    )
+    .load(&mut c)
+    .await
+    .unwrap();
+    rows.into_iter().map(|r| (r.device_id, r)).collect()
+}
+
+async fn run_cycle(agg: &Aggregator, msg_id: &str) -> Uuid {
+    let cycle = Uuid::now_v7();
+    collect::start_cycle(
+        agg,
+        msg_id,
+        proto::CycleStarted {
+            cycle_id: cycle.to_string(),
+            trigger: "test".into(),
+            started_at_ms: 0,
+        },
+    )
+    .await
+    .unwrap();
+    let t = Instant::now();
+    while collect::collect_slice(agg).await.unwrap() > 0 {
+        assert!(t.elapsed() < Duration::from_secs(60), "collection stuck");
+    }
+    cycle
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collection_stores_each_devices_own_policy() {
+    // 0: Cisco default; 1: custom 30/60/60, acked before; 2: enforced; 3: no RESTCONF.
+    let ctx = setup(4).await;
+    let (agg, fleet) = (&ctx.agg, &ctx.fleet);
+    fleet.set_policy(1, SimPolicy::Custom306060).unwrap();
+    fleet.set_policy(2, SimPolicy::Enforced).unwrap();
+    fleet.set_restconf(3, false).unwrap();
+    let a = ack_for(fleet, ctx.ids[1], 1, Uuid::now_v7());
+    fleet.import_ack(1, &a.ack).unwrap();
+    let acked1 = fleet.last_ack_time(1).unwrap().unwrap();
+
+    let started = chrono::Utc::now();
+    let cycle = run_cycle(agg, "cycle-1").await;
+
+    // Every device was collected, the one without RESTCONF too.
+    assert_eq!(
+        tally_testkit::count(
+            &agg.pool,
+            &format!(
+                "SELECT count(*) FROM rum.collections WHERE cycle_id = '{cycle}' AND state = 'done'"
+            ),
+        )
+        .await,
+        4
+    );
+    let p = policies(agg).await;
+    assert_eq!(p.len(), 4, "{p:?}");
+    let row = |i: usize| &p[&ctx.ids[i]];
+    for i in 0..3 {
+        assert_eq!(row(i).source, "device", "{:?}", row(i));
+        assert_eq!(row(i).reason, None);
+        assert!(row(i).read_at >= started);
+        assert!(row(i).ack_required);
+    }
+    assert_eq!(
+        row(0).policy_type.as_deref(),
+        Some("policy-type-cisco-default")
+    );
+    let pol = |i: usize| -> serde_json::Value { serde_json::from_str(&row(i).policy).unwrap() };
+    assert_eq!(
+        pol(0)["subscription"],
+        serde_json::json!({"first_report_days": 90, "reporting_frequency_days": 90, "report_on_change_days": 90})
+    );
+    assert_eq!(row(1).policy_type.as_deref(), Some("policy-type-custom"));
+    assert_eq!(pol(1)["name"], "Custom 30/60/60");
+    assert_eq!(pol(1)["subscription"]["reporting_frequency_days"], 60);
+    assert_eq!(row(1).last_ack_received, Some(acked1));
+    assert_eq!(
+        row(1).device_next_ack_deadline,
+        Some(acked1 + chrono::TimeDelta::days(60))
+    );
+    assert_eq!(pol(2)["enforced"]["reporting_frequency_days"], 30);
+    assert_eq!(row(0).last_ack_received, None);
+    assert!(row(0).device_next_ack_deadline.is_some());
+
+    // No RESTCONF: Cisco's default, assumed, with the reason.
+    assert_eq!(row(3).source, "assumed");
+    let why = row(3).reason.clone().unwrap_or_default();
+    assert!(why.contains("RESTCONF is not available"), "{why}");
+    assert_eq!(pol(3)["name"], "Cisco default");
+    assert_eq!(row(3).policy_type, None);
+
+    // A later read replaces the row: the device changed its policy.
+    fleet.set_policy(0, SimPolicy::Custom306060).unwrap();
+    run_cycle(agg, "cycle-2").await;
+    let p2 = policies(agg).await;
+    assert_eq!(
+        p2[&ctx.ids[0]].policy_type.as_deref(),
+        Some("policy-type-custom")
+    );
+    assert!(p2[&ctx.ids[0]].read_at > p[&ctx.ids[0]].read_at);
+}
