@@ -45,6 +45,7 @@ events! {
     AcksReceived => "uplink.acks.received",
     UplinkProblem => "uplink.problem",
     AcksImported => "rum.acks.imported",
+    DevicePoliciesRead => "rum.devices.policies",
     TierJobChanged => "tiers.job.changed",
     DeviceLicensesChanged => "tiers.devices.licensed",
     TransferRequested => "sched.transfer.requested",
