@@ -2,6 +2,8 @@
 //! Collection from an in-process device fleet into a real database: byte-exact storage, fault
 //! isolation, quarantine, replay dedupe, and the manual upload route.
 
+mod common;
+
 use actix_web::{http::StatusCode, test, web};
 use diesel::sql_types::{Bytea, Nullable, Text, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
@@ -57,27 +59,7 @@ async fn setup(devices: usize, in_projection: usize) -> Ctx {
     let ids: Vec<Uuid> = (0..devices).map(|_| Uuid::now_v7()).collect();
     let mut devices = Vec::new();
     for (i, id) in ids.iter().enumerate().take(in_projection) {
-        let info = fleet.info(i).unwrap();
-        devices.push(proto::Device {
-            device_id: id.to_string(),
-            udi_pid: info.udi_pid.clone(),
-            udi_serial: info.serial.clone(),
-            hostname: info.hostname.clone(),
-            model: info.model.clone(),
-            software_version: info.software_version.clone(),
-            base_url: info.base_url.clone(),
-            site: info.site.clone(),
-            smart_account: info.smart_account.clone(),
-            virtual_account: info.virtual_account.clone(),
-            username: info.username.clone(),
-            password_sealed: agg.secrets.seal(&info.password).unwrap(),
-            is_cube: info.is_cube,
-            network_license: info.network_license.clone(),
-            dna_tier: info.dna_tier.clone().unwrap_or_default(),
-            revision: 1,
-            groups: vec![],
-            voice_role: info.voice_role.clone(),
-        });
+        devices.push(common::device(&fleet, i, *id, &agg.secrets));
     }
     // As inventory publishes them, projected by the aggregator's own consumer.
     fixtures::publish_devices(&agg.bus, devices).await.unwrap();

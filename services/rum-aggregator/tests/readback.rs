@@ -5,6 +5,8 @@
 //! unconfirmed; collection stores each device's own policy with its source and time, and a
 //! device without RESTCONF is still collected, its policy assumed with the reason.
 
+mod common;
+
 use diesel::sql_types::{Bool, Nullable, Text, Timestamptz, Uuid as SqlUuid};
 use diesel_async::RunQueryDsl;
 use prost::Message;
@@ -57,27 +59,7 @@ async fn setup(devices: usize) -> Ctx {
     let ids: Vec<Uuid> = (0..devices).map(|_| Uuid::now_v7()).collect();
     let mut list = Vec::new();
     for (i, id) in ids.iter().enumerate() {
-        let info = fleet.info(i).unwrap();
-        list.push(proto::Device {
-            device_id: id.to_string(),
-            udi_pid: info.udi_pid.clone(),
-            udi_serial: info.serial.clone(),
-            hostname: info.hostname.clone(),
-            model: info.model.clone(),
-            software_version: info.software_version.clone(),
-            base_url: info.base_url.clone(),
-            site: info.site.clone(),
-            smart_account: info.smart_account.clone(),
-            virtual_account: info.virtual_account.clone(),
-            username: info.username.clone(),
-            password_sealed: agg.secrets.seal(&info.password).unwrap(),
-            is_cube: info.is_cube,
-            network_license: info.network_license.clone(),
-            dna_tier: info.dna_tier.clone().unwrap_or_default(),
-            revision: 1,
-            groups: vec![],
-            voice_role: info.voice_role.clone(),
-        });
+        list.push(common::device(&fleet, i, *id, &agg.secrets));
     }
     fixtures::publish_devices(&agg.bus, list).await.unwrap();
     tally_testkit::consume_until(
@@ -392,4 +374,26 @@ async fn collection_stores_each_devices_own_policy() {
         Some("policy-type-custom")
     );
     assert!(p2[&ctx.ids[0]].read_at > p[&ctx.ids[0]].read_at);
+
+    // A read that fails (HTTP 500) keeps what the device said before; a device never read
+    // before gets the default, assumed, marked as a failed read.
+    fleet.set_fault(1, tally_sim::Fault::Http500).unwrap();
+    fleet.set_restconf(3, true).unwrap();
+    fleet.set_fault(3, tally_sim::Fault::Http500).unwrap();
+    let mut c = agg.pool.get().await.unwrap();
+    diesel::sql_query("DELETE FROM rum.device_policies WHERE device_id = $1")
+        .bind::<SqlUuid, _>(ctx.ids[3])
+        .execute(&mut c)
+        .await
+        .unwrap();
+    run_cycle(agg, "cycle-3").await;
+    let p3 = policies(agg).await;
+    let kept = &p3[&ctx.ids[1]];
+    assert_eq!(kept.source, "device");
+    assert_eq!(kept.read_at, p2[&ctx.ids[1]].read_at);
+    assert_eq!(kept.policy_type.as_deref(), Some("policy-type-custom"));
+    let fresh = &p3[&ctx.ids[3]];
+    assert_eq!(fresh.source, "assumed");
+    let why = fresh.reason.clone().unwrap_or_default();
+    assert!(why.contains("500"), "{why}");
 }
