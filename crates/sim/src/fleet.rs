@@ -326,6 +326,8 @@ struct DeviceState {
     /// Off: the device answers 2xx to a verified import but does not apply it (nothing moves),
     /// so read-back can tell a device that took an ACK from one that only said so.
     apply_acks: bool,
+    /// Off: the device's model predates `rum-ack` (see [`StateView::rum_ack`]).
+    rum_ack: bool,
     imports: u32,
     reports_generated: u32,
     fault: Fault,
@@ -424,6 +426,7 @@ impl FleetState {
                     policy_installed: first_use,
                     restconf: true,
                     apply_acks: true,
+                    rum_ack: true,
                     imports: 0,
                     reports_generated: 0,
                     fault: Fault::None,
@@ -765,6 +768,12 @@ impl FleetState {
         Ok(())
     }
 
+    /// Off: device `index` runs software whose model has no `rum-ack` container.
+    pub fn set_rum_ack(&self, index: usize, present: bool) -> Result<(), SimError> {
+        lock(self.device(index)?).rum_ack = present;
+        Ok(())
+    }
+
     /// When device `index` last took an ACK.
     pub fn last_ack_time(&self, index: usize) -> Result<Option<DateTime<Utc>>, SimError> {
         Ok(lock(self.device(index)?).last_ack_time)
@@ -782,6 +791,7 @@ impl FleetState {
             next_ack_deadline: self.ack_deadline(&d),
             pid: p.pid.to_owned(),
             serial: p.serial.clone(),
+            rum_ack: d.rum_ack,
         }))
     }
 }
@@ -1200,6 +1210,7 @@ struct KnobsReq {
     policy: Option<SimPolicy>,
     restconf: Option<bool>,
     apply_acks: Option<bool>,
+    rum_ack: Option<bool>,
 }
 
 fn apply_knobs(st: &FleetState, i: usize, k: &KnobsReq) -> Result<(), SimError> {
@@ -1212,6 +1223,9 @@ fn apply_knobs(st: &FleetState, i: usize, k: &KnobsReq) -> Result<(), SimError> 
     }
     if let Some(a) = k.apply_acks {
         st.set_apply_acks(i, a)?;
+    }
+    if let Some(r) = k.rum_ack {
+        st.set_rum_ack(i, r)?;
     }
     Ok(())
 }

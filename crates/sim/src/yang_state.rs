@@ -74,6 +74,9 @@ pub struct StateView {
     pub next_ack_deadline: Option<DateTime<Utc>>,
     pub pid: String,
     pub serial: String,
+    /// Off: the device runs software whose model predates `rum-ack` (revision 2020-11-01,
+    /// IOS-XE 17.4): its state has no `rum-ack` container.
+    pub rum_ack: bool,
 }
 
 /// The device's own next ACK deadline under `policy`, for a license of `kind` first used at
@@ -124,7 +127,7 @@ pub fn licensing(v: &StateView) -> Value {
     if let Some(t) = v.next_ack_deadline {
         rum_ack.insert("next-report-deadline".into(), date_time(t));
     }
-    json!({
+    let mut state = json!({
         "state": {
             "always-enabled": true,
             "smart-enabled": true,
@@ -145,7 +148,16 @@ pub fn licensing(v: &StateView) -> Value {
                 "rum-ack": Value::Object(rum_ack),
             }
         }
-    })
+    });
+    if !v.rum_ack
+        && let Some(info) = state
+            .get_mut("state")
+            .and_then(|s| s.get_mut("state-info"))
+            .and_then(Value::as_object_mut)
+    {
+        info.remove("rum-ack");
+    }
+    state
 }
 
 /// The answer to `GET .../data/cisco-smart-license:licensing[/<path>]`: the node at `path`
@@ -178,6 +190,7 @@ mod tests {
             next_ack_deadline: device_ack_deadline(policy, LicenseKind::Subscription, t, Some(t)),
             pid: "C9300-24P".into(),
             serial: "FCW0000001".into(),
+            rum_ack: true,
         }
     }
 

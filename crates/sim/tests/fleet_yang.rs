@@ -179,6 +179,12 @@ async fn each_device_serves_its_own_policy() {
     assert_eq!(p2["policy-export"]["reporting-ongoing"], 30);
     assert_eq!(p2["policy-subscription"], p0["policy-subscription"]);
 
+    // Software whose model predates rum-ack: the policy, no rum-ack container.
+    knobs(&c, &st, 0, json!({"rum_ack": false})).await;
+    let info = state(&c, &st, 0).await["state-info"].clone();
+    assert!(info.get("rum-ack").is_none(), "{info}");
+    assert!(info.get("policy").is_some());
+
     // The device's own deadline follows its policy: 60 days after the ACK for 30/60/60.
     assert_eq!(close_and_ack(&c, &st, 1, false).await, 200);
     let ack = state(&c, &st, 1).await["state-info"]["rum-ack"].clone();

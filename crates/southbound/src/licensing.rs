@@ -193,6 +193,9 @@ pub struct LicensingState {
     pub last_ack_received: Option<DateTime<Utc>>,
     /// `rum-ack/next-report-deadline`: the device's own next ACK deadline.
     pub next_ack_deadline: Option<DateTime<Utc>>,
+    /// The answer has a `rum-ack` container (software before the model's 2021-03-01 revision
+    /// has none, so "no last ACK received" means nothing there).
+    pub has_rum_ack: bool,
     /// Leaves that were present but could not be read, each with its value.
     pub unreadable: Vec<String>,
 }
@@ -373,6 +376,7 @@ pub fn read_state(body: &[u8]) -> Result<LicensingState, String> {
             subscription: r.attrs(p, "policy-subscription"),
             perpetual: r.attrs(p, "policy-perpetual"),
         });
+    out.has_rum_ack = info.get("rum-ack").is_some_and(Value::is_object);
     let (last, next) = match info.get("rum-ack").filter(|a| a.is_object()) {
         Some(a) => (
             r.time(a, "rum-ack", "last-received-time"),
@@ -428,6 +432,7 @@ mod tests {
     fn reads_a_cisco_shaped_answer() {
         let s = read_state(CISCO.as_bytes()).unwrap();
         assert_eq!(s.smart_enabled, Some(true));
+        assert!(s.has_rum_ack);
         assert_eq!(s.last_ack_received, Some(t(10, 11, 12)));
         assert_eq!(
             s.next_ack_deadline,
@@ -495,7 +500,7 @@ mod tests {
         // No state-info (smart licensing not enabled): nothing, no error.
         let s = read_state(br#"{"cisco-smart-license:state":{"smart-enabled":false}}"#).unwrap();
         assert_eq!(s.smart_enabled, Some(false));
-        assert!(s.policy.is_none() && s.last_ack_received.is_none());
+        assert!(s.policy.is_none() && s.last_ack_received.is_none() && !s.has_rum_ack);
         assert_eq!(read_state(b"").unwrap(), LicensingState::default());
 
         // Strings for numbers, numeric enum, an unreadable leaf, a kind missing.

@@ -129,6 +129,16 @@ async fn import_one(agg: &Aggregator, job: Job) -> Finished {
             tokio::time::sleep(agg.readback.delay).await;
         }
         match agg.client.licensing_state(&target).await {
+            Ok(StateRead::Read(s)) if !s.has_rum_ack => {
+                // Software before the model's 2021-03-01 revision: nothing to read back.
+                unconfirmed(
+                    &mut done,
+                    "the device's cisco-smart-license state has no rum-ack (software before \
+                     the model's RUM ACK status)"
+                        .into(),
+                );
+                return done;
+            }
             Ok(StateRead::Read(s)) => {
                 let after = s.last_ack_received;
                 done.ack_received_after = after;

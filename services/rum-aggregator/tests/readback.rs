@@ -185,17 +185,19 @@ async fn acks_imported(agg: &Aggregator) -> Vec<proto::AcksImported> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_ack_is_confirmed_only_when_the_device_shows_it() {
     // 0: takes ACKs; 1: no RESTCONF; 2: says SUCCESS but applies nothing; 3: takes ACKs, and
-    // already took one before (its last ACK must move again).
-    let ctx = setup(4).await;
+    // already took one before (its last ACK must move again); 4: takes ACKs, but its software's
+    // model has no rum-ack (nothing to read back).
+    let ctx = setup(5).await;
     let (agg, fleet) = (&ctx.agg, &ctx.fleet);
     fleet.set_restconf(1, false).unwrap();
     fleet.set_apply_acks(2, false).unwrap();
+    fleet.set_rum_ack(4, false).unwrap();
     let cycle = Uuid::now_v7();
     let earlier = ack_for(fleet, ctx.ids[3], 3, cycle);
     fleet.import_ack(3, &earlier.ack).unwrap();
     let before3 = fleet.last_ack_time(3).unwrap().unwrap();
 
-    let acks = (0..4)
+    let acks = (0..5)
         .map(|i| ack_for(fleet, ctx.ids[i], i, cycle))
         .collect();
     import::enqueue(
@@ -221,6 +223,7 @@ async fn an_ack_is_confirmed_only_when_the_device_shows_it() {
     assert_eq!(row(1).error, None);
     assert_eq!(row(0).state, "ok");
     assert_eq!(row(3).state, "ok");
+    assert_eq!(row(4).state, "ok", "{:?}", row(4));
 
     let rb = readbacks(agg).await;
     let rb = |i: usize| &rb[&ctx.ids[i]];
@@ -234,6 +237,9 @@ async fn an_ack_is_confirmed_only_when_the_device_shows_it() {
     let why = rb(1).confirmation_reason.clone().unwrap_or_default();
     assert!(why.contains("RESTCONF is not available"), "{why}");
     assert_eq!(rb(2).confirmation.as_deref(), Some("not_applied"));
+    assert_eq!(rb(4).confirmation.as_deref(), Some("unconfirmed"));
+    let why = rb(4).confirmation_reason.clone().unwrap_or_default();
+    assert!(why.contains("no rum-ack"), "{why}");
     assert_eq!(fleet.last_ack_time(2).unwrap(), None);
 
     // The scheduler hears of the failure; the unconfirmed delivery counts as delivered.
@@ -244,7 +250,7 @@ async fn an_ack_is_confirmed_only_when_the_device_shows_it() {
         .collect();
     assert_eq!(failed, vec![ctx.ids[2].to_string()]);
     let ok: u32 = evs.iter().map(|e| e.ok).sum();
-    assert_eq!(ok, 3);
+    assert_eq!(ok, 4);
 }
 
 #[derive(diesel::QueryableByName, Debug)]
