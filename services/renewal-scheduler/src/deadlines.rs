@@ -113,6 +113,70 @@ pub fn role_of(model: &str, is_cube: bool, voice_role: &str) -> DeviceRole {
     }
 }
 
+/// Where a device's policy comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PolicySource {
+    /// Read from the device's own state.
+    Device,
+    /// Cisco's default, because the device's could not be read (`reason`).
+    Assumed,
+}
+
+impl PolicySource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Device => "device",
+            Self::Assumed => "assumed",
+        }
+    }
+}
+
+/// A device's policy as stored on `sched.devices.policy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PolicyDoc {
+    pub source: PolicySource,
+    #[serde(default)]
+    pub reason: String,
+    pub policy: Policy,
+    /// The device's own next ACK deadline and last ACK received, when it says.
+    pub device_ack_deadline: Option<DateTime<Utc>>,
+    pub device_last_ack: Option<DateTime<Utc>>,
+    pub read_at_ms: i64,
+}
+
+/// Why a device without a stored policy runs on Cisco's default.
+pub const NEVER_READ: &str = "the device's policy has not been read yet";
+
+/// The device's policy, where it comes from and why, and the device's own ACK deadline.
+pub fn policy_of(d: &FleetRow) -> (Policy, PolicySource, String, Option<DateTime<Utc>>) {
+    let Some(v) = &d.policy else {
+        return (
+            Policy::cisco_default(),
+            PolicySource::Assumed,
+            NEVER_READ.to_owned(),
+            None,
+        );
+    };
+    match PolicyDoc::deserialize(v) {
+        Ok(doc) => (doc.policy, doc.source, doc.reason, doc.device_ack_deadline),
+        Err(e) => (
+            Policy::cisco_default(),
+            PolicySource::Assumed,
+            format!("the stored policy cannot be read ({e}); Cisco's default applies"),
+            None,
+        ),
+    }
+}
+
+/// A device's own ACK deadline and Tally's disagree when they are a day or more apart.
+pub fn disagrees(tally: Option<DateTime<Utc>>, device: Option<DateTime<Utc>>) -> bool {
+    match (tally, device) {
+        (Some(t), Some(d)) => (t - d).num_seconds().abs() >= 86_400,
+        _ => false,
+    }
+}
+
 #[derive(Debug, Clone, Default, Serialize, Deserialize, ToSchema)]
 pub struct DeviceCompliance {
     pub device_id: Uuid,
@@ -132,12 +196,20 @@ pub struct DeviceCompliance {
     pub last_upload_at: Option<DateTime<Utc>>,
     pub last_ack_at: Option<DateTime<Utc>>,
     pub reason: String,
+    /// `device` (read from the device) or `assumed` (Cisco's default).
+    pub policy_source: String,
+    pub policy_name: String,
+    /// Why the policy is assumed; empty when it was read from the device.
+    pub policy_reason: String,
+    /// The device's own next ACK deadline, when it reports one.
+    pub device_deadline: Option<DateTime<Utc>>,
+    /// The device's deadline and Tally's are a day or more apart.
+    pub deadline_disagrees: bool,
 }
 
-/// The deadlines of each license the device uses: the network license is perpetual, the DNA
-/// add-on a subscription (Cisco's default policy).
-fn entitlements(d: &FleetRow) -> Vec<(String, Deadlines)> {
-    let policy = Policy::cisco_default();
+/// The deadlines of each license the device uses under its own policy: the network license is
+/// perpetual, the DNA add-on a subscription.
+fn entitlements(d: &FleetRow, policy: &Policy) -> Vec<(String, Deadlines)> {
     let usage = |kind| Usage {
         kind,
         first_use: d.first_seen_at,
@@ -166,7 +238,8 @@ pub fn assess(d: &FleetRow, now: DateTime<Utc>) -> (DeviceCompliance, DeviceRisk
 /// [`assess`], and whether an ACK is outstanding for any of the device's entitlements.
 fn assess_pending(d: &FleetRow, now: DateTime<Utc>) -> (DeviceCompliance, DeviceRisk, bool) {
     let role = role_of(&d.model, d.is_cube, &d.voice_role);
-    let ents = entitlements(d);
+    let (policy, source, policy_reason, device_deadline) = policy_of(d);
+    let ents = entitlements(d, &policy);
     let refs: Vec<(&str, Deadlines)> = ents.iter().map(|(n, dl)| (n.as_str(), *dl)).collect();
     let risk = DeviceRisk::assess(d.id.to_string(), role, &refs, now);
     let pending = ents.iter().any(|(_, dl)| dl.ack_pending);
@@ -192,6 +265,11 @@ fn assess_pending(d: &FleetRow, now: DateTime<Utc>) -> (DeviceCompliance, Device
         last_upload_at: d.last_upload_at,
         last_ack_at: d.last_ack_at,
         reason: risk.reason.clone(),
+        policy_source: source.as_str().to_owned(),
+        policy_name: policy.name,
+        policy_reason,
+        deadline_disagrees: disagrees(risk.deadline, device_deadline),
+        device_deadline,
     };
     (c, risk, pending)
 }

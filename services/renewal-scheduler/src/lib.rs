@@ -8,6 +8,7 @@ pub mod compliance;
 pub mod cycles;
 pub mod deadlines;
 pub mod fleet;
+pub mod policies;
 pub mod pools;
 pub mod store;
 
@@ -95,8 +96,8 @@ pub async fn run(s: Scheduler) -> Result<(), tally_bus::BusError> {
 pub fn router(s: Scheduler) -> tally_bus::router::Router<Scheduler> {
     use cycles::Update;
     use tally_bus::proto::{
-        AcksImported, AcksReceived, CollectionProgress, CollectionStarted, DevicesDeleted,
-        DevicesUpserted, PoolsSynced, UplinkProblem, UploadProgress,
+        AcksImported, AcksReceived, CollectionProgress, CollectionStarted, DevicePoliciesRead,
+        DevicesDeleted, DevicesUpserted, PoolsSynced, UplinkProblem, UploadProgress,
     };
     tally_bus::router::Router::new(s)
         .on(|s, id, ev: CollectionStarted| async move { cycles::apply(&s, &id, Update::from(ev)).await })
@@ -108,4 +109,5 @@ pub fn router(s: Scheduler) -> tally_bus::router::Router<Scheduler> {
         .on(|s, id, ev: AcksReceived| async move { fleet::acks_received(&s, &id, ev).await })
         .on(|s, id, ev: PoolsSynced| async move { pools::synced(&s, &id, ev).await })
         .on(|s, id, ev: UplinkProblem| async move { alerts::uplink::problem(&s, &id, ev).await })
+        .on(|s, id, ev: DevicePoliciesRead| async move { policies::read(&s, &id, ev).await })
 }

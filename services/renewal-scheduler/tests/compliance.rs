@@ -839,3 +839,142 @@ async fn uplink_problems_raise_one_alert_per_batch_naming_the_reason() {
         2
     );
 }
+
+/// Each device's own policy (read by rum-aggregator) sets its deadline; a device that could not
+/// be read runs on Cisco's default and says why; a device whose own next ACK deadline is a day
+/// or more from Tally's raises one deadline_mismatch alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_device_runs_on_its_own_policy_and_a_disagreeing_device_deadline_alerts() {
+    use tally_renewal_scheduler::policies;
+    let (_db, s, ids) = fleet_acked_at(t0()).await;
+    let custom = |i: usize, next_ack: DateTime<Utc>| proto::DevicePolicy {
+        device_id: ids[i].to_string(),
+        source: "device".into(),
+        name: "Custom Policy".into(),
+        ack_required: true,
+        perpetual: Some(proto::PolicyAttrs {
+            first_report_days: 30,
+            reporting_frequency_days: 60,
+            report_on_change_days: 60,
+        }),
+        subscription: Some(proto::PolicyAttrs {
+            first_report_days: 30,
+            reporting_frequency_days: 60,
+            report_on_change_days: 60,
+        }),
+        enforced: None,
+        last_ack_ms: t0().timestamp_millis(),
+        next_ack_deadline_ms: next_ack.timestamp_millis(),
+        read_at_ms: 1_800_000_000_000,
+        ..Default::default()
+    };
+    let ev = proto::DevicePoliciesRead {
+        devices: vec![
+            // Agrees: 60 days after the last ACK under 30/60/60.
+            custom(0, t0() + TimeDelta::days(60)),
+            // Says 90 days, as if it ran Cisco's default: disagrees.
+            custom(2, t0() + TimeDelta::days(90)),
+            proto::DevicePolicy {
+                device_id: ids[1].to_string(),
+                source: "assumed".into(),
+                reason: "RESTCONF is not enabled on the device (404 on /restconf)".into(),
+                read_at_ms: 1_800_000_000_000,
+                ..Default::default()
+            },
+            // A device the scheduler does not hold, and a bad id: skipped, the rest stored.
+            proto::DevicePolicy {
+                device_id: Uuid::now_v7().to_string(),
+                source: "device".into(),
+                read_at_ms: 1,
+                ..Default::default()
+            },
+            proto::DevicePolicy {
+                device_id: "not-a-uuid".into(),
+                ..Default::default()
+            },
+        ],
+    };
+    policies::read(&s, "p-1", ev.clone()).await.unwrap();
+    // Redelivered: nothing more.
+    policies::read(&s, "p-1", ev).await.unwrap();
+
+    let mut c = s.pool.get().await.unwrap();
+    let rows = compliance::fleet(&mut c).await.unwrap();
+    let at = t0() + TimeDelta::days(1);
+    let view = |i: usize| {
+        let d = rows.iter().find(|d| d.id == ids[i]).unwrap();
+        deadlines::assess(d, at).0
+    };
+    let sw_a = view(0);
+    assert_eq!(sw_a.deadline, Some(t0() + TimeDelta::days(60)), "{sw_a:?}");
+    assert_eq!(
+        (sw_a.policy_source.as_str(), sw_a.policy_name.as_str()),
+        ("device", "Custom Policy")
+    );
+    assert!(!sw_a.deadline_disagrees);
+    let sw_b = view(2);
+    assert_eq!(sw_b.deadline, Some(t0() + TimeDelta::days(60)));
+    assert_eq!(sw_b.device_deadline, Some(t0() + TimeDelta::days(90)));
+    assert!(sw_b.deadline_disagrees);
+    let cube = view(1);
+    assert_eq!(
+        cube.deadline,
+        Some(t0() + TimeDelta::days(90)),
+        "Cisco's default"
+    );
+    assert_eq!(cube.policy_source, "assumed");
+    assert!(cube.policy_reason.contains("RESTCONF"), "{cube:?}");
+    // Never read: assumed, and says so.
+    let rtr = view(3);
+    assert_eq!(rtr.policy_source, "assumed");
+    assert_eq!(rtr.policy_reason, deadlines::NEVER_READ);
+    // The stored deadline (what roll-ups and the at-risk list read) follows the policy too.
+    assert_eq!(
+        count(
+            &s.pool,
+            &format!(
+                "SELECT count(*) FROM sched.devices WHERE id = '{}' AND deadline = '{}'",
+                ids[0],
+                (t0() + TimeDelta::days(60)).to_rfc3339()
+            )
+        )
+        .await,
+        1
+    );
+    // One alert, for sw-b only.
+    assert_eq!(
+        count(
+            &s.pool,
+            "SELECT count(*) FROM sched.alerts WHERE kind = 'deadline_mismatch'"
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        count(
+            &s.pool,
+            &format!("SELECT count(*) FROM sched.alerts WHERE kind = 'deadline_mismatch' AND device_id = '{}' AND message LIKE '%Custom Policy%'", ids[2])
+        )
+        .await,
+        1
+    );
+
+    // An older read never replaces a newer one.
+    let mut stale = custom(0, t0() + TimeDelta::days(5));
+    stale.read_at_ms = 1;
+    policies::read(
+        &s,
+        "p-2",
+        proto::DevicePoliciesRead {
+            devices: vec![stale],
+        },
+    )
+    .await
+    .unwrap();
+    let rows = compliance::fleet(&mut c).await.unwrap();
+    let d = rows.iter().find(|d| d.id == ids[0]).unwrap();
+    assert_eq!(
+        deadlines::assess(d, at).0.device_deadline,
+        Some(t0() + TimeDelta::days(60))
+    );
+}

@@ -17,5 +17,7 @@ tally_store::text_enum! {
         UploadFailed = "upload_failed",
         AckFailed = "ack_failed",
         OutOfCompliance = "out_of_compliance",
+        /// The device's own next ACK deadline and Tally's are a day or more apart.
+        DeadlineMismatch = "deadline_mismatch",
     }
 }

@@ -31,6 +31,8 @@ pub struct FleetRow {
     pub out_of_compliance: bool,
     /// cube, srst, cme, or empty.
     pub voice_role: String,
+    /// The device's own policy as last read (`deadlines::PolicyDoc`); `None`: never read.
+    pub policy: Option<serde_json::Value>,
 }
 
 /// Every device not deleted, by hostname.
@@ -197,4 +199,26 @@ pub async fn assessed_as_of(c: &mut AsyncPgConnection) -> Result<Option<DateTime
         .select(diesel::dsl::max(devices::assessed_at))
         .get_result(c)
         .await
+}
+
+/// Stores policies read from devices (`docs[i]` for `ids[i]`, read at `read_at_ms[i]`); an older
+/// read never replaces a newer one. Returns the devices whose policy was written.
+pub async fn set_policies(
+    c: &mut AsyncPgConnection,
+    ids: &[Uuid],
+    docs: &[serde_json::Value],
+    read_at_ms: &[i64],
+) -> Result<Vec<Uuid>> {
+    #[derive(QueryableByName)]
+    struct Id {
+        #[diesel(sql_type = SqlUuid)]
+        id: Uuid,
+    }
+    let rows: Vec<Id> = diesel::sql_query(include_str!("sql/set_policies.sql"))
+        .bind::<Array<SqlUuid>, _>(ids)
+        .bind::<Array<diesel::sql_types::Jsonb>, _>(docs)
+        .bind::<Array<Int8>, _>(read_at_ms)
+        .load(c)
+        .await?;
+    Ok(rows.into_iter().map(|r| r.id).collect())
 }

@@ -123,6 +123,7 @@ pub mod sched {
             out_of_compliance -> Bool,
             voice_role -> Text,
             assessed_at -> Nullable<Timestamptz>,
+            policy -> Nullable<Jsonb>,
         }
     }
 

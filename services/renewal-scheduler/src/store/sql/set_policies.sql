@@ -1,0 +1,1 @@
+UPDATE sched.devices d SET policy = v.doc FROM unnest($1::uuid[], $2::jsonb[], $3::int8[]) AS v(id, doc, read_at_ms) WHERE d.id = v.id AND NOT d.deleted AND (d.policy IS NULL OR COALESCE((d.policy->>'read_at_ms')::int8, 0) <= v.read_at_ms) RETURNING d.id
