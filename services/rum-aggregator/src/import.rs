@@ -146,7 +146,8 @@ async fn import_one(agg: &Aggregator, job: Job) -> Finished {
                 let moved = match (&before, after) {
                     (_, None) | (Err(_), _) => false,
                     (Ok(None), Some(_)) => true,
-                    (Ok(Some(b)), Some(a)) => a > *b,
+                    // Any change counts: a device whose clock was set back still took it.
+                    (Ok(Some(b)), Some(a)) => a != *b,
                 };
                 if moved {
                     done.confirmation = Some(Confirmation::Confirmed);
