@@ -85,6 +85,29 @@ pub fn check_reports(expected: &Udi, raws: Vec<String>) -> Checked {
     out
 }
 
+/// A stored read as `DevicePoliciesRead` carries it to the scheduler.
+fn policy_event(device: Uuid, p: &PolicyRead) -> proto::DevicePolicy {
+    let attrs = |a: tally_domain::policy::PolicyAttrs| proto::PolicyAttrs {
+        first_report_days: a.first_report_days,
+        reporting_frequency_days: a.reporting_frequency_days,
+        report_on_change_days: a.report_on_change_days,
+    };
+    let ms = |t: Option<chrono::DateTime<chrono::Utc>>| t.map_or(0, |t| t.timestamp_millis());
+    proto::DevicePolicy {
+        device_id: device.to_string(),
+        source: p.source.as_str().to_owned(),
+        reason: p.reason.clone().unwrap_or_default(),
+        name: p.policy.name.clone(),
+        ack_required: p.policy.ack_required,
+        perpetual: Some(attrs(p.policy.perpetual)),
+        subscription: Some(attrs(p.policy.subscription)),
+        enforced: Some(attrs(p.policy.enforced)),
+        last_ack_ms: ms(p.last_ack_received),
+        next_ack_deadline_ms: ms(p.device_next_ack_deadline),
+        read_at_ms: p.read_at.timestamp_millis(),
+    }
+}
+
 struct Outcome {
     job: Job,
     checked: Checked,
@@ -287,7 +310,13 @@ async fn commit(
         }
     }
     let mut pol = NewPolicies::default();
+    let mut read = proto::DevicePoliciesRead::default();
     for (device, p) in latest {
+        // A failed read is stored only where nothing was (see policies::record) and not sent:
+        // the scheduler keeps the last policy the device gave.
+        if !p.read_failed {
+            read.devices.push(policy_event(device, p));
+        }
         pol.device.push(device);
         pol.source.push(p.source);
         pol.reason.push(p.reason.clone());
@@ -305,6 +334,9 @@ async fn commit(
         pol.read_at.push(p.read_at);
     }
     policies::record(c, &pol).await?;
+    if !read.devices.is_empty() {
+        tally_bus::emit(c, Schema::Rum, &read).await?;
+    }
 
     // 3. Quarantine, outcomes, tallies.
     let mut q = NewQuarantine::default();

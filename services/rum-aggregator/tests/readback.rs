@@ -163,7 +163,7 @@ async fn readbacks(agg: &Aggregator) -> BTreeMap<Uuid, ReadBack> {
     rows.into_iter().map(|r| (r.device_id, r)).collect()
 }
 
-async fn acks_imported(agg: &Aggregator) -> Vec<proto::AcksImported> {
+async fn outbox_events<M: Message + Default>(agg: &Aggregator, subject: &str) -> Vec<M> {
     #[derive(diesel::QueryableByName)]
     struct Out {
         #[diesel(sql_type = Text)]
@@ -177,9 +177,13 @@ async fn acks_imported(agg: &Aggregator) -> Vec<proto::AcksImported> {
         .await
         .unwrap();
     rows.into_iter()
-        .filter(|r| r.subject == "rum.acks.imported")
-        .map(|r| proto::AcksImported::decode(r.payload.as_slice()).unwrap())
+        .filter(|r| r.subject == subject)
+        .map(|r| M::decode(r.payload.as_slice()).unwrap())
         .collect()
+}
+
+async fn acks_imported(agg: &Aggregator) -> Vec<proto::AcksImported> {
+    outbox_events(agg, "rum.acks.imported").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -371,6 +375,35 @@ async fn collection_stores_each_devices_own_policy() {
     assert_eq!(pol(3)["name"], "Cisco default");
     assert_eq!(row(3).policy_type, None);
 
+    // The scheduler hears of each read, as stored.
+    let evs: Vec<proto::DevicePoliciesRead> = outbox_events(agg, "rum.devices.policies").await;
+    let sent: BTreeMap<String, proto::DevicePolicy> = evs
+        .iter()
+        .flat_map(|e| e.devices.iter().cloned())
+        .map(|d| (d.device_id.clone(), d))
+        .collect();
+    assert_eq!(sent.len(), 4);
+    let d1 = &sent[&ctx.ids[1].to_string()];
+    assert_eq!(
+        (d1.source.as_str(), d1.name.as_str()),
+        ("device", "Custom 30/60/60")
+    );
+    assert_eq!(d1.subscription.unwrap().reporting_frequency_days, 60);
+    assert_eq!(d1.last_ack_ms, acked1.timestamp_millis());
+    assert_eq!(
+        d1.next_ack_deadline_ms,
+        (acked1 + chrono::TimeDelta::days(60)).timestamp_millis()
+    );
+    assert_eq!(d1.read_at_ms, row(1).read_at.timestamp_millis());
+    let d3 = &sent[&ctx.ids[3].to_string()];
+    assert_eq!(d3.source, "assumed");
+    assert!(
+        d3.reason.contains("RESTCONF is not available"),
+        "{}",
+        d3.reason
+    );
+    assert_eq!(sent[&ctx.ids[0].to_string()].last_ack_ms, 0);
+
     // A later read replaces the row: the device changed its policy.
     fleet.set_policy(0, SimPolicy::Custom306060).unwrap();
     run_cycle(agg, "cycle-2").await;
@@ -392,7 +425,19 @@ async fn collection_stores_each_devices_own_policy() {
         .execute(&mut c)
         .await
         .unwrap();
+    let before = outbox_events::<proto::DevicePoliciesRead>(agg, "rum.devices.policies")
+        .await
+        .len();
     run_cycle(agg, "cycle-3").await;
+    // A failed read is not sent: the scheduler keeps what it had.
+    let evs: Vec<proto::DevicePoliciesRead> = outbox_events(agg, "rum.devices.policies").await;
+    let sent: Vec<String> = evs[before..]
+        .iter()
+        .flat_map(|e| e.devices.iter().map(|d| d.device_id.clone()))
+        .collect();
+    assert_eq!(sent.len(), 2, "{sent:?}");
+    assert!(!sent.contains(&ctx.ids[1].to_string()));
+    assert!(!sent.contains(&ctx.ids[3].to_string()));
     let p3 = policies(agg).await;
     let kept = &p3[&ctx.ids[1]];
     assert_eq!(kept.source, "device");
