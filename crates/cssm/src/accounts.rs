@@ -80,7 +80,7 @@ impl CssmClient {
                 "v2/accounts/search?limit={SEARCH_PAGE}&offset={}",
                 out.len()
             );
-            let text = self.get(&path).await?;
+            let text = self.call(reqwest::Method::GET, &path, &[], None).await?;
             let mut fresh = 0;
             for a in parse_search(&text)? {
                 if seen.insert(a.account_id.clone()) {
@@ -97,55 +97,6 @@ impl CssmClient {
         }
         Ok(out)
     }
-
-    /// A GET under the API base with the bearer token (renewed once on a 401).
-    async fn get(&self, path: &str) -> Result<String, CssmError> {
-        let url = format!("{}/{}", self.cfg.api_base.trim_end_matches('/'), path);
-        for refresh in [false, true] {
-            let token = self.token(refresh).await?;
-            let resp = self
-                .http
-                .get(&url)
-                .bearer_auth(&token)
-                .header("accept", "application/json")
-                .send()
-                .await
-                .map_err(|e| CssmError::Unreachable(e.to_string()))?;
-            let status = resp.status();
-            let text = resp
-                .text()
-                .await
-                .map_err(|e| CssmError::Unreachable(e.to_string()))?;
-            if status.as_u16() == 401 && !refresh {
-                continue;
-            }
-            if !status.is_success() {
-                return Err(CssmError::Status {
-                    status: status.as_u16(),
-                    body: text.chars().take(500).collect(),
-                });
-            }
-            return Ok(text);
-        }
-        Err(CssmError::Auth("token refused twice".into()))
-    }
-}
-
-/// The ids of a (smart account, virtual account) pair as Cisco's sample finds them: the smart
-/// account by `domain`, case-insensitively; the virtual account by `name`, exactly.
-pub fn find<'a>(
-    accounts: &'a [SmartAccountId],
-    smart_account: &str,
-    virtual_account: &str,
-) -> Option<(&'a SmartAccountId, &'a VirtualAccountId)> {
-    let sa = accounts
-        .iter()
-        .find(|a| a.domain.eq_ignore_ascii_case(smart_account))?;
-    let va = sa
-        .virtual_accounts
-        .iter()
-        .find(|v| v.name == virtual_account)?;
-    Some((sa, va))
 }
 
 #[cfg(test)]
@@ -159,12 +110,8 @@ mod tests {
         let a = parse_search(text).unwrap();
         assert_eq!(a[0].account_id, "123456");
         assert_eq!(a[0].virtual_accounts[1].virtual_account_id, "12");
-        let (sa, va) = find(&a, "TestAccount.LOCAL", "Lab-02").unwrap();
-        assert_eq!(
-            (sa.account_id.as_str(), va.virtual_account_id.as_str()),
-            ("123456", "12")
-        );
-        assert!(find(&a, "testaccount.local", "lab-02").is_none());
+        assert_eq!(a[0].domain, "testaccount.local");
+        assert_eq!(a[0].virtual_accounts[0].name, "Lab-01");
         assert!(parse_search(r#"{"status":"FAILED","message":"no"}"#).is_err());
         assert!(parse_search(r#"{"status":"COMPLETE"}"#).is_err());
     }

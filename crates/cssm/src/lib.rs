@@ -317,19 +317,36 @@ impl CssmClient {
         headers: &[(&str, &str)],
         body: String,
     ) -> Result<String, CssmError> {
+        self.call(reqwest::Method::POST, path, headers, Some(body))
+            .await
+    }
+
+    /// A call under the API base with the bearer token (renewed once on a 401) and the
+    /// requesting system; the answer's text, or the status and (the start of) the body.
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Option<String>,
+    ) -> Result<String, CssmError> {
         let url = format!("{}/{}", self.cfg.api_base.trim_end_matches('/'), path);
         for refresh in [false, true] {
             let token = self.token(refresh).await?;
             let mut req = self
                 .http
-                .post(&url)
+                .request(method.clone(), &url)
                 .bearer_auth(&token)
-                .header("content-type", "application/json")
+                .header("accept", "application/json")
                 .header(
                     "X-CSW-REQUESTING-SYSTEM",
                     self.cfg.requesting_system.header(),
-                )
-                .body(body.clone());
+                );
+            if let Some(b) = &body {
+                req = req
+                    .header("content-type", "application/json")
+                    .body(b.clone());
+            }
             for (k, v) in headers {
                 req = req.header(*k, *v);
             }
