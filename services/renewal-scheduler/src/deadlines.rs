@@ -148,7 +148,9 @@ pub struct PolicyDoc {
 /// Why a device without a stored policy runs on Cisco's default.
 pub const NEVER_READ: &str = "the device's policy has not been read yet";
 
-/// The device's policy, where it comes from and why, and the device's own ACK deadline.
+/// The device's policy, where it comes from and why, and the device's own ACK deadline when it
+/// is comparable with Tally's: read after the same last ACK Tally knows of (within a day), so a
+/// read taken before an ACK Tally has since seen installed does not count as a disagreement.
 pub fn policy_of(d: &FleetRow) -> (Policy, PolicySource, String, Option<DateTime<Utc>>) {
     let Some(v) = &d.policy else {
         return (
@@ -159,7 +161,15 @@ pub fn policy_of(d: &FleetRow) -> (Policy, PolicySource, String, Option<DateTime
         );
     };
     match PolicyDoc::deserialize(v) {
-        Ok(doc) => (doc.policy, doc.source, doc.reason, doc.device_ack_deadline),
+        Ok(doc) => {
+            let same_ack = match (doc.device_last_ack, d.last_ack_at) {
+                (Some(a), Some(b)) => (a - b).num_seconds().abs() < 86_400,
+                (None, None) => true,
+                _ => false,
+            };
+            let device = doc.device_ack_deadline.filter(|_| same_ack);
+            (doc.policy, doc.source, doc.reason, device)
+        }
         Err(e) => (
             Policy::cisco_default(),
             PolicySource::Assumed,
@@ -201,7 +211,8 @@ pub struct DeviceCompliance {
     pub policy_name: String,
     /// Why the policy is assumed; empty when it was read from the device.
     pub policy_reason: String,
-    /// The device's own next ACK deadline, when it reports one.
+    /// The device's own next ACK deadline, when it reports one (and it was read after the
+    /// last ACK Tally knows of).
     pub device_deadline: Option<DateTime<Utc>>,
     /// The device's deadline and Tally's are a day or more apart.
     pub deadline_disagrees: bool,

@@ -905,6 +905,10 @@ async fn each_device_runs_on_its_own_policy_and_a_disagreeing_device_deadline_al
         let d = rows.iter().find(|d| d.id == ids[i]).unwrap();
         deadlines::assess(d, at).0
     };
+    // Never read: assumed, and says so.
+    let rtr = view(3);
+    assert_eq!(rtr.policy_source, "assumed");
+    assert_eq!(rtr.policy_reason, deadlines::NEVER_READ);
     let sw_a = view(0);
     assert_eq!(sw_a.deadline, Some(t0() + TimeDelta::days(60)), "{sw_a:?}");
     assert_eq!(
@@ -912,6 +916,28 @@ async fn each_device_runs_on_its_own_policy_and_a_disagreeing_device_deadline_al
         ("device", "Custom Policy")
     );
     assert!(!sw_a.deadline_disagrees);
+    // A read taken before the last ACK Tally knows of says nothing about today's deadline.
+    let mut before_ack = custom(3, t0() + TimeDelta::days(7));
+    before_ack.last_ack_ms = (t0() - TimeDelta::days(80)).timestamp_millis();
+    policies::read(
+        &s,
+        "p-0",
+        proto::DevicePoliciesRead {
+            devices: vec![before_ack],
+        },
+    )
+    .await
+    .unwrap();
+    let rows = compliance::fleet(&mut c).await.unwrap();
+    let view = |i: usize| {
+        let d = rows.iter().find(|d| d.id == ids[i]).unwrap();
+        deadlines::assess(d, at).0
+    };
+    let rtr_read = view(3);
+    assert_eq!(
+        (rtr_read.device_deadline, rtr_read.deadline_disagrees),
+        (None, false)
+    );
     let sw_b = view(2);
     assert_eq!(sw_b.deadline, Some(t0() + TimeDelta::days(60)));
     assert_eq!(sw_b.device_deadline, Some(t0() + TimeDelta::days(90)));
@@ -924,10 +950,6 @@ async fn each_device_runs_on_its_own_policy_and_a_disagreeing_device_deadline_al
     );
     assert_eq!(cube.policy_source, "assumed");
     assert!(cube.policy_reason.contains("RESTCONF"), "{cube:?}");
-    // Never read: assumed, and says so.
-    let rtr = view(3);
-    assert_eq!(rtr.policy_source, "assumed");
-    assert_eq!(rtr.policy_reason, deadlines::NEVER_READ);
     // The stored deadline (what roll-ups and the at-risk list read) follows the policy too.
     assert_eq!(
         count(
