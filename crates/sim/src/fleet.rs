@@ -678,8 +678,9 @@ impl FleetState {
     pub fn status(&self, index: usize) -> Result<serde_json::Value, SimError> {
         let info = self.info(index)?;
         let udi = self.udi(index)?;
+        let p = self.profile(index)?;
         let d = lock(self.device(index)?);
-        let next = self.ack_deadline(&d);
+        let next = self.ack_deadline(&d, &p);
         Ok(serde_json::json!({
             "udi": udi,
             "udi_string": udi.to_string(),
@@ -735,15 +736,21 @@ impl FleetState {
         })
     }
 
-    /// The device's own next ACK deadline: its policy's subscription row from its last ACK (or
-    /// from first use when it never took one).
-    fn ack_deadline(&self, d: &DeviceState) -> Option<DateTime<Utc>> {
-        yang_state::device_ack_deadline(
-            d.policy,
-            LicenseKind::Subscription,
-            self.first_use,
-            d.last_ack_time,
-        )
+    /// The device's own next ACK deadline: the earliest of its licenses' (the network license
+    /// under the policy's perpetual row, a DNA add-on under its subscription row), from its last
+    /// ACK (or from first use when it never took one). A device with only a perpetual license
+    /// that the policy asks no periodic report for has none.
+    fn ack_deadline(&self, d: &DeviceState, p: &Profile) -> Option<DateTime<Utc>> {
+        let mut kinds = vec![LicenseKind::Perpetual];
+        if d.running(p).1.is_some() {
+            kinds.push(LicenseKind::Subscription);
+        }
+        kinds
+            .into_iter()
+            .filter_map(|k| {
+                yang_state::device_ack_deadline(d.policy, k, self.first_use, d.last_ack_time)
+            })
+            .min()
     }
 
     /// Sets the policy device `index` runs (installed now, as an imported policy file is).
@@ -788,7 +795,7 @@ impl FleetState {
             policy: d.policy,
             policy_installed: d.policy_installed,
             last_ack: d.last_ack_time,
-            next_ack_deadline: self.ack_deadline(&d),
+            next_ack_deadline: self.ack_deadline(&d, &p),
             pid: p.pid.to_owned(),
             serial: p.serial.clone(),
             rum_ack: d.rum_ack,
