@@ -148,9 +148,14 @@ pub struct PolicyDoc {
 /// Why a device without a stored policy runs on Cisco's default.
 pub const NEVER_READ: &str = "the device's policy has not been read yet";
 
+/// How far apart the device's stamp of its last ACK and Tally's record of installing it may be
+/// and still be the same ACK (the device stamps when it applies it, Tally when the import
+/// answered; cycles are hours or days apart).
+const SAME_ACK_SECS: i64 = 3600;
+
 /// The device's policy, where it comes from and why, and the device's own ACK deadline when it
-/// is comparable with Tally's: read after the same last ACK Tally knows of (within a day), so a
-/// read taken before an ACK Tally has since seen installed does not count as a disagreement.
+/// is comparable with Tally's: read after the same last ACK Tally knows of, so a read taken
+/// before an ACK Tally has since seen installed (or before any ACK) is not a disagreement.
 pub fn policy_of(d: &FleetRow) -> (Policy, PolicySource, String, Option<DateTime<Utc>>) {
     let Some(v) = &d.policy else {
         return (
@@ -163,8 +168,9 @@ pub fn policy_of(d: &FleetRow) -> (Policy, PolicySource, String, Option<DateTime
     match PolicyDoc::deserialize(v) {
         Ok(doc) => {
             let same_ack = match (doc.device_last_ack, d.last_ack_at) {
-                (Some(a), Some(b)) => (a - b).num_seconds().abs() < 86_400,
-                (None, None) => true,
+                (Some(a), Some(b)) => (a - b).num_seconds().abs() < SAME_ACK_SECS,
+                // Before its first ACK the device counts from its own first use, which its
+                // state does not show; Tally counts from when it first saw the device.
                 _ => false,
             };
             let device = doc.device_ack_deadline.filter(|_| same_ack);
