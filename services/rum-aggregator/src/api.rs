@@ -3,7 +3,7 @@
 
 use crate::Aggregator;
 use crate::collect::check_reports;
-use crate::store::{self, AckImportState, CollectionState, Page, Scope};
+use crate::store::{self, AckImportState, CollectionState, Confirmation, Page, Scope};
 use actix_web::{HttpResponse, get, post, web};
 use chrono::{DateTime, Utc};
 use diesel_async::AsyncConnection;
@@ -317,6 +317,17 @@ pub struct AckImport {
     /// The ACK document, for devices that must be given it by hand.
     pub ack: String,
     pub finished_at: Option<DateTime<Utc>>,
+    /// What reading the device back showed: `confirmed` (its last ACK received moved),
+    /// `unconfirmed` (delivered, but its state could not be read) or `not_applied` (it answered
+    /// 2xx but did not move); absent while pending or when the import itself failed.
+    #[schema(value_type = Option<String>)]
+    pub confirmation: Option<Confirmation>,
+    /// Why the import is unconfirmed or not applied.
+    pub confirmation_reason: Option<String>,
+    /// The device's last ACK received before the import, as its state showed it.
+    pub ack_received_before: Option<DateTime<Utc>>,
+    /// The device's last ACK received after the import, as its state showed it.
+    pub ack_received_after: Option<DateTime<Utc>>,
 }
 
 impl From<store::ack_imports::AckImportRow> for AckImport {
@@ -331,23 +342,61 @@ impl From<store::ack_imports::AckImportRow> for AckImport {
             attempts: r.attempts,
             ack: r.ack,
             finished_at: r.finished_at,
+            confirmation: r.confirmation,
+            confirmation_reason: r.confirmation_reason,
+            ack_received_before: r.ack_received_before,
+            ack_received_after: r.ack_received_after,
         }
     }
 }
 
-/// ACKs handed (or to hand) to devices, with each outcome.
-#[utoipa::path(tag = "reports", params(Filter), responses((status = 200, body = Vec<AckImport>)))]
+/// [`Filter`] and what read-back showed.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct AckImportFilter {
+    pub device_id: Option<Uuid>,
+    pub cycle_id: Option<Uuid>,
+    /// `pending`, `ok` or `failed`.
+    pub state: Option<String>,
+    /// What reading the device back showed: `confirmed`, `unconfirmed` or `not_applied`.
+    pub confirmation: Option<String>,
+    /// 1 to 1000, default 100.
+    pub limit: Option<i64>,
+    pub offset: Option<i64>,
+}
+
+impl AckImportFilter {
+    fn common(&self) -> Filter {
+        Filter {
+            device_id: self.device_id,
+            cycle_id: self.cycle_id,
+            state: self.state.clone(),
+            limit: self.limit,
+            offset: self.offset,
+        }
+    }
+}
+
+/// ACKs handed (or to hand) to devices, with each outcome and what reading the device back
+/// showed.
+#[utoipa::path(tag = "reports", params(AckImportFilter), responses((status = 200, body = Vec<AckImport>)))]
 #[get("/ack-imports")]
 async fn list_ack_imports(
     agg: web::Data<Aggregator>,
-    f: web::Query<Filter>,
+    q: web::Query<AckImportFilter>,
 ) -> Result<web::Json<Vec<AckImport>>, Problem> {
+    let f = q.common();
     let page = f.page()?;
-    let Ok(state) = f.state::<AckImportState>() else {
+    let confirmation = q
+        .confirmation
+        .as_deref()
+        .map(str::parse::<Confirmation>)
+        .transpose();
+    let (Ok(state), Ok(confirmation)) = (f.state::<AckImportState>(), confirmation) else {
         return Ok(web::Json(Vec::new()));
     };
     let mut conn = tally_platform::problem::conn(&agg.pool).await?;
-    let rows = store::ack_imports::list(&mut conn, f.scope(), state, page).await?;
+    let rows = store::ack_imports::list(&mut conn, f.scope(), state, confirmation, page).await?;
     Ok(web::Json(rows.into_iter().map(AckImport::from).collect()))
 }
 

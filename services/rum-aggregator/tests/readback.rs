@@ -448,3 +448,98 @@ async fn collection_stores_each_devices_own_policy() {
     let why = fresh.reason.clone().unwrap_or_default();
     assert!(why.contains("500"), "{why}");
 }
+
+const OPERATOR: &str = "operator-token-0123456789";
+
+async fn list_ack_imports(agg: &Aggregator, query: &str) -> Vec<serde_json::Value> {
+    use actix_web::{test, web};
+    let tokens =
+        web::Data::new(tally_platform::ApiTokens::parse(&format!("operator:{OPERATOR}")).unwrap());
+    let (app, _api) = tally_platform::api_app(Default::default(), tokens)
+        .service(tally_platform::api_scope().configure(tally_rum_aggregator::routes))
+        .app_data(web::Data::new(agg.clone()))
+        .split_for_parts();
+    let app = test::init_service(app).await;
+    let req = test::TestRequest::get()
+        .uri(&format!("/api/v1/ack-imports{query}"))
+        .insert_header(("authorization", format!("Bearer {OPERATOR}")))
+        .to_request();
+    let resp = test::call_service(&app, req).await;
+    assert_eq!(resp.status(), actix_web::http::StatusCode::OK);
+    serde_json::from_slice(&test::read_body(resp).await).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ack_imports_route_shows_what_read_back_saw() {
+    // 0: takes the ACK (confirmed); 1: no RESTCONF (unconfirmed); 2: says SUCCESS but applies
+    // nothing (not_applied).
+    let ctx = setup(3).await;
+    let (agg, fleet) = (&ctx.agg, &ctx.fleet);
+    fleet.set_restconf(1, false).unwrap();
+    fleet.set_apply_acks(2, false).unwrap();
+    let cycle = Uuid::now_v7();
+    let acks = (0..3)
+        .map(|i| ack_for(fleet, ctx.ids[i], i, cycle))
+        .collect();
+    import::enqueue(
+        agg,
+        "acks-api",
+        proto::AcksReceived {
+            acks,
+            source: "test".into(),
+        },
+    )
+    .await
+    .unwrap();
+    import_all(agg).await;
+
+    let rows = list_ack_imports(agg, "").await;
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    let by_device: BTreeMap<String, &serde_json::Value> = rows
+        .iter()
+        .map(|r| (r["device_id"].as_str().unwrap().to_owned(), r))
+        .collect();
+    let row = |i: usize| by_device[&ctx.ids[i].to_string()];
+    let time = |v: &serde_json::Value| -> Option<chrono::DateTime<chrono::Utc>> {
+        v.as_str().map(|s| s.parse().unwrap())
+    };
+
+    // Existing fields are kept.
+    assert_eq!(row(0)["state"], "ok");
+    assert_eq!(row(0)["attempts"], 1);
+    assert!(row(0)["ack"].as_str().unwrap().contains("smartLicense"));
+
+    assert_eq!(row(0)["confirmation"], "confirmed");
+    assert!(row(0)["confirmation_reason"].is_null());
+    assert_eq!(time(&row(0)["ack_received_before"]), None);
+    assert_eq!(
+        time(&row(0)["ack_received_after"]),
+        fleet.last_ack_time(0).unwrap()
+    );
+    assert!(row(0)["ack_received_after"].is_string());
+
+    assert_eq!(row(1)["state"], "ok");
+    assert_eq!(row(1)["confirmation"], "unconfirmed");
+    let why = row(1)["confirmation_reason"].as_str().unwrap_or_default();
+    assert!(why.contains("RESTCONF is not available"), "{why}");
+    assert!(row(1)["ack_received_before"].is_null());
+    assert!(row(1)["ack_received_after"].is_null());
+
+    assert_eq!(row(2)["state"], "failed");
+    assert_eq!(row(2)["confirmation"], "not_applied");
+    let why = row(2)["confirmation_reason"].as_str().unwrap_or_default();
+    assert!(why.contains("did not move"), "{why}");
+    assert!(row(2)["ack_received_before"].is_null());
+    assert!(row(2)["ack_received_after"].is_null());
+
+    // Filtered by read-back outcome.
+    for (i, k) in [(0, "confirmed"), (1, "unconfirmed"), (2, "not_applied")] {
+        let only = list_ack_imports(agg, &format!("?confirmation={k}")).await;
+        assert_eq!(only.len(), 1, "{k}: {only:?}");
+        assert_eq!(only[0]["device_id"], ctx.ids[i].to_string());
+    }
+    let none = list_ack_imports(agg, "?confirmation=maybe").await;
+    assert!(none.is_empty(), "{none:?}");
+    let failed = list_ack_imports(agg, "?state=ok&confirmation=not_applied").await;
+    assert!(failed.is_empty(), "{failed:?}");
+}

@@ -127,11 +127,12 @@ pub struct AckImportRow {
     pub ack_received_after: Option<DateTime<Utc>>,
 }
 
-/// Imports in `scope` (and `state`), newest first.
+/// Imports in `scope` (and `state`, and read-back `confirmation`), newest first.
 pub async fn list(
     conn: &mut AsyncPgConnection,
     scope: Scope,
     state: Option<AckImportState>,
+    confirmation: Option<Confirmation>,
     page: Page,
 ) -> QueryResult<Vec<AckImportRow>> {
     let mut q = ack_imports::table
@@ -145,6 +146,9 @@ pub async fn list(
     }
     if let Some(s) = state {
         q = q.filter(ack_imports::state.eq(s));
+    }
+    if let Some(k) = confirmation {
+        q = q.filter(ack_imports::confirmation.eq(k));
     }
     q.order(ack_imports::created_at.desc())
         .limit(page.limit)
