@@ -263,30 +263,13 @@ async fn failed_for_good(
     };
     reports::fail(c, &keys, &why).await?;
     batches::fail_as(c, b.id, reason, class).await?;
-    let mut per_cycle: BTreeMap<String, proto::UploadProgress> = BTreeMap::new();
-    let mut devices: Vec<Uuid> = Vec::new();
+    let mut progress = Progress::new(0);
     for r in reports {
-        let cycle = r.cycle_id.map(|c| c.to_string()).unwrap_or_default();
-        let e = per_cycle
-            .entry(cycle.clone())
-            .or_insert_with(|| proto::UploadProgress {
-                cycle_id: cycle,
-                ..Default::default()
-            });
-        e.reports_failed += 1;
-        if !devices.contains(&r.device_id) {
-            devices.push(r.device_id);
-            e.devices_failed += 1;
-            e.failures.push(proto::DeviceFailure {
-                device_id: r.device_id.to_string(),
-                reason: why.clone(),
-            });
-        }
+        progress.failed(r, Some(&why));
     }
-    for ev in per_cycle.values() {
-        tally_platform::metrics::inc("reports_upload_failed", u64::from(ev.reports_failed));
-        tally_bus::emit(c, Schema::Uplink, ev).await?;
-    }
+    tally_platform::metrics::inc("reports_upload_failed", reports.len() as u64);
+    progress.emit(c).await?;
+    let devices = progress.failed_devices();
     let problem = proto::UplinkProblem {
         batch_id: b.id.to_string(),
         kind: kind.into(),
@@ -300,6 +283,71 @@ async fn failed_for_good(
     };
     tally_bus::emit(c, Schema::Uplink, &problem).await?;
     Ok(())
+}
+
+/// The `UploadProgress` each cycle among a batch's reports is told.
+struct Progress {
+    per_cycle: BTreeMap<String, proto::UploadProgress>,
+    /// Devices named as failed, in the order they were.
+    named: Vec<Uuid>,
+    seen: std::collections::HashSet<Uuid>,
+    batches: u32,
+}
+
+impl Progress {
+    /// `batches`: how many batches each cycle's event counts (1 when the batch completed).
+    fn new(batches: u32) -> Self {
+        Self {
+            per_cycle: BTreeMap::new(),
+            named: Vec::new(),
+            seen: Default::default(),
+            batches,
+        }
+    }
+
+    fn of(&mut self, r: &BatchReport) -> &mut proto::UploadProgress {
+        let cycle = r.cycle_id.map(|c| c.to_string()).unwrap_or_default();
+        let batches = self.batches;
+        self.per_cycle
+            .entry(cycle.clone())
+            .or_insert_with(|| proto::UploadProgress {
+                cycle_id: cycle,
+                batches,
+                ..Default::default()
+            })
+    }
+
+    fn uploaded(&mut self, r: &BatchReport) {
+        self.of(r).reports_uploaded += 1;
+    }
+
+    /// A report that failed; with a `reason`, its device is named as failed (once).
+    fn failed(&mut self, r: &BatchReport, reason: Option<&str>) {
+        let name = reason.filter(|_| self.seen.insert(r.device_id));
+        if name.is_some() {
+            self.named.push(r.device_id);
+        }
+        let e = self.of(r);
+        e.reports_failed += 1;
+        if let Some(reason) = name {
+            e.devices_failed += 1;
+            e.failures.push(proto::DeviceFailure {
+                device_id: r.device_id.to_string(),
+                reason: reason.to_owned(),
+            });
+        }
+    }
+
+    fn failed_devices(&self) -> Vec<Uuid> {
+        self.named.clone()
+    }
+
+    async fn emit(&self, c: &mut AsyncPgConnection) -> Result<(), diesel::result::Error> {
+        for ev in self.per_cycle.values() {
+            tally_bus::emit(c, Schema::Uplink, ev).await?;
+        }
+        Ok(())
+    }
 }
 
 /// `UplinkProblem.kind` of a batch CSSM refused for good.
@@ -351,29 +399,15 @@ async fn refused(
     } else {
         Default::default()
     };
-    let mut per_cycle: BTreeMap<String, proto::UploadProgress> = BTreeMap::new();
-    let mut seen = std::collections::HashSet::new();
+    let mut progress = Progress::new(0);
+    let why = format!("CSSM refused the upload: {message}");
     for r in &failed {
-        let cycle = r.cycle_id.map(|c| c.to_string()).unwrap_or_default();
-        let e = per_cycle
-            .entry(cycle.clone())
-            .or_insert_with(|| proto::UploadProgress {
-                cycle_id: cycle,
-                ..Default::default()
-            });
-        e.reports_failed += 1;
-        if !requeued.contains(&r.device_id) && seen.insert(r.device_id) {
-            e.devices_failed += 1;
-            e.failures.push(proto::DeviceFailure {
-                device_id: r.device_id.to_string(),
-                reason: format!("CSSM refused the upload: {message}"),
-            });
-        }
+        // A device with reports back in line is not a failure of this cycle.
+        let named = !requeued.contains(&r.device_id);
+        progress.failed(r, named.then_some(why.as_str()));
     }
-    for ev in per_cycle.values() {
-        tally_platform::metrics::inc("reports_upload_failed", u64::from(ev.reports_failed));
-        tally_bus::emit(c, Schema::Uplink, ev).await?;
-    }
+    tally_platform::metrics::inc("reports_upload_failed", failed.len() as u64);
+    progress.emit(c).await?;
     Ok(())
 }
 
@@ -621,34 +655,20 @@ pub(crate) async fn complete_entries(
     }
     reports::settle(c, batch, &acked.iter().copied().collect::<Vec<_>>()).await?;
     batches::complete(c, batch).await?;
-    let mut per_cycle: BTreeMap<String, proto::UploadProgress> = BTreeMap::new();
-    let mut missing = std::collections::HashSet::new();
+    let mut progress = Progress::new(1);
     for r in reports {
-        let cycle = r.cycle_id.map(|c| c.to_string()).unwrap_or_default();
-        let e = per_cycle
-            .entry(cycle.clone())
-            .or_insert_with(|| proto::UploadProgress {
-                cycle_id: cycle,
-                batches: 1,
-                ..Default::default()
-            });
         if acked.contains(&r.device_id) {
-            e.reports_uploaded += 1;
+            progress.uploaded(r);
         } else {
-            e.reports_failed += 1;
-            if missing.insert(r.device_id) {
-                e.devices_failed += 1;
-                e.failures.push(proto::DeviceFailure {
-                    device_id: r.device_id.to_string(),
-                    reason: NO_ACK.into(),
-                });
-            }
+            progress.failed(r, Some(NO_ACK));
         }
     }
-    for ev in per_cycle.values() {
-        tally_platform::metrics::inc("reports_uploaded", u64::from(ev.reports_uploaded));
-        tally_bus::emit(c, Schema::Uplink, ev).await?;
-    }
+    let uploaded = reports
+        .iter()
+        .filter(|r| acked.contains(&r.device_id))
+        .count();
+    tally_platform::metrics::inc("reports_uploaded", uploaded as u64);
+    progress.emit(c).await?;
     for chunk in events.chunks(ACKS_PER_EVENT) {
         tally_bus::emit(
             c,
