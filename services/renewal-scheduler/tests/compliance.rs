@@ -981,6 +981,28 @@ async fn each_device_runs_on_its_own_policy_and_a_disagreeing_device_deadline_al
         1
     );
 
+    // The ACK-deadline alerts of a device on an assumed policy say so; of one read, they do not.
+    let e = alerts::evaluate(&s, t0() + TimeDelta::days(85))
+        .await
+        .unwrap();
+    assert!(e.fired > 0, "{e:?}");
+    assert!(
+        count(
+            &s.pool,
+            &format!("SELECT count(*) FROM sched.alerts WHERE kind = 'ack_deadline' AND device_id = '{}' AND message LIKE '%assumes Cisco''s default policy: RESTCONF is not enabled%'", ids[1])
+        )
+        .await
+            > 0
+    );
+    assert!(
+        count(
+            &s.pool,
+            &format!("SELECT count(*) FROM sched.alerts WHERE kind = 'ack_deadline' AND device_id = '{}' AND message NOT LIKE '%assumes%'", ids[2])
+        )
+        .await
+            > 0
+    );
+
     // An older read never replaces a newer one.
     let mut stale = custom(0, t0() + TimeDelta::days(5));
     stale.read_at_ms = 1;

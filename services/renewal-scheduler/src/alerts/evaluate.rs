@@ -68,7 +68,7 @@ pub async fn evaluate(
                     let silenced = silences
                         .iter()
                         .any(|m| m.matches(kind.as_str(), &d.site, Some(d.id)));
-                    let message = match key.threshold {
+                    let mut message = match key.threshold {
                         Threshold::Passed => {
                             format!("{}: ACK deadline passed. {}", d.hostname, comp.reason)
                         }
@@ -79,6 +79,16 @@ pub async fn evaluate(
                             )
                         }
                     };
+                    // A deadline from an assumed policy may not be the device's: say so.
+                    if comp.policy_source == deadlines::PolicySource::Assumed.as_str() {
+                        let why = comp.policy_reason.trim_end_matches('.');
+                        let why = why
+                            .strip_prefix("Cisco's default policy assumed: ")
+                            .unwrap_or(why);
+                        message.push_str(&format!(
+                            " The deadline assumes Cisco's default policy: {why}."
+                        ));
+                    }
                     let alert = NewAlert {
                         kind,
                         severity: &comp.impact,
