@@ -604,6 +604,30 @@ impl Tally {
     }
 }
 
+/// Every device's ACK import of a cycle was read back from the device: its last ACK received
+/// moved (`confirmed`), none is `unconfirmed` or `not_applied`.
+pub async fn assert_all_confirmed(tally: &Tally, n: usize) {
+    let page = |c: &str| format!("/ack-imports?confirmation={c}&limit=1000");
+    let mut confirmed = 0;
+    let mut offset = 0;
+    loop {
+        let rows = tally
+            .get(&format!("{}&offset={offset}", page("confirmed")))
+            .await;
+        let k = rows.as_array().map_or(0, Vec::len);
+        confirmed += k;
+        offset += k;
+        if k < 1000 {
+            break;
+        }
+    }
+    assert_eq!(confirmed, n, "ACK imports confirmed by read-back");
+    for other in ["unconfirmed", "not_applied"] {
+        let rows = tally.get(&page(other)).await;
+        assert_eq!(rows, serde_json::json!([]), "{other} ACK imports");
+    }
+}
+
 /// The usual stack: a fleet of `devices`, a CSSM whose pools match it (answering polls after
 /// `processing_delay_ms`), and `tally serve` online against that CSSM, with the fleet imported.
 pub struct Online {

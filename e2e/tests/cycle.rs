@@ -7,7 +7,8 @@
 use serde_json::Value;
 use std::time::{Duration, Instant};
 use tally_e2e::{
-    Cssm, Fleet, Online, Tally, Uplink, assert_clean_cycle, collection_done, random_hex,
+    Cssm, Fleet, Online, Tally, Uplink, assert_all_confirmed, assert_clean_cycle, collection_done,
+    random_hex,
 };
 
 const DEVICES: usize = 1000;
@@ -32,6 +33,7 @@ async fn online_cycle_1000_devices() {
         t0.elapsed().as_secs_f64()
     );
     assert_clean_cycle(DEVICES, &cycle, &fleet.summary().await, &cssm.stats().await);
+    assert_all_confirmed(&tally, DEVICES).await;
 
     // What the README promises next to the API: health, metrics, the spec and the Swagger UI,
     // none of which needs a token.
@@ -116,6 +118,7 @@ async fn offline_cycle_ends_in_same_state() {
         t0.elapsed().as_secs_f64()
     );
     assert_clean_cycle(DEVICES, &cycle, &fleet.summary().await, &cssm.stats().await);
+    assert_all_confirmed(&tally, DEVICES).await;
     let up = tally.get("/uplink/status").await;
     assert_eq!(
         up["reports"]["acked"], cycle["collection"]["reports_stored"],
