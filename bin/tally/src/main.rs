@@ -92,7 +92,18 @@ enum SimCommand {
         /// CSSM: uploads for the others are refused, as a real CSSM refuses an unknown VA.
         #[arg(long, value_delimiter = ',')]
         only_virtual_accounts: Vec<String>,
+        /// Send this policy with every ACK issued (`custom_30_60_60`, `enforced` or
+        /// `cisco_default`), as a real CSSM can send `<smartLicensePolicy>` with an ACK; none
+        /// by default. `PUT /sim/ack-policy` changes it while running.
+        #[arg(long, value_parser = parse_sim_policy)]
+        ack_policy: Option<tally_sim::yang_state::SimPolicy>,
     },
+}
+
+/// A simulated device policy by its name (`custom_30_60_60`, `enforced`, `cisco_default`).
+fn parse_sim_policy(s: &str) -> Result<tally_sim::yang_state::SimPolicy, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_owned()))
+        .map_err(|_| format!("unknown policy {s:?}: custom_30_60_60, enforced or cisco_default"))
 }
 
 fn main() -> anyhow::Result<()> {
@@ -147,9 +158,11 @@ fn main() -> anyhow::Result<()> {
                 fleet_seed,
                 pool_headroom_pct,
                 only_virtual_accounts,
+                ack_policy,
             }) => {
                 let mut cfg = tally_sim::CssmConfig {
                     bind: listen,
+                    ack_policy,
                     processing_delay: Duration::from_millis(processing_delay_ms),
                     device_secret: device_secret.into_bytes(),
                     cssm_secret: cssm_secret.into_bytes(),

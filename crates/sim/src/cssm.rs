@@ -3,9 +3,10 @@
 //! licenses listing, and the offline usage bundle exchange. Test hooks under `/sim/*` read and
 //! change the license pools, so drift and overcommit can be staged.
 
-use crate::ack::{AckBody, build_ack_document};
+use crate::ack::{AckBody, build_ack_document_with_policy};
 use crate::common::{SimError, basic_credentials, bearer_token, io_err, now_secs};
 use crate::fleet::{FleetConfig, profile};
+use crate::yang_state::SimPolicy;
 use actix_web::{
     App, HttpRequest, HttpResponse, HttpServer,
     dev::{Server, ServerHandle},
@@ -80,6 +81,9 @@ pub struct CssmConfig {
     pub virtual_accounts: Vec<VirtualAccount>,
     /// Pools at start; `/sim/licenses` changes them afterwards (see [`CssmState::pools`]).
     pub pools: Vec<LicensePool>,
+    /// A policy to send with every ACK issued (`<smartLicensePolicy>`, as a real CSSM can);
+    /// none by default. `PUT /sim/ack-policy` changes it afterwards.
+    pub ack_policy: Option<SimPolicy>,
 }
 
 /// Default pools: per virtual account, the three DNA tiers (3-year term) and the two network
@@ -197,6 +201,7 @@ impl Default for CssmConfig {
             },
             pools: default_pools(&virtual_accounts),
             virtual_accounts,
+            ack_policy: None,
         }
     }
 }
@@ -242,6 +247,7 @@ struct Poll {
 pub struct CssmState {
     cfg: CssmConfig,
     pools: RwLock<Vec<LicensePool>>,
+    ack_policy: RwLock<Option<SimPolicy>>,
     ack_signer: Signer,
     tokens: DashMap<String, Instant>,
     device_keys: DashMap<Udi, Arc<[u8]>>,
@@ -303,6 +309,7 @@ impl CssmState {
             .map_err(|e| SimError::Internal(e.to_string()))?;
         Ok(Self {
             pools: RwLock::new(cfg.pools.clone()),
+            ack_policy: RwLock::new(cfg.ack_policy),
             cfg,
             ack_signer,
             tokens: DashMap::new(),
@@ -315,6 +322,16 @@ impl CssmState {
 
     pub fn config(&self) -> &CssmConfig {
         &self.cfg
+    }
+
+    /// The policy sent with each ACK issued from now on (`None`: none).
+    pub fn ack_policy(&self) -> Option<SimPolicy> {
+        *self.ack_policy.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sends `policy` with each ACK issued from now on (`PUT /sim/ack-policy`).
+    pub fn set_ack_policy(&self, policy: Option<SimPolicy>) {
+        *self.ack_policy.write().unwrap_or_else(|e| e.into_inner()) = policy;
     }
 
     /// The license pools as they are now.
@@ -509,7 +526,7 @@ impl CssmState {
     }
 
     fn ack_document(&self, sudi: Udi, report_ids: Vec<u64>, va: &str) -> String {
-        build_ack_document(
+        build_ack_document_with_policy(
             &AckBody {
                 version: "1.0".into(),
                 sudi,
@@ -519,6 +536,7 @@ impl CssmState {
                 virtual_account: va.to_owned(),
                 status: "ACK".into(),
             },
+            self.ack_policy(),
             &self.ack_signer,
             ACK_KEY_ID,
         )
@@ -971,6 +989,26 @@ async fn patch_pools(st: St, body: web::Json<Vec<PoolChange>>) -> Result<HttpRes
     Ok(HttpResponse::Ok().json(json!({"status": "SUCCESS", "changed": changed})))
 }
 
+/// `PUT /sim/ack-policy`: `{"policy": "custom_30_60_60" | "enforced" | "cisco_default" | null}`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AckPolicy {
+    pub policy: Option<SimPolicy>,
+}
+
+async fn get_ack_policy(st: St) -> HttpResponse {
+    HttpResponse::Ok().json(AckPolicy {
+        policy: st.ack_policy(),
+    })
+}
+
+async fn put_ack_policy(st: St, body: web::Json<AckPolicy>) -> HttpResponse {
+    st.set_ack_policy(body.policy);
+    HttpResponse::Ok().json(AckPolicy {
+        policy: st.ack_policy(),
+    })
+}
+
 async fn stats(st: St) -> HttpResponse {
     HttpResponse::Ok().json(st.stats())
 }
@@ -1006,6 +1044,11 @@ fn routes(cfg: &mut web::ServiceConfig) {
                 .route(web::get().to(get_pools))
                 .route(web::put().to(put_pools))
                 .route(web::patch().to(patch_pools)),
+        )
+        .service(
+            web::resource("/sim/ack-policy")
+                .route(web::get().to(get_ack_policy))
+                .route(web::put().to(put_ack_policy)),
         )
         .route("/sim/stats", web::get().to(stats))
         .route("/sim/reset-stats", web::post().to(reset_stats));

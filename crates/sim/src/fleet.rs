@@ -641,6 +641,18 @@ impl FleetState {
                 ack.body.status
             )));
         }
+        // A policy sent with the ACK is verified like the ACK: one that fails refuses the import.
+        if let Some(p) = &ack.policy {
+            p.verify(&self.cssm_public_key).map_err(|e| {
+                SimError::BadRequest(format!("policy sent with the ACK not signed by CSSM: {e}"))
+            })?;
+            if p.body.sudi != udi {
+                return Err(SimError::BadRequest(format!(
+                    "policy sent with the ACK is for {}, this device is {}",
+                    p.body.sudi, udi
+                )));
+            }
+        }
         // The state shows microseconds: keep what it shows.
         let now = chrono::SubsecRound::trunc_subsecs(Utc::now(), 6);
         let mut d = lock(self.device(index)?);
@@ -667,6 +679,12 @@ impl FleetState {
                     true
                 }
             });
+        }
+        if let Some(p) = &ack.policy {
+            // Installed with the ACK: the state shows it and its install time, and the next
+            // deadline follows it.
+            d.policy = p.body.policy;
+            d.policy_installed = now;
         }
         d.last_ack_time = Some(now);
         d.last_ack_valid = true;

@@ -14,6 +14,7 @@ use tally_sim::{
     ack::parse_ack_document,
     cssm::{CssmConfig, start_cssm},
     fleet::{FleetConfig, FleetState, start_fleet},
+    yang_state::SimPolicy,
 };
 
 const API: &str = "/services/api/smart-accounts-and-licensing";
@@ -778,4 +779,114 @@ async fn accounts_are_searched_by_id_and_names_in_the_headers_are_refused() {
     let v: Value = r.json().await.unwrap();
     assert!(v["poll_id"].is_string() && v.get("data").is_none(), "{v}");
     handle.stop(true).await;
+}
+
+/// The one ACK document the offline exchange gives for device `i`'s closed reports.
+async fn offline_ack(c: &reqwest::Client, base: &str, f: &FleetState, i: usize) -> String {
+    f.close_reports(i).unwrap();
+    let texts = f.unacked_reports(i).unwrap();
+    let bundle = UsageBundle {
+        created_by: "Tally test".into(),
+        sa_name: "acme.example".into(),
+        sa_id: "1001".into(),
+        timestamp: 1_700_000_000,
+        vas: vec![VaUsage {
+            va_name: "Campus".into(),
+            va_id: "2001".into(),
+            devices: vec![DeviceFile {
+                device_id: format!("dev{i}_x"),
+                content: envelope(&texts).unwrap(),
+            }],
+        }],
+    };
+    let r = c
+        .post(format!("{base}/sim/offline/usage"))
+        .body(bundle.to_tar_gz().unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let acks = AckBundle::from_tar_gz(&r.bytes().await.unwrap()).unwrap();
+    assert_eq!(acks.len(), 1);
+    acks[0].content.clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_carry_the_configured_policy() {
+    let (caddr, ch, cssm) = start_cssm(CssmConfig {
+        ack_policy: Some(SimPolicy::Custom306060),
+        ..cssm_cfg()
+    })
+    .await
+    .unwrap();
+    let base = format!("http://{caddr}");
+    let c = client();
+    let f = fleet(2);
+    let key = Signer::derive(b"tally-sim-cssm", "cssm-ack")
+        .unwrap()
+        .public_key();
+
+    let doc = offline_ack(&c, &base, &f, 0).await;
+    assert!(doc.contains("<smartLicensePolicy><data>"), "{doc}");
+    let ack = parse_ack_document(&doc).unwrap();
+    ack.verify(&key).unwrap();
+    let p = ack.policy.unwrap();
+    p.verify(&key).unwrap();
+    assert_eq!(p.body.policy, SimPolicy::Custom306060);
+    assert_eq!(p.body.sudi, f.udi(0).unwrap());
+    // The device takes it with the ACK.
+    f.import_ack(0, &doc).unwrap();
+    let state = f.licensing_state(0).unwrap();
+    assert_eq!(
+        state["state"]["state-info"]["policy"]["policy-type"], "policy-type-custom",
+        "{state}"
+    );
+
+    // The knob: GET shows it, PUT changes it for the ACKs issued from then on.
+    let v: Value = c
+        .get(format!("{base}/sim/ack-policy"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v, json!({"policy": "custom_30_60_60"}));
+    for (body, want) in [
+        (json!({"policy": "enforced"}), Some(SimPolicy::Enforced)),
+        (json!({"policy": null}), None),
+    ] {
+        let r = c
+            .put(format!("{base}/sim/ack-policy"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(cssm.ack_policy(), want);
+        let doc = offline_ack(&c, &base, &f, 1).await;
+        let ack = parse_ack_document(&doc).unwrap();
+        assert_eq!(ack.policy.map(|p| p.body.policy), want);
+        assert_eq!(doc.contains("smartLicensePolicy"), want.is_some());
+    }
+    let r = c
+        .put(format!("{base}/sim/ack-policy"))
+        .json(&json!({"policy": "30/60/60"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    ch.stop(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_carry_no_policy_by_default() {
+    let (caddr, ch, cssm) = start_cssm(cssm_cfg()).await.unwrap();
+    assert_eq!(cssm.ack_policy(), None);
+    let c = client();
+    let f = fleet(1);
+    let doc = offline_ack(&c, &format!("http://{caddr}"), &f, 0).await;
+    assert!(!doc.contains("smartLicensePolicy"), "{doc}");
+    assert_eq!(parse_ack_document(&doc).unwrap().policy, None);
+    ch.stop(false).await;
 }

@@ -6,8 +6,9 @@
 use chrono::{DateTime, Duration, Utc};
 use serde_json::{Value, json};
 use tally_domain::sign::Signer;
-use tally_sim::ack::{AckBody, build_ack_document};
+use tally_sim::ack::{AckBody, build_ack_document_with_policy};
 use tally_sim::fleet::{FleetConfig, FleetState, start_fleet};
+use tally_sim::yang_state::SimPolicy;
 
 const STATE: &str = "restconf/data/cisco-smart-license:licensing/state";
 
@@ -69,6 +70,24 @@ async fn knobs(c: &reqwest::Client, st: &FleetState, i: usize, body: Value) {
 
 /// Closes the device's reports and imports a valid ACK for them; returns the HTTP status.
 async fn close_and_ack(c: &reqwest::Client, st: &FleetState, i: usize, tamper: bool) -> u16 {
+    let doc = ack_doc(st, i, tamper, None);
+    import(c, st, i, doc).await
+}
+
+async fn import(c: &reqwest::Client, st: &FleetState, i: usize, doc: String) -> u16 {
+    c.post(format!("{}/smartlic-service/import", st.device_url(i)))
+        .basic_auth("admin", Some("cisco-sim"))
+        .body(doc)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Closes the device's reports and builds an ACK for them (signed by CSSM unless `tamper`),
+/// with `policy` sent along.
+fn ack_doc(st: &FleetState, i: usize, tamper: bool, policy: Option<SimPolicy>) -> String {
     st.close_reports(i).unwrap();
     let ids = st
         .unacked_reports(i)
@@ -91,15 +110,12 @@ async fn close_and_ack(c: &reqwest::Client, st: &FleetState, i: usize, tamper: b
     } else {
         b"tally-sim-cssm"
     };
-    let doc = build_ack_document(&body, &Signer::derive(secret, "cssm-ack").unwrap(), "k");
-    c.post(format!("{}/smartlic-service/import", st.device_url(i)))
-        .basic_auth("admin", Some("cisco-sim"))
-        .body(doc)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    build_ack_document_with_policy(
+        &body,
+        policy,
+        &Signer::derive(secret, "cssm-ack").unwrap(),
+        "k",
+    )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -258,5 +274,61 @@ async fn a_device_without_restconf_still_serves_its_licensing_api() {
     assert!(
         time(&state(&c, &st, 1).await["state-info"]["rum-ack"]["last-received-time"]).is_some()
     );
+    h.stop(false).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_sent_with_an_ack_is_installed_when_the_ack_is() {
+    let (h, st) = fleet(3).await;
+    let c = client();
+    let policy = |s: &Value| s["state-info"]["policy"].clone();
+    let installed0 = time(&policy(&state(&c, &st, 0).await)["install-time"]).unwrap();
+
+    // A policy that does not verify, or names another device, refuses the whole import.
+    let doc = ack_doc(&st, 0, false, Some(SimPolicy::Custom306060));
+    let forged = doc.replace("custom_30_60_60", "enforced");
+    assert_eq!(import(&c, &st, 0, forged).await, 400);
+    let other = ack_doc(&st, 1, false, Some(SimPolicy::Custom306060));
+    let p1 = other.find("<smartLicensePolicy>").unwrap();
+    let p0 = doc.find("<smartLicensePolicy>").unwrap();
+    let swapped = format!("{}{}", &doc[..p0], &other[p1..]);
+    assert_eq!(import(&c, &st, 0, swapped).await, 400);
+    let s = state(&c, &st, 0).await;
+    assert_eq!(policy(&s)["policy-type"], "policy-type-cisco-default");
+    assert!(
+        s["state-info"]["rum-ack"]
+            .get("last-received-time")
+            .is_none()
+    );
+
+    // Verified and applied: the device runs the policy from then on.
+    assert_eq!(import(&c, &st, 0, doc).await, 200);
+    let s = state(&c, &st, 0).await;
+    let p = policy(&s);
+    assert_eq!(p["policy-type"], "policy-type-custom");
+    assert_eq!(p["policy-name"], "Custom 30/60/60");
+    assert_eq!(
+        p["policy-subscription"],
+        json!({"reporting-first-time": 30, "reporting-ongoing": 60, "reporting-macd": 60})
+    );
+    let last = time(&s["state-info"]["rum-ack"]["last-received-time"]).unwrap();
+    let installed = time(&p["install-time"]).unwrap();
+    assert_eq!(installed, last);
+    assert!(installed > installed0);
+    let next = time(&s["state-info"]["rum-ack"]["next-report-deadline"]).unwrap();
+    assert_eq!(next - last, Duration::days(60));
+
+    // The next ACK without a policy keeps it.
+    assert_eq!(close_and_ack(&c, &st, 0, false).await, 200);
+    let s = state(&c, &st, 0).await;
+    assert_eq!(policy(&s)["policy-type"], "policy-type-custom");
+    assert_eq!(time(&policy(&s)["install-time"]), Some(installed));
+
+    // A device that answers SUCCESS without applying the ACK does not install its policy.
+    knobs(&c, &st, 2, json!({"apply_acks": false})).await;
+    let doc = ack_doc(&st, 2, false, Some(SimPolicy::Enforced));
+    assert_eq!(import(&c, &st, 2, doc).await, 200);
+    let s = state(&c, &st, 2).await;
+    assert_eq!(policy(&s)["policy-type"], "policy-type-cisco-default");
     h.stop(false).await;
 }
