@@ -289,31 +289,17 @@ pub async fn collect_slice(agg: &Aggregator) -> Result<usize, tally_store::Store
     Ok(n)
 }
 
-async fn commit(
+/// Stores each device's policy read (one per device) and sends the reads that did not fail as
+/// one `DevicePoliciesRead`, in the caller's transaction. A failed read is stored only where
+/// nothing was (see policies::record) and not sent: the scheduler keeps the last policy the
+/// device gave.
+pub(crate) async fn record_policies(
     c: &mut AsyncPgConnection,
-    outcomes: Vec<Outcome>,
+    latest: BTreeMap<Uuid, &PolicyRead>,
 ) -> Result<(), diesel::result::Error> {
-    // 1. Reports, deduplicated on (udi, report_id): only the new ones travel on.
-    let mut cols = NewReports::default();
-    for o in &outcomes {
-        for a in &o.checked.accepted {
-            cols.push(o.job.device_id, o.job.cycle_id, &a.info, &a.raw);
-        }
-    }
-    let new: HashSet<ReportKey> = reports::insert_new(c, &cols).await?.into_iter().collect();
-
-    // 2. Each device's policy, one row per device (a device can be in two cycles' slices).
-    let mut latest: BTreeMap<Uuid, &PolicyRead> = BTreeMap::new();
-    for o in &outcomes {
-        if let Some(p) = &o.policy {
-            latest.insert(o.job.device_id, p);
-        }
-    }
     let mut pol = NewPolicies::default();
     let mut read = proto::DevicePoliciesRead::default();
     for (device, p) in latest {
-        // A failed read is stored only where nothing was (see policies::record) and not sent:
-        // the scheduler keeps the last policy the device gave.
         if !p.read_failed {
             read.devices.push(policy_event(device, p));
         }
@@ -337,6 +323,30 @@ async fn commit(
     if !read.devices.is_empty() {
         tally_bus::emit(c, Schema::Rum, &read).await?;
     }
+    Ok(())
+}
+
+async fn commit(
+    c: &mut AsyncPgConnection,
+    outcomes: Vec<Outcome>,
+) -> Result<(), diesel::result::Error> {
+    // 1. Reports, deduplicated on (udi, report_id): only the new ones travel on.
+    let mut cols = NewReports::default();
+    for o in &outcomes {
+        for a in &o.checked.accepted {
+            cols.push(o.job.device_id, o.job.cycle_id, &a.info, &a.raw);
+        }
+    }
+    let new: HashSet<ReportKey> = reports::insert_new(c, &cols).await?.into_iter().collect();
+
+    // 2. Each device's policy, one row per device (a device can be in two cycles' slices).
+    let mut latest: BTreeMap<Uuid, &PolicyRead> = BTreeMap::new();
+    for o in &outcomes {
+        if let Some(p) = &o.policy {
+            latest.insert(o.job.device_id, p);
+        }
+    }
+    record_policies(c, latest).await?;
 
     // 3. Quarantine, outcomes, tallies.
     let mut q = NewQuarantine::default();

@@ -6,8 +6,15 @@
 //! after the import. The ACK is confirmed only when it moved; a device that answered 2xx but whose
 //! last ACK received did not move fails with that reason; a device whose state cannot be read
 //! (no RESTCONF, or the read failed) is delivered but unconfirmed, never failed for that alone.
+//!
+//! The state read after the import also shows the device's policy: a policy that arrived with
+//! the ACK (CSSM can send `<smartLicensePolicy>` with it; Tally never reads the ACK document) is
+//! there once the device installed it. Each read is recorded in `rum.device_policies` as
+//! collection records it, and sent as `DevicePoliciesRead` in the same transaction as the
+//! import's outcome, so the scheduler need not wait for the next collection.
 
 use crate::Aggregator;
+use crate::collect::{PolicyRead, policy_of, record_policies};
 use crate::store::ack_imports::{
     self, AckImportState, Confirmation, Finished, ImportJob as Job, NewImports,
 };
@@ -68,8 +75,14 @@ fn show(t: Option<DateTime<Utc>>) -> String {
     t.map_or_else(|| "never".to_owned(), |t| t.to_rfc3339())
 }
 
-/// Imports one ACK and reads the device back.
-async fn import_one(agg: &Aggregator, job: Job) -> Finished {
+/// Imports one ACK and reads the device back; the policy the last read after the import showed.
+async fn import_one(agg: &Aggregator, job: Job) -> (Finished, Option<PolicyRead>) {
+    let mut policy = None;
+    let done = import_read_back(agg, job, &mut policy).await;
+    (done, policy)
+}
+
+async fn import_read_back(agg: &Aggregator, job: Job, policy: &mut Option<PolicyRead>) -> Finished {
     let mut done = Finished {
         id: job.id,
         state: AckImportState::Failed,
@@ -130,6 +143,7 @@ async fn import_one(agg: &Aggregator, job: Job) -> Finished {
         }
         match agg.client.licensing_state(&target).await {
             Ok(StateRead::Read(s)) if !s.has_rum_ack => {
+                *policy = Some(policy_of(Ok(StateRead::Read(s))));
                 // Software before the model's 2021-03-01 revision: nothing to read back.
                 unconfirmed(
                     &mut done,
@@ -141,6 +155,7 @@ async fn import_one(agg: &Aggregator, job: Job) -> Finished {
             }
             Ok(StateRead::Read(s)) => {
                 let after = s.last_ack_received;
+                *policy = Some(policy_of(Ok(StateRead::Read(s))));
                 done.ack_received_after = after;
                 last_read = Some(Ok(after));
                 let moved = match (&before, after) {
@@ -202,11 +217,24 @@ pub async fn import_slice(agg: &Aggregator) -> Result<usize, tally_store::StoreE
                 device_of.insert(j.id, j.device_id);
                 cycle_of.insert(j.id, j.cycle_id);
             }
-            let results: Vec<Finished> = futures::stream::iter(jobs)
-                .map(|j| import_one(agg, j))
-                .buffer_unordered(agg.cfg.concurrency.max(1))
-                .collect()
-                .await;
+            let (results, read): (Vec<Finished>, Vec<Option<PolicyRead>>) =
+                futures::stream::iter(jobs)
+                    .map(|j| import_one(agg, j))
+                    .buffer_unordered(agg.cfg.concurrency.max(1))
+                    .collect::<Vec<_>>()
+                    .await
+                    .into_iter()
+                    .unzip();
+            // One policy per device (a device can have two imports in a slice): the last read.
+            let mut latest: BTreeMap<Uuid, &PolicyRead> = BTreeMap::new();
+            for (done, p) in results.iter().zip(&read) {
+                if let (Some(device), Some(p)) = (device_of.get(&done.id), p) {
+                    let newer = latest.get(device).is_none_or(|q| q.read_at <= p.read_at);
+                    if newer {
+                        latest.insert(*device, p);
+                    }
+                }
+            }
             let mut per_cycle: BTreeMap<String, proto::AcksImported> = BTreeMap::new();
             for done in &results {
                 let device = device_of.get(&done.id).copied().unwrap_or_default();
@@ -241,6 +269,7 @@ pub async fn import_slice(agg: &Aggregator) -> Result<usize, tally_store::StoreE
                 tally_platform::metrics::inc(metric, 1);
             }
             ack_imports::finish(c, &results).await?;
+            record_policies(c, latest).await?;
             for ev in per_cycle.values() {
                 tally_platform::metrics::inc("acks_imported", u64::from(ev.ok));
                 tally_platform::metrics::inc("acks_import_failed", u64::from(ev.failed));

@@ -17,7 +17,7 @@ use tally_bus::proto;
 use tally_domain::sign::Signer;
 use tally_platform::SecretBox;
 use tally_rum_aggregator::{Aggregator, Config, collect, import};
-use tally_sim::ack::{AckBody, build_ack_document};
+use tally_sim::ack::{AckBody, build_ack_document_with_policy};
 use tally_sim::fleet::{FleetConfig, FleetState};
 use tally_sim::yang_state::SimPolicy;
 use tally_testkit::{TestDb, fixtures};
@@ -81,6 +81,17 @@ async fn setup(devices: usize) -> Ctx {
 
 /// Closes device `i`'s reports and returns a CSSM-signed ACK for them.
 fn ack_for(fleet: &FleetState, id: Uuid, i: usize, cycle: Uuid) -> proto::DeviceAck {
+    ack_with_policy(fleet, id, i, cycle, None)
+}
+
+/// [`ack_for`], with `policy` sent along as CSSM can send one.
+fn ack_with_policy(
+    fleet: &FleetState,
+    id: Uuid,
+    i: usize,
+    cycle: Uuid,
+    policy: Option<SimPolicy>,
+) -> proto::DeviceAck {
     fleet.close_reports(i).unwrap();
     let report_ids: Vec<u64> = fleet
         .unacked_reports(i)
@@ -106,11 +117,22 @@ fn ack_for(fleet: &FleetState, id: Uuid, i: usize, cycle: Uuid) -> proto::Device
         udi_pid: udi.udi_pid,
         udi_serial: udi.udi_serial_number,
         report_ids,
-        ack: build_ack_document(&body, &signer, "cssm-sim-1"),
+        ack: build_ack_document_with_policy(&body, policy, &signer, "cssm-sim-1"),
     }
 }
 
-async fn import_all(agg: &Aggregator) {
+/// Queues `acks` as one `AcksReceived` (message `msg_id`) and works every import.
+async fn import_all(agg: &Aggregator, msg_id: &str, acks: Vec<proto::DeviceAck>) {
+    import::enqueue(
+        agg,
+        msg_id,
+        proto::AcksReceived {
+            acks,
+            source: "test".into(),
+        },
+    )
+    .await
+    .unwrap();
     let t = Instant::now();
     while import::import_slice(agg).await.unwrap() > 0 {
         assert!(t.elapsed() < Duration::from_secs(60), "imports stuck");
@@ -204,17 +226,7 @@ async fn an_ack_is_confirmed_only_when_the_device_shows_it() {
     let acks = (0..5)
         .map(|i| ack_for(fleet, ctx.ids[i], i, cycle))
         .collect();
-    import::enqueue(
-        agg,
-        "acks-1",
-        proto::AcksReceived {
-            acks,
-            source: "test".into(),
-        },
-    )
-    .await
-    .unwrap();
-    import_all(agg).await;
+    import_all(agg, "acks-1", acks).await;
 
     let rows = imports(agg).await;
     let row = |i: usize| &rows[&ctx.ids[i]];
@@ -481,17 +493,7 @@ async fn the_ack_imports_route_shows_what_read_back_saw() {
     let acks = (0..3)
         .map(|i| ack_for(fleet, ctx.ids[i], i, cycle))
         .collect();
-    import::enqueue(
-        agg,
-        "acks-api",
-        proto::AcksReceived {
-            acks,
-            source: "test".into(),
-        },
-    )
-    .await
-    .unwrap();
-    import_all(agg).await;
+    import_all(agg, "acks-api", acks).await;
 
     let rows = list_ack_imports(agg, "").await;
     assert_eq!(rows.len(), 3, "{rows:?}");
@@ -542,4 +544,63 @@ async fn the_ack_imports_route_shows_what_read_back_saw() {
     assert!(none.is_empty(), "{none:?}");
     let failed = list_ack_imports(agg, "?state=ok&confirmation=not_applied").await;
     assert!(failed.is_empty(), "{failed:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_arriving_with_an_ack_is_recorded_and_sent_at_read_back() {
+    // Both devices run Cisco's default; CSSM sends 30/60/60 with device 0's ACK only.
+    let ctx = setup(2).await;
+    let (agg, fleet) = (&ctx.agg, &ctx.fleet);
+    let cycle = run_cycle(agg, "cycle-1").await;
+    let p = policies(agg).await;
+    assert_eq!(
+        p[&ctx.ids[0]].policy_type.as_deref(),
+        Some("policy-type-cisco-default")
+    );
+    let before = outbox_events::<proto::DevicePoliciesRead>(agg, "rum.devices.policies")
+        .await
+        .len();
+    let acks = vec![
+        ack_with_policy(fleet, ctx.ids[0], 0, cycle, Some(SimPolicy::Custom306060)),
+        ack_for(fleet, ctx.ids[1], 1, cycle),
+    ];
+    import_all(agg, "acks-policy", acks).await;
+    let rb = readbacks(agg).await;
+    assert_eq!(rb[&ctx.ids[0]].confirmation.as_deref(), Some("confirmed"));
+    let acked0 = fleet.last_ack_time(0).unwrap().unwrap();
+
+    // Without another collection, the stored policy is the one that came with the ACK.
+    let p = policies(agg).await;
+    let row = &p[&ctx.ids[0]];
+    assert_eq!(row.source, "device");
+    assert_eq!(row.policy_type.as_deref(), Some("policy-type-custom"));
+    let pol: serde_json::Value = serde_json::from_str(&row.policy).unwrap();
+    assert_eq!(pol["name"], "Custom 30/60/60");
+    assert_eq!(pol["subscription"]["reporting_frequency_days"], 60);
+    assert_eq!(row.last_ack_received, Some(acked0));
+    assert_eq!(
+        row.device_next_ack_deadline,
+        Some(acked0 + chrono::TimeDelta::days(60))
+    );
+    assert_eq!(
+        p[&ctx.ids[1]].policy_type.as_deref(),
+        Some("policy-type-cisco-default")
+    );
+
+    // The scheduler hears of it from the import, in the outbox with the import's outcome.
+    let evs: Vec<proto::DevicePoliciesRead> = outbox_events(agg, "rum.devices.policies").await;
+    let sent: Vec<&proto::DevicePolicy> = evs[before..]
+        .iter()
+        .flat_map(|e| e.devices.iter())
+        .filter(|d| d.device_id == ctx.ids[0].to_string())
+        .collect();
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    let d0 = sent[0];
+    assert_eq!(
+        (d0.source.as_str(), d0.name.as_str()),
+        ("device", "Custom 30/60/60")
+    );
+    assert_eq!(d0.subscription.unwrap().reporting_frequency_days, 60);
+    assert_eq!(d0.last_ack_ms, acked0.timestamp_millis());
+    assert_eq!(d0.read_at_ms, row.read_at.timestamp_millis());
 }
