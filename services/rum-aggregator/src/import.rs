@@ -75,14 +75,29 @@ fn show(t: Option<DateTime<Utc>>) -> String {
     t.map_or_else(|| "never".to_owned(), |t| t.to_rfc3339())
 }
 
+/// How recent a stored read of a device's last ACK received must be to stand in for reading it
+/// again before an import (collection read it minutes earlier in an online cycle).
+const KNOWN_BEFORE_FOR: chrono::TimeDelta = chrono::TimeDelta::hours(1);
+
 /// Imports one ACK and reads the device back; the policy the last read after the import showed.
-async fn import_one(agg: &Aggregator, job: Job) -> (Finished, Option<PolicyRead>) {
+/// `known_before`: the device's last ACK received as a recent read showed it (the read before
+/// the import is then not made again).
+async fn import_one(
+    agg: &Aggregator,
+    job: Job,
+    known_before: Option<Option<DateTime<Utc>>>,
+) -> (Finished, Option<PolicyRead>) {
     let mut policy = None;
-    let done = import_read_back(agg, job, &mut policy).await;
+    let done = import_read_back(agg, job, known_before, &mut policy).await;
     (done, policy)
 }
 
-async fn import_read_back(agg: &Aggregator, job: Job, policy: &mut Option<PolicyRead>) -> Finished {
+async fn import_read_back(
+    agg: &Aggregator,
+    job: Job,
+    known_before: Option<Option<DateTime<Utc>>>,
+    policy: &mut Option<PolicyRead>,
+) -> Finished {
     let mut done = Finished {
         id: job.id,
         state: AckImportState::Failed,
@@ -110,10 +125,13 @@ async fn import_read_back(agg: &Aggregator, job: Job, policy: &mut Option<Policy
         username,
         password: &password,
     };
-    let before = match agg.client.licensing_state(&target).await {
-        Ok(StateRead::Read(s)) => Before::Read(s.last_ack_received),
-        Ok(StateRead::Unavailable(r)) => Before::Unavailable(r),
-        Err(e) => Before::Failed(e.to_string()),
+    let before = match known_before {
+        Some(t) => Before::Read(t),
+        None => match agg.client.licensing_state(&target).await {
+            Ok(StateRead::Read(s)) => Before::Read(s.last_ack_received),
+            Ok(StateRead::Unavailable(r)) => Before::Unavailable(r),
+            Err(e) => Before::Failed(e.to_string()),
+        },
     };
     if let Err(e) = agg.client.import_ack(&target, &job.ack).await {
         done.error = Some(e.to_string());
@@ -217,9 +235,18 @@ pub async fn import_slice(agg: &Aggregator) -> Result<usize, tally_store::StoreE
                 device_of.insert(j.id, j.device_id);
                 cycle_of.insert(j.id, j.cycle_id);
             }
+            let ids: Vec<Uuid> = jobs.iter().map(|j| j.device_id).collect();
+            let known: BTreeMap<Uuid, Option<DateTime<Utc>>> =
+                crate::store::policies::recent_last_acks(c, &ids, Utc::now() - KNOWN_BEFORE_FOR)
+                    .await?
+                    .into_iter()
+                    .collect();
             let (results, read): (Vec<Finished>, Vec<Option<PolicyRead>>) =
                 futures::stream::iter(jobs)
-                    .map(|j| import_one(agg, j))
+                    .map(|j| {
+                        let before = known.get(&j.device_id).copied();
+                        import_one(agg, j, before)
+                    })
                     .buffer_unordered(agg.cfg.concurrency.max(1))
                     .collect::<Vec<_>>()
                     .await

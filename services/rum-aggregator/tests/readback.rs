@@ -604,3 +604,47 @@ async fn a_policy_arriving_with_an_ack_is_recorded_and_sent_at_read_back() {
     assert_eq!(d0.last_ack_ms, acked0.timestamp_millis());
     assert_eq!(d0.read_at_ms, row.read_at.timestamp_millis());
 }
+
+/// An import right after a collection takes the device's last ACK received from the state read
+/// collection just made: one read after the import, not one before and one after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_import_after_a_collection_reads_the_device_once() {
+    let ctx = setup(4).await;
+    let (agg, fleet) = (&ctx.agg, &ctx.fleet);
+    // Device 3 says SUCCESS but applies nothing: the stored "before" still catches it.
+    fleet.set_apply_acks(3, false).unwrap();
+    let cycle = run_cycle(agg, "c-1").await;
+    let reads = |f: &FleetState| f.summary()["state_requests"].as_u64().unwrap();
+    let after_collection = reads(fleet);
+    assert_eq!(
+        after_collection, 4,
+        "one state read per device during collection"
+    );
+    let acks = (0..4)
+        .map(|i| ack_for(fleet, ctx.ids[i], i, cycle))
+        .collect();
+    import_all(agg, "acks-1", acks).await;
+    let rows = imports(agg).await;
+    for i in 0..3 {
+        assert_eq!(rows[&ctx.ids[i]].state, "ok", "{:?}", rows[&ctx.ids[i]]);
+    }
+    assert_eq!(rows[&ctx.ids[3]].state, "failed");
+    let backs = readbacks(agg).await;
+    for i in 0..3 {
+        assert_eq!(
+            backs[&ctx.ids[i]].confirmation.as_deref(),
+            Some("confirmed"),
+            "{i}"
+        );
+    }
+    assert_eq!(
+        backs[&ctx.ids[3]].confirmation.as_deref(),
+        Some("not_applied")
+    );
+    // Three devices confirmed at the first read after; the fourth read up to the attempts.
+    let import_reads = reads(fleet) - after_collection;
+    assert!(
+        (3 + 1..=3 + 3).contains(&import_reads),
+        "{import_reads} state reads for 4 imports"
+    );
+}

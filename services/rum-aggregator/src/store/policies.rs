@@ -94,3 +94,24 @@ pub async fn list(
         .load(conn)
         .await
 }
+
+/// The last ACK received each of `ids` showed in a read of its state that worked, since `since`
+/// (a device without such a read is absent): what it held before an import, without asking it
+/// again.
+pub async fn recent_last_acks(
+    conn: &mut AsyncPgConnection,
+    ids: &[Uuid],
+    since: DateTime<Utc>,
+) -> QueryResult<Vec<(Uuid, Option<DateTime<Utc>>)>> {
+    device_policies::table
+        .filter(device_policies::device_id.eq_any(ids))
+        .filter(device_policies::source.eq(PolicySource::Device))
+        .filter(device_policies::read_failed.eq(false))
+        .filter(device_policies::read_at.ge(since))
+        .select((
+            device_policies::device_id,
+            device_policies::last_ack_received,
+        ))
+        .load(conn)
+        .await
+}
