@@ -232,7 +232,8 @@ fn entitlements(d: &FleetRow, policy: &Policy) -> Vec<(String, Deadlines)> {
         first_use: d.first_seen_at,
         last_report: d.last_upload_at,
         last_ack: d.last_ack_at,
-        changes: vec![],
+        // A change of licenses must be reported within the policy's report-on-change days.
+        changes: d.licenses_changed_at.into_iter().collect(),
     };
     let mut out = vec![(
         d.network_license.clone(),

@@ -1022,3 +1022,82 @@ async fn each_device_runs_on_its_own_policy_and_a_disagreeing_device_deadline_al
         Some(t0() + TimeDelta::days(60))
     );
 }
+
+/// A change of a device's licenses must be reported within its policy's report-on-change days:
+/// with 30/60/10 the deadline moves to 10 days after the change, not 60 after the last ACK; a
+/// device whose licenses did not change keeps its periodic deadline.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_license_change_brings_the_deadline_to_the_policys_report_on_change_days() {
+    use tally_renewal_scheduler::policies;
+    let acked = Utc::now() - TimeDelta::days(5);
+    let (_db, s, ids) = fleet_acked_at(acked).await;
+    let attrs = Some(proto::PolicyAttrs {
+        first_report_days: 30,
+        reporting_frequency_days: 60,
+        report_on_change_days: 10,
+    });
+    let policy = |i: usize| proto::DevicePolicy {
+        device_id: ids[i].to_string(),
+        source: "device".into(),
+        name: "Custom 30/60/10".into(),
+        ack_required: true,
+        perpetual: attrs,
+        subscription: attrs,
+        last_ack_ms: acked.timestamp_millis(),
+        read_at_ms: 1_800_000_000_000,
+        ..Default::default()
+    };
+    policies::read(
+        &s,
+        "p-1",
+        proto::DevicePoliciesRead {
+            devices: vec![policy(0), policy(2)],
+        },
+    )
+    .await
+    .unwrap();
+    // Inventory reports sw-a's new DNA tier (revision 2); sw-b is unchanged.
+    let dev =
+        |i: usize, host: &str, model: &str, site: &str, dna: &str, revision: i64| proto::Device {
+            device_id: ids[i].to_string(),
+            hostname: host.into(),
+            model: model.into(),
+            site: site.into(),
+            smart_account: "acme".into(),
+            virtual_account: "Campus".into(),
+            network_license: "network-advantage".into(),
+            dna_tier: dna.into(),
+            revision,
+            ..Default::default()
+        };
+    fleet::upsert(
+        &s,
+        "u-2",
+        proto::DevicesUpserted {
+            devices: vec![
+                dev(0, "sw-a", "C9300-48P", "hq", "dna-essentials", 2),
+                dev(2, "sw-b", "C9200-24P", "branch-01", "dna-essentials", 2),
+            ],
+        },
+    )
+    .await
+    .unwrap();
+    let mut c = s.pool.get().await.unwrap();
+    let rows = compliance::fleet(&mut c).await.unwrap();
+    let view = |i: usize| {
+        let d = rows.iter().find(|d| d.id == ids[i]).unwrap();
+        deadlines::assess(d, Utc::now()).0
+    };
+    let sw_a = view(0);
+    let due = sw_a.deadline.unwrap();
+    let from_change = due - Utc::now();
+    assert!(
+        from_change > TimeDelta::days(9) && from_change <= TimeDelta::days(10),
+        "{sw_a:?}"
+    );
+    assert!(sw_a.reason.contains("change"), "{}", sw_a.reason);
+    let sw_b = view(2);
+    // Postgres keeps microseconds.
+    let off = sw_b.deadline.unwrap() - (acked + TimeDelta::days(60));
+    assert!(off.num_milliseconds().abs() < 1, "{sw_b:?}");
+}

@@ -33,6 +33,8 @@ pub struct FleetRow {
     pub voice_role: String,
     /// The device's own policy as last read (`deadlines::PolicyDoc`); `None`: never read.
     pub policy: Option<serde_json::Value>,
+    /// When its network license or DNA tier last changed (report-on-change runs from here).
+    pub licenses_changed_at: Option<DateTime<Utc>>,
 }
 
 /// Every device not deleted, by hostname.

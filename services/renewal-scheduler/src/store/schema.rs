@@ -124,6 +124,7 @@ pub mod sched {
             voice_role -> Text,
             assessed_at -> Nullable<Timestamptz>,
             policy -> Nullable<Jsonb>,
+            licenses_changed_at -> Nullable<Timestamptz>,
         }
     }
 

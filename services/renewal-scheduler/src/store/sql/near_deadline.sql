@@ -1,1 +1,1 @@
-SELECT id, hostname, model, site, smart_account, virtual_account, is_cube, network_license, dna_tier, first_seen_at, last_upload_at, last_ack_at, out_of_compliance, voice_role, policy FROM sched.devices WHERE NOT deleted AND deadline <= $1 + make_interval(days => $2) ORDER BY id
+SELECT id, hostname, model, site, smart_account, virtual_account, is_cube, network_license, dna_tier, first_seen_at, last_upload_at, last_ack_at, out_of_compliance, voice_role, policy, licenses_changed_at FROM sched.devices WHERE NOT deleted AND deadline <= $1 + make_interval(days => $2) ORDER BY id

@@ -1,0 +1,1 @@
+ALTER TABLE sched.devices DROP COLUMN licenses_changed_at;
