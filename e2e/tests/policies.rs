@@ -16,7 +16,7 @@ const DEVICES: usize = 300;
 async fn each_device_is_judged_by_its_own_policy() {
     let Online {
         fleet,
-        cssm: _cssm,
+        cssm,
         mut tally,
     } = Online::start(DEVICES, 300).await;
     let http = http_client();
@@ -153,4 +153,33 @@ async fn each_device_is_judged_by_its_own_policy() {
             .all(|a| a["kind"] != "deadline_mismatch"),
         "{alerts:#}"
     );
+
+    // CSSM now sends the 30/60/60 policy with every ACK: after the next cycle each device that
+    // takes an ACK runs it, and Tally learns it from the read-back of that import.
+    let r = http
+        .put(format!("{}/sim/ack-policy", cssm.base))
+        .json(&json!({"policy": "custom_30_60_60"}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    let id = tally.start_cycle().await;
+    tally
+        .wait_cycle_complete(&id, Duration::from_secs(180))
+        .await;
+    let compliance = tally.get("/compliance/devices?limit=1000").await;
+    let mut moved = 0;
+    for c in compliance.as_array().unwrap() {
+        let i = index_of[c["hostname"].as_str().unwrap()];
+        if no_restconf.contains(&i) {
+            continue;
+        }
+        assert_eq!(c["policy_name"], "Custom 30/60/60", "device {i}: {c}");
+        if let (Some(t), Some(ack)) = (at(&c["deadline"]), at(&c["last_ack_at"])) {
+            assert_eq!((t - ack).num_days(), 60, "device {i}: {c}");
+            moved += 1;
+        }
+    }
+    eprintln!("[e2e] {moved} devices on the policy that came with their ACK");
+    assert!(moved > 0);
 }
