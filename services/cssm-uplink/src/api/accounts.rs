@@ -32,6 +32,20 @@ pub struct AccountEntry {
     pub updated_at: DateTime<Utc>,
 }
 
+impl AccountEntry {
+    fn of(e: Entry, updated_at: DateTime<Utc>) -> Self {
+        Self {
+            source: e.source,
+            smart_account: e.smart_account,
+            smart_account_name: e.smart_account_name,
+            virtual_account: e.virtual_account,
+            smart_account_id: e.smart_account_id,
+            virtual_account_id: e.virtual_account_id,
+            updated_at,
+        }
+    }
+}
+
 /// A pair the inventory uses that the directory cannot resolve, with the batches waiting on it.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct UnresolvedPair {
@@ -88,15 +102,7 @@ async fn list(up: web::Data<Uplink>) -> Result<web::Json<AccountDirectory>, Prob
         virtual_accounts: last.as_ref().map_or(0, |r| r.virtual_accounts),
         entries: listed
             .into_iter()
-            .map(|(e, updated_at)| AccountEntry {
-                source: e.source,
-                smart_account: e.smart_account,
-                smart_account_name: e.smart_account_name,
-                virtual_account: e.virtual_account,
-                smart_account_id: e.smart_account_id,
-                virtual_account_id: e.virtual_account_id,
-                updated_at,
-            })
+            .map(|(e, updated_at)| AccountEntry::of(e, updated_at))
             .collect(),
         unresolved: unresolved.into_values().collect(),
     }))
@@ -176,15 +182,7 @@ async fn set(
     };
     tracing::info!(smart_account = %e.smart_account, virtual_account = %e.virtual_account, requeued_reports, "operator gave account ids");
     Ok(web::Json(AccountIdsSet {
-        entry: AccountEntry {
-            source: e.source,
-            smart_account: e.smart_account,
-            smart_account_name: None,
-            virtual_account: e.virtual_account,
-            smart_account_id: e.smart_account_id,
-            virtual_account_id: e.virtual_account_id,
-            updated_at: Utc::now(),
-        },
+        entry: AccountEntry::of(e, Utc::now()),
         requeued_reports,
     }))
 }

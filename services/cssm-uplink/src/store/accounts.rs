@@ -139,13 +139,23 @@ pub struct Unresolved {
     pub virtual_account: String,
 }
 
-/// Batches waiting for the directory to learn their accounts, oldest first.
-pub async fn unresolved_batches(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Unresolved>> {
+/// Online batches that failed because CSSM did not know their accounts and were not retried.
+#[diesel::dsl::auto_type(no_type_alias)]
+fn waiting() -> _ {
+    let mode: BatchMode = BatchMode::Online;
+    let state: BatchState = BatchState::Failed;
+    let class: ErrorClass = ErrorClass::UnknownAccount;
     batches::table
-        .filter(batches::mode.eq(BatchMode::Online))
-        .filter(batches::state.eq(BatchState::Failed))
-        .filter(batches::error_class.eq(ErrorClass::UnknownAccount))
+        .filter(batches::mode.eq(mode))
+        .filter(batches::state.eq(state))
+        .filter(batches::error_class.eq(class))
         .filter(batches::retried_at.is_null())
+}
+
+/// Batches waiting for the directory to learn their accounts, oldest first, locked (others'
+/// locked ones skipped) until the transaction ends.
+pub async fn unresolved_batches(conn: &mut AsyncPgConnection) -> QueryResult<Vec<Unresolved>> {
+    waiting()
         .order(batches::created_at)
         .select((
             batches::id,
@@ -160,11 +170,7 @@ pub async fn unresolved_batches(conn: &mut AsyncPgConnection) -> QueryResult<Vec
 
 /// The pairs of every batch waiting on an unknown account (one row per batch), without locking.
 pub async fn unresolved_list(conn: &mut AsyncPgConnection) -> QueryResult<Vec<(String, String)>> {
-    batches::table
-        .filter(batches::mode.eq(BatchMode::Online))
-        .filter(batches::state.eq(BatchState::Failed))
-        .filter(batches::error_class.eq(ErrorClass::UnknownAccount))
-        .filter(batches::retried_at.is_null())
+    waiting()
         .select((batches::smart_account, batches::virtual_account))
         .load(conn)
         .await
