@@ -113,23 +113,10 @@ pub fn role_of(model: &str, is_cube: bool, voice_role: &str) -> DeviceRole {
     }
 }
 
-/// Where a device's policy comes from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum PolicySource {
-    /// Read from the device's own state.
-    Device,
-    /// Cisco's default, because the device's could not be read (`reason`).
-    Assumed,
-}
-
-impl PolicySource {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Device => "device",
-            Self::Assumed => "assumed",
-        }
-    }
+tally_store::text_enum! {
+    /// Where a device's policy comes from: read from the device's own state, or Cisco's default
+    /// assumed because it could not be (`reason`). The same values as rum-aggregator's.
+    pub enum PolicySource { Device = "device", Assumed = "assumed" }
 }
 
 /// A device's policy as stored on `sched.devices.policy`.

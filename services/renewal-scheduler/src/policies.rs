@@ -30,11 +30,8 @@ pub fn doc_of(p: &proto::DevicePolicy) -> PolicyDoc {
             .then(|| DateTime::<Utc>::from_timestamp_millis(ms))
             .flatten()
     };
-    let source = if p.source == "device" {
-        PolicySource::Device
-    } else {
-        PolicySource::Assumed
-    };
+    // Anything but a read from the device runs on Cisco's default.
+    let source = p.source.parse().unwrap_or(PolicySource::Assumed);
     let policy = match source {
         PolicySource::Device => Policy {
             name: if p.name.is_empty() {
