@@ -110,6 +110,14 @@ async fn each_device_is_judged_by_its_own_policy() {
             if custom.contains(&i) { 60 } else { 90 },
             "device {i}: {c}"
         );
+        // Tally holds the device's own deadline from the read after the import, and it agrees:
+        // the deadline_mismatch check below compared something.
+        let held = at(&c["device_deadline"]);
+        assert!(
+            held.is_some_and(|h| (h - d).num_seconds().abs() < 60),
+            "device {i}: Tally holds {held:?} as the device's deadline, the device says {d}: {c}"
+        );
+        assert_eq!(c["deadline_disagrees"], false, "device {i}: {c}");
         compared += 1;
     }
     eprintln!("[e2e] {compared} deadlines equal the devices' own, {assumed} assumed (no RESTCONF)");
